@@ -1,0 +1,256 @@
+"""The one audit pipeline that the batch CLI and the streaming agent both call.
+
+samples -> embed the chosen modalities -> fuse -> discover and test slices -> explain -> report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from agent.config import Settings
+from agent.embed.base import Embedder
+from agent.errors import AgentError, FitError
+from agent.events import ClassLabel
+from agent.explain import TokenSpace, r_attr, scrub, tokens
+from agent.fuse import MODALITIES, fuse
+from agent.join import Problem, Sample
+from agent.metrics import error_precision_at_k
+from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
+from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover_slices
+
+__all__ = ["Embedded", "available_modalities", "default_target_class", "embed_samples", "run_audit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedded:
+    """Per-case embeddings by modality (NaN rows where a case lacks one) and the text to score."""
+
+    blocks: dict[str, np.ndarray]
+    texts: list[str]
+    reports: list[str]
+    metadata_words: frozenset[str]
+    problems: list[Problem]
+
+
+def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
+    """The modalities a stream actually carries, in canonical order."""
+    has = {
+        "image": any(s.image for s in samples),
+        "report": any(s.report for s in samples),
+        "metadata": any(s.metadata or s.image for s in samples),
+    }
+    return tuple(m for m in MODALITIES if has[m])
+
+
+def default_target_class(samples: Sequence[Sample]) -> ClassLabel:
+    """The least frequent confirmed label: in screening, the finding is the rare class."""
+    counts = Counter(s.label for s in samples)
+    if not counts:
+        raise FitError("no labeled samples: nothing to audit")
+    return min(counts, key=lambda c: (counts[c], str(c)))
+
+
+def _batched(
+    items: Sequence[object], size: int, desc: str, progress: bool
+) -> list[tuple[int, Sequence[object]]]:
+    starts = range(0, len(items), size)
+    bar = tqdm(starts, desc=desc, unit="batch", disable=not progress or len(items) == 0, leave=False)
+    return [(i, items[i : i + size]) for i in bar]
+
+
+def embed_samples(
+    samples: Sequence[Sample],
+    modalities: Sequence[str],
+    embedder: Embedder,
+    *,
+    batch_size: int = 32,
+    image_size: int = 224,
+    progress: bool = False,
+) -> Embedded:
+    """Embed what each case carries; unreadable images are problems, not crashes."""
+    from agent import dicom
+
+    n = len(samples)
+    problems: list[Problem] = []
+    metadata: list[dict[str, object]] = []
+    pixels: list[np.ndarray | None] = []
+    for s in samples:
+        meta = dict(s.metadata or {})
+        image = None
+        if s.image and ("image" in modalities or not meta):
+            try:
+                if not meta:
+                    meta = dict(dicom.read_header(s.image))
+                if "image" in modalities:
+                    image = dicom.read_pixels(s.image, size=image_size)
+            except (AgentError, OSError) as err:
+                problems.append(Problem(f"study {s.study_uid}", "unreadable_image", str(err)))
+        metadata.append(meta)
+        pixels.append(image)
+
+    sentences = [dicom.metadata_sentence(m) if m else "" for m in metadata]
+    # Reports are scrubbed before they are embedded, not only before tokens are scored: the
+    # header's names, numbers and dates are noise to the encoder and must not shape slices.
+    reports = [scrub(s.report) if s.report else "" for s in samples]
+    blocks: dict[str, np.ndarray] = {}
+
+    def embed_texts(texts: list[str], desc: str) -> np.ndarray:
+        out = np.full((n, embedder.text_dim), np.nan, dtype=np.float32)
+        rows = [i for i, t in enumerate(texts) if t]
+        for start, chunk in _batched([texts[i] for i in rows], batch_size, desc, progress):
+            vecs = embedder.embed_texts(list(chunk))  # type: ignore[arg-type]
+            out[rows[start : start + len(chunk)]] = vecs
+        return out
+
+    for modality in modalities:
+        if modality == "image":
+            out = np.full((n, embedder.image_dim), np.nan, dtype=np.float32)
+            rows = [i for i, p in enumerate(pixels) if p is not None]
+            for start, chunk in _batched([pixels[i] for i in rows], batch_size, "images", progress):
+                out[rows[start : start + len(chunk)]] = embedder.embed_images(list(chunk))  # type: ignore[arg-type]
+            blocks["image"] = out
+        elif modality == "report":
+            blocks["report"] = embed_texts(reports, "reports")
+        elif modality == "metadata":
+            blocks["metadata"] = embed_texts(sentences, "metadata")
+    vocabulary = frozenset(w for sentence in set(sentences) for w in tokens(sentence))
+    texts = [f"{r}\n{m}" for r, m in zip(reports, sentences, strict=True)]
+    return Embedded(blocks, texts, reports, vocabulary, problems)
+
+
+def _make_slicer(settings: Settings) -> Callable[[int], Slicer]:
+    a = settings.audit
+    if a.slicer == "errors_only":
+        return lambda seed: ErrorsOnlyMixture(a.n_slices, min_cluster_size=a.min_slice_size, random_state=seed)
+    return lambda seed: ErrorAwareMixture(a.n_components, gamma=a.gamma, random_state=seed)
+
+
+def _slice_id(model: str, target: ClassLabel, members: Sequence[str]) -> str:
+    digest = hashlib.sha1(f"{model}|{target}|{'|'.join(sorted(members))}".encode()).hexdigest()
+    return f"s-{digest[:10]}"
+
+
+def _unit_mean(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-case mean of the available unit vectors among same-width blocks (NaN rows skipped)."""
+    stacked = np.stack([b / np.linalg.norm(b, axis=1, keepdims=True) for b in blocks])
+    mean = np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), axis=0)
+    return np.nan_to_num(mean)
+
+
+def run_audit(
+    samples: Sequence[Sample],
+    *,
+    embedder: Embedder,
+    settings: Settings,
+    target_class: ClassLabel | None = None,
+    modalities: Sequence[str] | None = None,
+    progress: bool = False,
+) -> tuple[SliceReport, list[Problem]]:
+    """Audit one model's labeled samples for one target class (binary: target vs rest)."""
+    a = settings.audit
+    if not samples:
+        raise FitError("no labeled samples: nothing to audit")
+    models = {s.model for s in samples}
+    if len(models) != 1:
+        raise FitError(f"expected samples of one model, got {sorted(models)}")
+    model = next(iter(models))
+    target = default_target_class(samples) if target_class is None else target_class
+    chosen = tuple(modalities or settings.modalities or available_modalities(samples))
+    if not chosen:
+        raise FitError("the stream carries no image, report or metadata to embed")
+    notes: list[str] = []
+    carried = available_modalities(samples)
+    absent = [m for m in chosen if m not in carried]
+    if absent:
+        notes.append(f"modalities requested but not in the stream, dropped: {', '.join(absent)}")
+        chosen = tuple(m for m in chosen if m in carried)
+        if not chosen:
+            raise FitError(f"none of the requested modalities is in the stream ({', '.join(absent)})")
+
+    y = np.array([s.label == target for s in samples], dtype=np.float64)
+    y_pred = np.array([s.prediction == target for s in samples], dtype=np.float64)
+    err = y != y_pred
+    log.info("auditing %s target=%r on %d cases (%d errors) with %s", model, target, len(samples),
+             int(err.sum()), "+".join(chosen))
+
+    emb = embed_samples(samples, chosen, embedder, batch_size=settings.embed.batch_size,
+                        image_size=settings.embed.image_size, progress=progress)
+    fused = fuse(emb.blocks, n_components=a.pca_components, random_state=a.seed)
+    for name, count in fused.missing.items():
+        if count:
+            notes.append(f"{count} of {len(samples)} cases lack the {name} modality (zero block)")
+
+    findings = discover_slices(
+        _make_slicer(settings), fused.embedding, y, y_pred, n_slices=a.n_slices, n_splits=a.n_splits,
+        beta=a.beta, alpha=a.alpha, min_size=a.min_slice_size, random_state=a.seed,
+    )
+
+    space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
+    space.fit(emb.texts, reports=emb.reports)
+    shared = embedder.shared_space and "image" in emb.blocks
+    if shared:
+        case_vectors = emb.blocks["image"]
+    else:
+        text_blocks = [emb.blocks[m] for m in ("report", "metadata") if m in emb.blocks]
+        case_vectors = _unit_mean(text_blocks) if text_blocks else None
+
+    def scored(err_rows: np.ndarray, ref_rows: np.ndarray) -> tuple[TokenResult, ...]:
+        top = space.distinctiveness(err_rows, ref_rows, top_k=a.top_tokens)
+        if not top or case_vectors is None:
+            return tuple(TokenResult(t.token, t.ds) for t in top)
+        vecs = embedder.embed_texts([t.token for t in top])
+        ok_err = err_rows[np.all(np.isfinite(case_vectors[err_rows]), axis=1)]
+        ok_ref = ref_rows[np.all(np.isfinite(case_vectors[ref_rows]), axis=1)]
+        r = r_attr(vecs, case_vectors[ok_err], case_vectors[ok_ref])
+        return tuple(TokenResult(t.token, t.ds, float(v)) for t, v in zip(top, r, strict=True))
+
+    uids = [s.study_uid for s in samples]
+    slices: list[SliceResult] = []
+    for finding in findings:
+        ranked = finding.ranking()
+        order = ranked[finding.probability[ranked] > a.beta]
+        if len(order) < a.min_slice_size:
+            continue
+        err_members = order[err[order]]
+        slice_y = float(np.round(y[err_members].mean())) if len(err_members) else float(np.round(y[order].mean()))
+        ref = np.flatnonzero(~err & (y == slice_y) & (finding.probability <= a.beta))
+        slices.append(
+            SliceResult(
+                rank=len(slices) + 1,
+                id=_slice_id(model, target, [uids[i] for i in order[:10]]),
+                size=len(order),
+                error_rate=finding.error_rate,
+                rest_error_rate=finding.rest_error_rate,
+                p_value=finding.p_value,
+                error_precision_at_10=error_precision_at_k(ranked, err, 10),
+                n_tested=finding.n_tested,
+                members=tuple(Member(uids[i], float(finding.probability[i])) for i in order),
+                tokens=scored(err_members if len(err_members) else order, ref),
+                slice_class=target if slice_y == 1 else "rest",
+            )
+        )
+    baseline = scored(np.flatnonzero(err), np.flatnonzero(~err))
+    times = [s.timestamp for s in samples]
+    report = SliceReport(
+        model=model,
+        target_class=target,
+        modalities=chosen,
+        window=Window(len(samples), int(err.sum()), min(times).isoformat(), max(times).isoformat()),
+        slices=tuple(slices),
+        baseline_tokens=baseline,
+        slicer=a.slicer,
+        r_attr_space=("image" if shared else "text") if case_vectors is not None else None,
+        embedder=embedder.name,
+        notes=tuple(notes),
+    )
+    log.info("audit of %s done: %d significant slice(s)", model, len(slices))
+    return report, emb.problems

@@ -1,0 +1,118 @@
+"""One typed, frozen settings object, read once at the entry point from a YAML file and the environment.
+
+Environment variables override the file: ``SLICE_AGENT_<SECTION>__<FIELD>``, for example
+``SLICE_AGENT_AUDIT__GAMMA=5`` or ``SLICE_AGENT_EMBED__SPEC=open_clip:ViT-B-32@/models/vit.pt``.
+The core never reads the environment; it receives these objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent.errors import ConfigError
+
+__all__ = ["AuditSettings", "EmbedSettings", "Settings", "load_settings"]
+
+Modality = Literal["image", "report", "metadata"]
+
+
+class AuditSettings(BaseModel):
+    """How slices are found, tested and explained."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slicer: Literal["error_aware", "errors_only"] = "error_aware"
+    n_slices: int = Field(5, ge=1, le=5, description="slices reported at most (metric labels allow 1..5)")
+    n_components: int = Field(25, ge=1, description="mixture components of the error-aware slicer")
+    gamma: float = Field(10.0, ge=0, description="weight of the label and prediction terms")
+    pca_components: int = Field(128, ge=1)
+    beta: float = Field(0.5, gt=0, lt=1, description="membership threshold")
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise significance level")
+    n_splits: int = Field(2, ge=2, description="cross-fitting folds for the held-out test")
+    min_slice_size: int = Field(10, ge=1, description="smaller slices are neither tested nor exported")
+    top_tokens: int = Field(5, ge=1, le=20)
+    token_min_df: int = Field(3, ge=1, description="a token must occur in this many studies")
+    max_report_chars: int = Field(20_000, ge=100, description="longer reports are dead-lettered")
+    seed: int = 0
+
+
+class EmbedSettings(BaseModel):
+    """Which embedding model runs, where, and where its cache lives."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec: str = Field("default", description="'default' or 'open_clip:NAME[@CHECKPOINT]'")
+    device: str = "cpu"
+    batch_size: int = Field(32, ge=1)
+    cache_path: Path | None = Field(None, description="SQLite embedding cache; in memory when unset")
+    image_size: int = Field(224, ge=32)
+
+
+class Settings(BaseSettings):
+    """Everything the agent can be told."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix="SLICE_AGENT_", env_nested_delimiter="__"
+    )
+
+    audit: AuditSettings = AuditSettings()
+    embed: EmbedSettings = EmbedSettings()
+    modalities: tuple[Modality, ...] | None = Field(
+        None, description="modalities to fuse; by default those the stream carries"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.modalities is not None and not self.modalities:
+            raise ValueError("modalities must name at least one of image, report, metadata")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides what the file (passed as init values) says.
+        return env_settings, init_settings
+
+
+def load_settings(
+    path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build the settings from an optional YAML file, the environment, and explicit overrides.
+
+    ``overrides`` (from command-line flags) win over both, as a nested mapping such as
+    ``{"audit": {"gamma": 5}}``.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read settings file {path}: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"expected a mapping at the top of {path}, got {type(loaded).__name__}")
+        data = loaded
+    try:
+        base = Settings(**data)
+        if not overrides:
+            return base
+        merged = base.model_dump()
+        for section, values in overrides.items():
+            if isinstance(values, Mapping):
+                merged[section] = {**merged.get(section, {}), **values}
+            else:
+                merged[section] = values
+        return Settings.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(f"invalid settings: {err}") from err

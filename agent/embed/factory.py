@@ -1,0 +1,108 @@
+"""Build an embedder from its one-line spec, as given on the command line or in settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, NamedTuple
+
+from agent.embed.base import Embedder
+from agent.embed.default import DefaultEmbedder
+from agent.embed.openclip import OpenClipEmbedder
+from agent.errors import ConfigError
+
+__all__ = ["EmbedderSpec", "make_embedder", "parse_spec"]
+
+log = logging.getLogger(__name__)
+
+_OPEN_CLIP = "open_clip:"
+_EXPECTED = "expected 'default' or 'open_clip:NAME[@CHECKPOINT]'"
+
+
+class EmbedderSpec(NamedTuple):
+    """A parsed embedder spec."""
+
+    kind: Literal["default", "open_clip"]
+    name: str | None
+    """The open_clip model name; None for the default embedder."""
+    checkpoint: str | None
+    """What followed the last '@', if anything."""
+
+
+def parse_spec(spec: str) -> EmbedderSpec:
+    """Split an embedder spec into (kind, name, checkpoint).
+
+    NAME may itself contain ':' (``hf-hub:org/name``), so the checkpoint is whatever follows
+    the last '@'.
+
+    Parameters
+    ----------
+    spec
+        ``"default"``, ``"open_clip:NAME"`` or ``"open_clip:NAME@CHECKPOINT"``.
+
+    Raises
+    ------
+    ConfigError
+        If the spec has another form, or an empty name or checkpoint.
+
+    Examples
+    --------
+    >>> parse_spec("default")
+    EmbedderSpec(kind='default', name=None, checkpoint=None)
+    >>> parse_spec("open_clip:hf-hub:org/model@/models/dir")
+    EmbedderSpec(kind='open_clip', name='hf-hub:org/model', checkpoint='/models/dir')
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"{_EXPECTED}, got {spec!r}")
+    text = spec.strip()
+    if text == "default":
+        return EmbedderSpec("default", None, None)
+    if not text.startswith(_OPEN_CLIP):
+        raise ConfigError(f"{_EXPECTED}, got {spec!r}")
+    rest = text.removeprefix(_OPEN_CLIP)
+    name, at, checkpoint = rest.rpartition("@")
+    if not at:
+        name, checkpoint = rest, ""
+    name, checkpoint = name.strip(), checkpoint.strip()
+    if not name:
+        raise ConfigError(f"{_EXPECTED}, got {spec!r} with an empty NAME")
+    if at and not checkpoint:
+        raise ConfigError(f"{_EXPECTED}, got {spec!r} with an empty CHECKPOINT after '@'")
+    return EmbedderSpec("open_clip", name, checkpoint or None)
+
+
+def make_embedder(spec: str, *, device: str = "cpu", batch_size: int = 32) -> Embedder:
+    """Build the embedder a spec names.
+
+    Parameters
+    ----------
+    spec
+        ``"default"`` (EfficientNet-Lite0 + all-MiniLM-L6-v2, offline, two separate spaces),
+        ``"open_clip:NAME"`` (random weights: plumbing only) or ``"open_clip:NAME@CHECKPOINT"``
+        (a local checkpoint file, or a local directory for ``hf-hub:`` names).
+    device
+        Torch device to run on.
+    batch_size
+        Images or texts per forward pass.
+
+    Returns
+    -------
+    Embedder
+        A :class:`DefaultEmbedder` or an :class:`OpenClipEmbedder`; models load on first use.
+
+    Raises
+    ------
+    ConfigError
+        If the spec is malformed or names an unknown model.
+    ModelFilesMissingError
+        If the files an open_clip model needs are not on local disk.
+
+    Examples
+    --------
+    >>> make_embedder("default").name
+    'default:efficientnet-lite0-224px+all-MiniLM-L6-v2'
+    """
+    kind, name, checkpoint = parse_spec(spec)
+    if kind == "default" or name is None:
+        return DefaultEmbedder(device=device, batch_size=batch_size)
+    log.debug("building open_clip embedder %s (checkpoint %s)", name, checkpoint)
+    return OpenClipEmbedder(name, checkpoint=checkpoint, device=device, batch_size=batch_size)

@@ -1,0 +1,104 @@
+"""Token distinctiveness (TF-IDF) and its check by a CLIP-score difference.
+
+For an error slice ``S_err`` and a reference slice ``S_ref`` (correct predictions of the same
+class), the distinctiveness of token ``t`` is ``DS(t) = mean TF-IDF(t) over S_err - mean over
+S_ref``. A token is then checked against the embeddings: ``r_attr(t) = mean <f(x), g(t)> over
+S_err - the same over S_ref``, with ``f`` the image encoder when it shares a space with the
+text encoder ``g`` (a CLIP score), or the text encoder itself over each case's report and
+metadata text when it does not (the text-space analogue; the report says which was used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from agent.explain.scrub import ProperNouns, tokens
+
+__all__ = ["TokenScore", "TokenSpace", "r_attr"]
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    token: str
+    ds: float
+    r_attr: float | None = None
+
+
+class TokenSpace:
+    """TF-IDF over the scrubbed text of every case in a window.
+
+    Parameters
+    ----------
+    min_df
+        A token must occur in at least this many cases (documents) to be scored.
+    metadata_vocabulary
+        Words that come from the agent's own metadata sentences: known safe, so exempt from
+        the proper-noun filter (a manufacturer's name is an attribute, not a patient's).
+
+    Examples
+    --------
+    >>> space = TokenSpace(min_df=1).fit(["chest tube", "normal", "chest tube", "normal lungs"])
+    >>> [t.token for t in space.distinctiveness([0, 2], [1, 3], top_k=2)]
+    ['chest', 'tube']
+    """
+
+    def __init__(self, *, min_df: int = 3, metadata_vocabulary: frozenset[str] = frozenset()) -> None:
+        self.min_df = min_df
+        self.metadata_vocabulary = metadata_vocabulary
+
+    def fit(self, texts: Sequence[str], *, reports: Sequence[str] | None = None) -> TokenSpace:
+        """Learn proper nouns from ``reports`` (default: ``texts``) and TF-IDF over ``texts``."""
+        nouns = ProperNouns().fit(reports if reports is not None else texts).words_
+        self.proper_nouns_ = nouns - self.metadata_vocabulary
+        docs = [tokens(t, self.proper_nouns_) for t in texts]
+        min_df = min(self.min_df, max(len(docs), 1))
+        self.vectorizer_ = TfidfVectorizer(
+            analyzer=lambda doc: doc, min_df=min_df, lowercase=False, norm="l2", sublinear_tf=True
+        )
+        try:
+            self.matrix_ = self.vectorizer_.fit_transform(docs).tocsr()
+            self.vocabulary_ = np.asarray(self.vectorizer_.get_feature_names_out())
+        except ValueError:  # empty vocabulary: nothing survives scrubbing and min_df
+            self.matrix_ = None
+            self.vocabulary_ = np.asarray([], dtype=object)
+        return self
+
+    def mean_tfidf(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=int)
+        if self.matrix_ is None or len(rows) == 0:
+            return np.zeros(len(self.vocabulary_))
+        return np.asarray(self.matrix_[rows].mean(axis=0)).ravel()
+
+    def distinctiveness(
+        self, err_rows: Sequence[int] | np.ndarray, ref_rows: Sequence[int] | np.ndarray, *, top_k: int = 5
+    ) -> list[TokenScore]:
+        """The ``top_k`` tokens by ``DS`` (only those with ``DS > 0``)."""
+        ds = self.mean_tfidf(err_rows) - self.mean_tfidf(ref_rows)
+        order = np.argsort(-ds, kind="stable")[:top_k]
+        return [TokenScore(str(self.vocabulary_[i]), float(ds[i])) for i in order if ds[i] > 0]
+
+
+def r_attr(
+    token_vectors: np.ndarray, err_vectors: np.ndarray, ref_vectors: np.ndarray
+) -> np.ndarray:
+    """``mean <x, t>`` over the error slice minus over the reference slice, for each token row ``t``.
+
+    Vectors are L2-normalised here, so the inner product is a cosine similarity.
+
+    >>> t = np.array([[1.0, 0.0]])
+    >>> r_attr(t, np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 1.0]])).round(3).tolist()
+    [1.0]
+    """
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    if len(err_vectors) == 0 or len(ref_vectors) == 0:
+        return np.full(len(token_vectors), np.nan)
+    t = unit(token_vectors)
+    return np.asarray((unit(err_vectors) @ t.T).mean(axis=0) - (unit(ref_vectors) @ t.T).mean(axis=0))

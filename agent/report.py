@@ -1,0 +1,101 @@
+"""The slice report: what an audit found, in the JSON contract of the design, and as a table."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Member", "SliceReport", "SliceResult", "TokenResult", "Window"]
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    token: str
+    ds: float
+    r_attr: float | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    study_uid: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    rank: int
+    id: str
+    size: int
+    error_rate: float
+    rest_error_rate: float
+    p_value: float
+    error_precision_at_10: float
+    n_tested: int
+    members: tuple[Member, ...]
+    tokens: tuple[TokenResult, ...]
+    slice_class: str | int | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    n: int
+    n_errors: int
+    start: str | None
+    end: str | None
+
+
+@dataclass(frozen=True)
+class SliceReport:
+    model: str
+    target_class: str | int
+    modalities: tuple[str, ...]
+    window: Window
+    slices: tuple[SliceResult, ...]
+    baseline_tokens: tuple[TokenResult, ...]
+    slicer: str = "error_aware"
+    r_attr_space: str | None = None
+    embedder: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["modalities"] = list(self.modalities)
+        out["notes"] = list(self.notes)
+        return _finite(out)
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def table(self) -> str:
+        """A fixed-width text table of the slices, for a terminal."""
+        head = f"{'rank':>4}  {'size':>5}  {'error':>6}  {'rest':>6}  {'p-value':>8}  {'err@10':>6}  tokens"
+        lines = [
+            f"model {self.model}, target class {self.target_class!r}, modalities "
+            f"{'+'.join(self.modalities)}, window n={self.window.n} ({self.window.n_errors} errors)",
+            head,
+            "-" * len(head),
+        ]
+        for s in self.slices:
+            words = ", ".join(t.token for t in s.tokens) or "-"
+            lines.append(
+                f"{s.rank:>4}  {s.size:>5}  {s.error_rate:>6.2f}  {s.rest_error_rate:>6.2f}  "
+                f"{s.p_value:>8.1e}  {s.error_precision_at_10:>6.2f}  {words}"
+            )
+        if not self.slices:
+            lines.append("no significant error slice")
+        lines.append("baseline (all errors): " + (", ".join(t.token for t in self.baseline_tokens) or "-"))
+        return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: replace non-finite floats by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,229 @@
+"""A simulated chest X-ray inference stream: events with DICOM-style metadata and varied reports.
+
+Each study draws attributes (view, support devices, sex, age band, scanner), a confirmed
+label, a report written by a phrase grammar that mentions what the image would show the way
+a radiologist does (not every report names every attribute; synonyms vary), and a
+prediction from a simulated black-box classifier whose errors are uniform at ``base_error``
+except on one planted group, where they occur at ``slice_error``. Reports and headers carry
+invented names, record numbers and dates, so that scrubbing is exercised on every run.
+
+The planted failures follow the paper's three modes:
+
+``devices``   spurious correlation: cases without the finding but with support devices are
+              called positive (the classifier learned devices as a shortcut);
+``lateral``   rare-slice undertraining: positive lateral views are missed;
+``portable``  noisy labels on frontal portable AP films: positives there are missed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FAILURES", "StreamSpec", "generate_stream", "write_jsonl"]
+
+FAILURES = ("devices", "lateral", "portable")
+
+_FIRST = ["Jane", "John", "Maria", "Wei", "Amir", "Olga", "Kwame", "Priya", "Lars", "Sofia", "Hiro", "Nadia"]
+_LAST = ["Doe", "Okafor", "Larsen", "Nguyen", "Schmidt", "Haddad", "Kowalski", "Tanaka", "Moreau", "Silva"]
+_DOCTORS = ["Whitfield", "Ramanathan", "Castellano", "Brennan", "Oyelaran", "Lindqvist"]
+_SCANNERS = ["Philips", "Siemens", "Carestream", "Agfa", "Fujifilm"]
+
+_DEVICES = [
+    "Right-sided chest tube in place.",
+    "Left chest drain with its tip at the apex.",
+    "Endotracheal tube terminates above the carina.",
+    "Right internal jugular central venous line, tip in the SVC.",
+    "Nasogastric tube courses below the diaphragm.",
+    "Left subclavian PICC line with tip in the distal SVC.",
+    "Dual-lead pacemaker with leads in expected position.",
+    "Tracheostomy tube in place.",
+    "Support lines and tubes are unchanged in position.",
+]
+_PTX_POS = [
+    "Small right apical pneumothorax.",
+    "Moderate left pneumothorax with visible pleural edge.",
+    "There is a right pneumothorax measuring several centimetres.",
+    "Left apical pneumothorax, new since the prior film.",
+]
+_PTX_NEG = ["No pneumothorax.", "No evidence of pneumothorax.", "Lungs are fully expanded without pneumothorax.", ""]
+_BACKGROUND = [
+    "Heart size is normal.",
+    "Cardiomediastinal silhouette within normal limits.",
+    "Mild cardiomegaly.",
+    "Lungs are clear.",
+    "Minimal bibasilar atelectasis.",
+    "No focal consolidation.",
+    "Small left pleural effusion.",
+    "No pleural effusion.",
+    "Degenerative changes of the thoracic spine.",
+    "Calcified granuloma in the right upper lobe.",
+    "Hyperinflated lungs consistent with emphysema.",
+]
+_VIEW_TEXT = {
+    "PA": ["PA and lateral views of the chest.", "Frontal PA radiograph.", "Two views of the chest.", ""],
+    "AP": [
+        "Portable AP view of the chest.",
+        "Single portable frontal radiograph.",
+        "AP semi-upright portable film.",
+        "Bedside portable chest radiograph.",
+    ],
+    "LL": ["Lateral view of the chest.", "Left lateral radiograph.", "Lateral projection only.", ""],
+}
+_INDICATION = [
+    "INDICATION: Shortness of breath.",
+    "INDICATION: Chest pain, evaluate for pneumothorax.",
+    "INDICATION: Post procedure check.",
+    "INDICATION: Cough and fever.",
+    "INDICATION: Trauma.",
+    "INDICATION: Line placement.",
+]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What to simulate. Rates are probabilities; ``failure`` is one of :data:`FAILURES` or None."""
+
+    n_studies: int = 2000
+    model: str = "pneumothorax"
+    failure: str | None = "devices"
+    prevalence: float = 0.3
+    base_error: float = 0.08
+    slice_error: float = 0.7
+    device_rate: float = 0.25
+    seed: int = 0
+    bad_lines: bool = False
+    start: datetime = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pick(rng: np.random.Generator, items: Sequence[str]) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
+def _report(rng: np.random.Generator, view: str, devices: bool, positive: bool, name: str) -> str:
+    doctor = _pick(rng, _DOCTORS)
+    header = [
+        f"Patient: {name}",
+        f"MRN: {rng.integers(10**6, 10**7)}",
+        f"Accession: A{rng.integers(10**7, 10**8)}",
+        f"Referring physician: Dr. {doctor}",
+        f"Exam date: 2026-11-{rng.integers(1, 28):02d}",
+    ]
+    body = [_pick(rng, _INDICATION), "FINDINGS:"]
+    view_line = _pick(rng, _VIEW_TEXT[view])
+    if view_line:
+        body.append(view_line)
+    if devices and rng.random() < 0.9:
+        body.extend(rng.choice(_DEVICES, size=int(rng.integers(1, 3)), replace=False).tolist())
+    body.append(_pick(rng, _PTX_POS) if positive else _pick(rng, _PTX_NEG))
+    body.extend(rng.choice(_BACKGROUND, size=int(rng.integers(1, 4)), replace=False).tolist())
+    impression = "Pneumothorax as described." if positive else _pick(
+        rng, ["No acute cardiopulmonary process.", "No acute abnormality.", "Stable chest."]
+    )
+    body.append(f"IMPRESSION: {impression}")
+    if rng.random() < 0.3:
+        body.append(f"Findings discussed with Dr. {_pick(rng, _DOCTORS)} at {rng.integers(0, 24):02d}:15.")
+    return "\n".join(header + [" ".join(b for b in body if b)])
+
+
+def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, bool]]:
+    """Events (inference, report, label; in arrival order) and, per study, whether it is planted.
+
+    Examples
+    --------
+    >>> events, planted = generate_stream(StreamSpec(n_studies=20, seed=1))
+    >>> sorted({e["type"] for e in events})
+    ['inference', 'label', 'report']
+    >>> len(planted)
+    20
+    """
+    if spec.failure is not None and spec.failure not in FAILURES:
+        raise ValueError(f"expected failure in {FAILURES} or None, got {spec.failure!r}")
+    rng = np.random.default_rng(spec.seed)
+    positive_class, negative_class = spec.model, f"no_{spec.model}"
+    timed: list[tuple[datetime, int, dict[str, Any]]] = []
+    planted: dict[str, bool] = {}
+    for i in range(spec.n_studies):
+        study = f"1.2.826.0.1.3680043.{spec.seed}.{i}"
+        view = str(rng.choice(["PA", "AP", "LL"], p=[0.5, 0.3, 0.2]))
+        devices = bool(rng.random() < spec.device_rate * (2.0 if view == "AP" else 1.0))
+        positive = bool(rng.random() < spec.prevalence)
+        sex = str(rng.choice(["F", "M"]))
+        age = int(np.clip(rng.normal(60, 16), 18, 98))
+        name = f"{_pick(rng, _LAST)}^{_pick(rng, _FIRST)}"
+        in_group = {
+            None: False,
+            "devices": devices and not positive,
+            "lateral": view == "LL" and positive,
+            "portable": view == "AP" and positive,
+        }[spec.failure]
+        wrong = rng.random() < (spec.slice_error if in_group else spec.base_error)
+        predicted_positive = positive != wrong
+        planted[study] = in_group
+        t0 = spec.start + timedelta(seconds=int(rng.integers(0, 7 * 24 * 3600)))
+        metadata = {
+            "Modality": str(rng.choice(["CR", "DX"])),
+            "ViewPosition": view,
+            "BodyPartExamined": "CHEST",
+            "PatientSex": sex,
+            "PatientAge": f"{age:03d}Y",
+            "Manufacturer": _pick(rng, _SCANNERS),
+            "SeriesDescription": {"PA": "CHEST PA", "AP": "CHEST PORTABLE AP", "LL": "CHEST LAT"}[view],
+            "PatientName": name,
+            "PatientID": f"MRN{rng.integers(10**6, 10**7)}",
+            "StudyDate": t0.strftime("%Y%m%d"),
+        }
+        score = float(np.clip(rng.normal(0.8 if predicted_positive else 0.2, 0.1), 0.0, 1.0))
+        timed.append((t0, 0, {
+            "type": "inference", "event_id": f"inf-{spec.seed}-{i}", "study_uid": study,
+            "model": spec.model, "model_version": "3.1.0", "timestamp": _iso(t0),
+            "prediction": positive_class if predicted_positive else negative_class,
+            "score": round(score, 4), "metadata": metadata,
+        }))
+        t1 = t0 + timedelta(minutes=int(rng.integers(10, 240)))
+        timed.append((t1, 1, {
+            "type": "report", "event_id": f"rep-{spec.seed}-{i}", "study_uid": study,
+            "timestamp": _iso(t1), "text": _report(rng, view, devices, positive, name.replace("^", " ")),
+        }))
+        t2 = t1 + timedelta(hours=int(rng.integers(1, 72)))
+        timed.append((t2, 2, {
+            "type": "label", "event_id": f"lab-{spec.seed}-{i}", "study_uid": study,
+            "timestamp": _iso(t2), "label": positive_class if positive else negative_class,
+        }))
+    timed.sort(key=lambda item: (item[0], item[1]))
+    events: list[dict[str, Any]] = [e for _, _, e in timed]
+    if spec.bad_lines:
+        events.extend(_bad_events(spec))
+    return events, planted
+
+
+def _bad_events(spec: StreamSpec) -> list[dict[str, Any]]:
+    """One of each kind of bad input, appended after the good events."""
+    t = _iso(spec.start + timedelta(days=8))
+    return [
+        {"type": "label", "event_id": "bad-orphan", "study_uid": "no-such-study", "timestamp": t, "label": 1},
+        {"type": "inference", "event_id": "bad-missing", "study_uid": "x", "timestamp": t, "model": spec.model},
+        {"type": "label", "event_id": "bad-type", "study_uid": "x", "timestamp": t, "label": [1]},
+        {"type": "label", "event_id": "bad-class", "study_uid": f"1.2.826.0.1.3680043.{spec.seed}.0",
+         "timestamp": t, "label": "fracture", "model": spec.model},
+        {"type": "telemetry", "event_id": "bad-kind"},
+    ]
+
+
+def write_jsonl(events: Iterable[dict[str, Any]], path: str | Path, *, garbage: bool = False) -> None:
+    """Write events one JSON object per line; ``garbage`` adds a line that is not JSON at all."""
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for event in events:
+            fh.write(json.dumps(event) + "\n")
+        if garbage:
+            fh.write('{"type": "label", "event_id": \n')

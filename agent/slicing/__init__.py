@@ -1,0 +1,7 @@
+"""Slicers (scikit-learn style estimators) and the honest slice-discovery procedure."""
+
+from agent.slicing.errors_only import ErrorsOnlyMixture
+from agent.slicing.mixture import ErrorAwareMixture
+from agent.slicing.significance import SliceFinding, Slicer, discover_slices
+
+__all__ = ["ErrorAwareMixture", "ErrorsOnlyMixture", "SliceFinding", "Slicer", "discover_slices"]

@@ -1,0 +1,291 @@
+"""The error-aware Gaussian mixture (Domino-style) over embeddings, labels and predictions.
+
+Each component ``j`` has a weight, a diagonal Gaussian over the embedding ``u`` and two
+Bernoulli terms, one for the binary label ``y`` and one for the prediction ``ŷ``. The
+per-sample log-likelihood under component ``j`` is::
+
+    log π_j + log N(u | μ_j, diag σ²_j) + γ [log P(y | j) + log P(ŷ | j)]
+
+and the mixture maximises the sum over samples of the log-sum-exp over components. ``γ``
+(``gamma``) trades slice coherence in embedding space against slice error rate; the
+multimodal slice-discovery paper uses ``γ = 10``. ``ŷ`` may be a hard 0/1 prediction or the
+model's probability of the target class (a soft Bernoulli target).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+
+from agent.errors import FitError
+
+__all__ = ["ErrorAwareMixture", "diag_gaussian_log_prob", "mahalanobis_sq"]
+
+log = logging.getLogger(__name__)
+
+_EPS = 10 * np.finfo(np.float64).eps
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def diag_gaussian_log_prob(
+    X: np.ndarray, means: np.ndarray, variances: np.ndarray
+) -> np.ndarray:
+    """Log density of every row of ``X`` under every diagonal Gaussian, as an ``(n, k)`` array.
+
+    Expanded as ``Σ x²/σ² - 2 x·μ/σ² + Σ μ²/σ²`` so that the work is two matrix products,
+    never a Python loop over samples or components.
+    """
+    log_det = np.sum(np.log(variances), axis=1)
+    return -0.5 * (X.shape[1] * _LOG_2PI + log_det + mahalanobis_sq(X, means, variances))
+
+
+def mahalanobis_sq(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
+    precisions = 1.0 / variances
+    quad = (
+        (X * X) @ precisions.T
+        - 2.0 * X @ (means * precisions).T
+        + np.sum(means * means * precisions, axis=1)
+    )
+    return np.maximum(quad, 0.0)
+
+
+def _bernoulli_log_prob(target: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``(n, k)`` log-likelihood of (possibly soft) binary targets under per-component rates."""
+    p = np.clip(p, _EPS, 1.0 - _EPS)
+    return np.outer(target, np.log(p)) + np.outer(1.0 - target, np.log1p(-p))
+
+
+class ErrorAwareMixture:
+    """Gaussian mixture over ``[embedding, label, prediction]`` with the label terms weighted by ``gamma``.
+
+    Parameters
+    ----------
+    n_components
+        Number of mixture components. Slices are chosen among them afterwards.
+    gamma
+        Weight of the label and prediction log-likelihood terms.
+    max_iter
+        Maximum number of EM iterations.
+    tol
+        Convergence threshold on the change of the mean per-sample lower bound.
+    reg_covar
+        Floor added to every variance; raise it when a fit collapses.
+    init
+        ``"confusion"`` seeds each component inside one cell of the confusion matrix
+        ``(y, ŷ)`` (components shared equally over non-empty cells, then k-means++ within
+        the cell); ``"random"`` draws random responsibilities.
+    random_state
+        Seed or ``numpy.random.RandomState``.
+
+    Attributes
+    ----------
+    weights_, means_, variances_
+        Mixture weights ``(k,)``, means and diagonal variances ``(k, d)``.
+    y_probs_, y_pred_probs_
+        Per-component probability that the label, and the prediction, is the target class.
+    converged_, n_iter_, lower_bound_
+        Whether EM converged, the iterations run, and the final mean per-sample lower bound.
+    lower_bounds_
+        The mean lower bound after every iteration (non-decreasing up to rounding).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 4))
+    >>> y = (rng.random(200) < 0.5).astype(float)
+    >>> m = ErrorAwareMixture(4, random_state=0).fit(X, y, y)
+    >>> m.predict_proba(X, y, y).shape
+    (200, 4)
+    >>> bool(np.allclose(m.predict_proba(X, y, y).sum(axis=1), 1.0))
+    True
+    """
+
+    def __init__(
+        self,
+        n_components: int = 25,
+        *,
+        gamma: float = 10.0,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        reg_covar: float = 1e-6,
+        init: str = "confusion",
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.gamma = gamma
+        self.max_iter = max_iter
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.init = init
+        self.random_state = random_state
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> ErrorAwareMixture:
+        """Fit by EM. ``y`` is 0/1; ``y_pred`` is 0/1 or the probability of the target class."""
+        X, y, y_pred = self._validate(X, y, y_pred)
+        n = X.shape[0]
+        if self.n_components < 1:
+            raise FitError(f"n_components must be >= 1, got {self.n_components}")
+        if n < self.n_components:
+            raise FitError(
+                f"expected at least n_components={self.n_components} samples, got {n}; "
+                "lower n_components or widen the window"
+            )
+        if self.init not in ("confusion", "random"):
+            raise FitError(f"init must be 'confusion' or 'random', got {self.init!r}")
+        rng = check_random_state(self.random_state)
+        resp = self._initial_resp(X, y, y_pred, rng)
+        self._m_step(X, y, y_pred, resp)
+
+        self.lower_bounds_: list[float] = []
+        self.converged_ = False
+        previous = -np.inf
+        for it in range(1, self.max_iter + 1):
+            log_resp, bound = self._e_step(X, y, y_pred)
+            self._m_step(X, y, y_pred, np.exp(log_resp))
+            self.lower_bounds_.append(bound)
+            self.n_iter_ = it
+            if abs(bound - previous) < self.tol:
+                self.converged_ = True
+                break
+            previous = bound
+        _, self.lower_bound_ = self._e_step(X, y, y_pred)
+        if not self.converged_:
+            warnings.warn(
+                f"EM did not converge in max_iter={self.max_iter} iterations; raise max_iter or tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _validate(
+        self, X: Any, y: Any, y_pred: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64).ravel()
+        y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+        if X.ndim != 2:
+            raise FitError(f"expected a 2-D embedding array, got shape {X.shape}")
+        if not (len(y) == len(y_pred) == X.shape[0]):
+            raise FitError(
+                f"expected X, y and y_pred of one length, got {X.shape[0]}, {len(y)}, {len(y_pred)}"
+            )
+        if not np.all(np.isfinite(X)):
+            raise FitError("embeddings contain NaN or infinity; fill missing modalities before fitting")
+        if np.any((y != 0) & (y != 1)):
+            raise FitError("expected binary labels y in {0, 1}; reformulate as target class vs rest")
+        if np.any((y_pred < 0) | (y_pred > 1)):
+            raise FitError("expected y_pred as 0/1 or a probability in [0, 1]")
+        return X, y, y_pred
+
+    def _initial_resp(
+        self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, rng: np.random.RandomState
+    ) -> np.ndarray:
+        n, k = X.shape[0], self.n_components
+        if self.init == "random":
+            resp = rng.random_sample((n, k))
+            return resp / resp.sum(axis=1, keepdims=True)
+        cell = 2 * y.astype(int) + (y_pred >= 0.5).astype(int)
+        cells, counts = np.unique(cell, return_counts=True)
+        # Share components equally among non-empty cells (error cells are small but are what
+        # slices are made of), never more components than a cell has samples.
+        share = np.minimum(counts, k // len(cells))
+        for i in np.argsort(-counts, kind="stable"):
+            if share.sum() >= k:
+                break
+            share[i] += min(k - share.sum(), counts[i] - share[i])
+        resp = np.zeros((n, k))
+        start = 0
+        for c, m in zip(cells, share, strict=True):
+            idx = np.flatnonzero(cell == c)
+            centers = _kmeans_pp(X[idx], min(m, len(idx)), rng)
+            dist = _sq_dist(X[idx], centers)
+            resp[idx, start + np.argmin(dist, axis=1)] = 1.0
+            start += m
+        return resp
+
+    def _m_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, resp: np.ndarray) -> None:
+        nk = resp.sum(axis=0) + _EPS
+        self.weights_ = nk / nk.sum()
+        self.means_ = (resp.T @ X) / nk[:, None]
+        second = (resp.T @ (X * X)) / nk[:, None]
+        self.variances_ = np.maximum(second - self.means_**2, 0.0) + self.reg_covar
+        self.y_probs_ = np.clip((resp.T @ y) / nk, _EPS, 1 - _EPS)
+        self.y_pred_probs_ = np.clip((resp.T @ y_pred) / nk, _EPS, 1 - _EPS)
+
+    def _joint_log_prob(
+        self, X: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None
+    ) -> np.ndarray:
+        out = np.log(self.weights_) + diag_gaussian_log_prob(X, self.means_, self.variances_)
+        if y is not None and y_pred is not None:
+            out = out + self.gamma * (
+                _bernoulli_log_prob(y, self.y_probs_) + _bernoulli_log_prob(y_pred, self.y_pred_probs_)
+            )
+        return out
+
+    def _e_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, float]:
+        joint = self._joint_log_prob(X, y, y_pred)
+        norm = logsumexp(joint, axis=1)
+        return joint - norm[:, None], float(np.mean(norm))
+
+    # -- prediction ------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "means_"):
+            raise FitError("this ErrorAwareMixture is not fitted yet; call fit first")
+
+    def predict_proba(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        """Slice membership given embedding, label and prediction (what Domino reports)."""
+        self._check_fitted()
+        X, y, y_pred = self._validate(X, y, y_pred)
+        log_resp, _ = self._e_step(X, y, y_pred)
+        return np.exp(log_resp)
+
+    def membership(self, X: np.ndarray) -> np.ndarray:
+        """Slice membership from the embedding alone, blind to labels and predictions.
+
+        This is the membership used to test a slice on samples the fit did not see: a
+        sample's own error cannot pull it into a high-error component.
+        """
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float64)
+        joint = self._joint_log_prob(X, None, None)
+        return np.exp(joint - logsumexp(joint, axis=1)[:, None])
+
+    def mahalanobis_sq(self, X: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of every row to every component, ``(n, k)``."""
+        self._check_fitted()
+        return mahalanobis_sq(np.asarray(X, dtype=np.float64), self.means_, self.variances_)
+
+    def component_error_rates(self) -> np.ndarray:
+        """Expected error rate of each component, ``P(y != ŷ | j)`` under independence within it."""
+        self._check_fitted()
+        p, q = self.y_probs_, self.y_pred_probs_
+        return np.asarray(p * (1 - q) + (1 - p) * q)
+
+
+def _sq_dist(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+    return np.maximum(
+        np.sum(X * X, axis=1)[:, None] - 2.0 * X @ C.T + np.sum(C * C, axis=1)[None, :], 0.0
+    )
+
+
+def _kmeans_pp(X: np.ndarray, k: int, rng: np.random.RandomState) -> np.ndarray:
+    """k-means++ seeding: ``k`` rows of ``X`` spread out by squared distance."""
+    centers = [X[rng.randint(len(X))]]
+    d2 = _sq_dist(X, centers[0][None, :])[:, 0]
+    for _ in range(1, k):
+        total = d2.sum()
+        i = rng.randint(len(X)) if total <= 0 else rng.choice(len(X), p=d2 / total)
+        centers.append(X[i])
+        d2 = np.minimum(d2, _sq_dist(X, X[i][None, :])[:, 0])
+    return np.asarray(centers)

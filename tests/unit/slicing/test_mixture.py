@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from agent.errors import FitError
+from agent.slicing import ErrorAwareMixture
+from agent.slicing.mixture import diag_gaussian_log_prob
+
+
+def _data(seed: int = 0, n: int = 300, d: int = 5):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) + rng.integers(0, 3, n)[:, None] * 3
+    y = (rng.random(n) < 0.4).astype(float)
+    y_pred = np.where(rng.random(n) < 0.15, 1 - y, y)
+    return X, y, y_pred
+
+
+def test_gaussian_log_prob_matches_scipy():
+    rng = np.random.default_rng(1)
+    X, means, variances = rng.normal(size=(7, 3)), rng.normal(size=(2, 3)), rng.uniform(0.5, 2, (2, 3))
+    ours = diag_gaussian_log_prob(X, means, variances)
+    ref = np.column_stack(
+        [multivariate_normal(means[j], np.diag(variances[j])).logpdf(X) for j in range(2)]
+    )
+    np.testing.assert_allclose(ours, ref, rtol=1e-10)
+
+
+def test_responsibilities_match_a_naive_loop():
+    X, y, y_pred = _data()
+    m = ErrorAwareMixture(4, gamma=3.0, random_state=0).fit(X, y, y_pred)
+    resp = m.predict_proba(X, y, y_pred)
+    for i in range(0, len(X), 37):
+        joint = []
+        for j in range(4):
+            lp = np.log(m.weights_[j]) + multivariate_normal(m.means_[j], np.diag(m.variances_[j])).logpdf(X[i])
+            for target, p in ((y[i], m.y_probs_[j]), (y_pred[i], m.y_pred_probs_[j])):
+                lp += 3.0 * (target * np.log(p) + (1 - target) * np.log(1 - p))
+            joint.append(lp)
+        joint = np.array(joint)
+        np.testing.assert_allclose(resp[i], np.exp(joint - np.logaddexp.reduce(joint)), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("init", ["confusion", "random"])
+def test_lower_bound_never_falls_and_resp_sum_to_one(init):
+    X, y, y_pred = _data(2)
+    m = ErrorAwareMixture(6, init=init, max_iter=200, tol=1e-8, random_state=0).fit(X, y, y_pred)
+    bounds = np.array(m.lower_bounds_)
+    assert np.all(np.diff(bounds) >= -1e-8 * np.abs(bounds[1:]))
+    np.testing.assert_allclose(m.predict_proba(X, y, y_pred).sum(axis=1), 1.0)
+    np.testing.assert_allclose(m.membership(X).sum(axis=1), 1.0)
+
+
+def test_confusion_init_separates_error_cells():
+    X, y, y_pred = _data(3)
+    m = ErrorAwareMixture(8, gamma=10, random_state=0).fit(X, y, y_pred)
+    # With gamma = 10 every component is nearly pure in (y, y_pred).
+    assert np.all((m.y_probs_ < 0.05) | (m.y_probs_ > 0.95))
+    assert np.all((m.y_pred_probs_ < 0.05) | (m.y_pred_probs_ > 0.95))
+
+
+def test_fit_is_deterministic_given_random_state():
+    X, y, y_pred = _data(4)
+    a = ErrorAwareMixture(5, random_state=7).fit(X, y, y_pred)
+    b = ErrorAwareMixture(5, random_state=7).fit(X, y, y_pred)
+    np.testing.assert_array_equal(a.means_, b.means_)
+
+
+def test_constructor_only_stores_parameters():
+    m = ErrorAwareMixture(3, gamma=-1.0, init="nonsense")
+    assert (m.n_components, m.gamma, m.init) == (3, -1.0, "nonsense")
+    X, y, y_pred = _data()
+    with pytest.raises(FitError, match="init"):
+        m.fit(X, y, y_pred)
+    assert m.init == "nonsense"
+
+
+def test_degenerate_inputs_name_the_knob():
+    X, y, y_pred = _data(n=10)
+    with pytest.raises(FitError, match="n_components"):
+        ErrorAwareMixture(25).fit(X, y, y_pred)
+    with pytest.raises(FitError, match="binary"):
+        ErrorAwareMixture(2).fit(X, y + 2, y_pred)
+    with pytest.raises(FitError, match="NaN"):
+        ErrorAwareMixture(2).fit(np.full_like(X, np.nan), y, y_pred)
+    with pytest.raises(FitError, match="not fitted"):
+        ErrorAwareMixture(2).membership(X)
+
+
+def test_identical_points_do_not_collapse():
+    X = np.zeros((40, 3))
+    y = np.r_[np.zeros(20), np.ones(20)]
+    m = ErrorAwareMixture(2, random_state=0).fit(X, y, y)
+    assert np.all(np.isfinite(m.predict_proba(X, y, y)))
+    assert np.all(m.variances_ >= m.reg_covar)
