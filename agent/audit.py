@@ -130,8 +130,12 @@ def embed_samples(
 def _make_slicer(settings: Settings) -> Callable[[int], Slicer]:
     a = settings.audit
     if a.slicer == "errors_only":
-        return lambda seed: ErrorsOnlyMixture(a.n_slices, min_cluster_size=a.min_slice_size, random_state=seed)
-    return lambda seed: ErrorAwareMixture(a.n_components, gamma=a.gamma, random_state=seed)
+        return lambda seed: ErrorsOnlyMixture(
+            a.n_slices, min_cluster_size=a.min_slice_size, reg_covar=a.reg_covar, random_state=seed
+        )
+    return lambda seed: ErrorAwareMixture(
+        a.n_components, gamma=a.gamma, reg_covar=a.reg_covar, random_state=seed
+    )
 
 
 def _slice_id(model: str, target: ClassLabel, members: Sequence[str]) -> str:
@@ -179,24 +183,45 @@ def run_audit(
     y = np.array([s.label == target for s in samples], dtype=np.float64)
     y_pred = np.array([s.prediction == target for s in samples], dtype=np.float64)
     err = y != y_pred
-    log.info("auditing %s target=%r on %d cases (%d errors) with %s", model, target, len(samples),
-             int(err.sum()), "+".join(chosen))
+    log.info(
+        "auditing %s target=%r on %d cases (%d errors) with %s",
+        model,
+        target,
+        len(samples),
+        int(err.sum()),
+        "+".join(chosen),
+    )
 
-    emb = embed_samples(samples, chosen, embedder, batch_size=settings.embed.batch_size,
-                        image_size=settings.embed.image_size, progress=progress)
+    emb = embed_samples(
+        samples,
+        chosen,
+        embedder,
+        batch_size=settings.embed.batch_size,
+        image_size=settings.embed.image_size,
+        progress=progress,
+    )
     fused = fuse(emb.blocks, n_components=a.pca_components, random_state=a.seed)
     for name, count in fused.missing.items():
         if count:
             notes.append(f"{count} of {len(samples)} cases lack the {name} modality (zero block)")
 
     findings = discover_slices(
-        _make_slicer(settings), fused.embedding, y, y_pred, n_slices=a.n_slices, n_splits=a.n_splits,
-        beta=a.beta, alpha=a.alpha, min_size=a.min_slice_size, random_state=a.seed,
+        _make_slicer(settings),
+        fused.embedding,
+        y,
+        y_pred,
+        n_slices=a.n_slices,
+        n_splits=a.n_splits,
+        beta=a.beta,
+        alpha=a.alpha,
+        min_size=a.min_slice_size,
+        random_state=a.seed,
     )
 
     space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
     space.fit(emb.texts, reports=emb.reports)
     shared = embedder.shared_space and "image" in emb.blocks
+    case_vectors: np.ndarray | None
     if shared:
         case_vectors = emb.blocks["image"]
     else:
@@ -216,13 +241,9 @@ def run_audit(
     uids = [s.study_uid for s in samples]
     slices: list[SliceResult] = []
     for finding in findings:
-        ranked = finding.ranking()
-        order = ranked[finding.probability[ranked] > a.beta]
-        if len(order) < a.min_slice_size:
-            continue
+        order = finding.ranking()
         err_members = order[err[order]]
-        slice_y = float(np.round(y[err_members].mean())) if len(err_members) else float(np.round(y[order].mean()))
-        ref = np.flatnonzero(~err & (y == slice_y) & (finding.probability <= a.beta))
+        ref = np.flatnonzero(~err & (y == finding.slice_class) & ~finding.members)
         slices.append(
             SliceResult(
                 rank=len(slices) + 1,
@@ -231,11 +252,11 @@ def run_audit(
                 error_rate=finding.error_rate,
                 rest_error_rate=finding.rest_error_rate,
                 p_value=finding.p_value,
-                error_precision_at_10=error_precision_at_k(ranked, err, 10),
+                error_precision_at_10=error_precision_at_k(order, err, 10),
                 n_tested=finding.n_tested,
                 members=tuple(Member(uids[i], float(finding.probability[i])) for i in order),
                 tokens=scored(err_members if len(err_members) else order, ref),
-                slice_class=target if slice_y == 1 else "rest",
+                slice_class=target if finding.slice_class == 1 else "rest",
             )
         )
     baseline = scored(np.flatnonzero(err), np.flatnonzero(~err))

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from agent.config import Settings, load_settings
+from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
 from agent.join import Problem, Sample
@@ -37,10 +38,12 @@ def _match_class(given: str, seen: set[ClassLabel]) -> ClassLabel:
         return given
 
 
-def _build_embedder(settings: Settings):  # type: ignore[no-untyped-def]
+def _build_embedder(settings: Settings) -> Embedder:
     from agent.embed import CachedEmbedder, MemoryCache, SqliteCache, make_embedder
 
-    inner = make_embedder(settings.embed.spec, device=settings.embed.device, batch_size=settings.embed.batch_size)
+    inner = make_embedder(
+        settings.embed.spec, device=settings.embed.device, batch_size=settings.embed.batch_size
+    )
     path = settings.embed.cache_path
     return CachedEmbedder(inner, SqliteCache(path) if path else MemoryCache())
 
@@ -67,7 +70,9 @@ def _select_model(samples: list[Sample], model: str | None) -> list[Sample]:
     models = Counter(s.model for s in samples)
     if model is None:
         if len(models) > 1:
-            raise AgentError(f"the stream holds several models ({', '.join(sorted(models))}); choose one with --model")
+            raise AgentError(
+                f"the stream holds several models ({', '.join(sorted(models))}); choose one with --model"
+            )
         return samples
     if model not in models:
         raise AgentError(f"model {model!r} not in the stream; it holds {', '.join(sorted(models)) or 'none'}")
@@ -85,7 +90,9 @@ def audit(
     classes: Annotated[str | None, typer.Option(help="comma list of the model's classes")] = None,
     slicer: Annotated[str | None, typer.Option(help="error_aware | errors_only")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
-    problems_out: Annotated[Path | None, typer.Option("--problems", help="write bad inputs here (JSONL)")] = None,
+    problems_out: Annotated[
+        Path | None, typer.Option("--problems", help="write bad inputs here (JSONL)")
+    ] = None,
 ) -> None:
     """Audit a finite event file: find, test and explain the error slices of one model."""
     from agent.audit import run_audit
@@ -102,15 +109,15 @@ def audit(
     settings = load_settings(config, overrides=overrides)
     started = time.perf_counter()
     decoded, problems = read_jsonl(events, max_report_chars=settings.audit.max_report_chars)
-    labels_seen = {e.label for _, e in decoded if e.type == "label"}  # type: ignore[union-attr]
+    labels_seen = {e.label for _, e in decoded if e.type == "label"}
     target = _match_class(target_class, labels_seen) if target_class is not None else None
     class_map = None
     if classes:
-        models = {e.model for _, e in decoded if e.type == "inference"}  # type: ignore[union-attr]
+        models = {e.model for _, e in decoded if e.type == "inference"}
         class_map = {m: [_match_class(c, labels_seen) for c in _split(classes) or []] for m in models}
     elif target is not None:
-        models = {e.model for _, e in decoded if e.type == "inference"}  # type: ignore[union-attr]
-        predicted = {e.prediction for _, e in decoded if e.type == "inference"}  # type: ignore[union-attr]
+        models = {e.model for _, e in decoded if e.type == "inference"}
+        predicted = {e.prediction for _, e in decoded if e.type == "inference"}
         class_map = {m: [*predicted, target] for m in models}
     joined = join_events(decoded, classes=class_map)
     problems += joined.problems
@@ -146,27 +153,44 @@ def simulate(
     """Write a simulated inference stream with a planted failure."""
     from agent.simulate import StreamSpec, generate_stream, write_jsonl
 
-    spec = StreamSpec(n_studies=n_studies, failure=None if failure == "none" else failure, seed=seed,
-                      bad_lines=bad_lines)
+    spec = StreamSpec(
+        n_studies=n_studies, failure=None if failure == "none" else failure, seed=seed, bad_lines=bad_lines
+    )
     events, planted = generate_stream(spec)
     write_jsonl(events, out, garbage=bad_lines)
     if truth is not None:
         truth.write_text(json.dumps(planted), encoding="utf-8")
-    typer.echo(f"wrote {len(events)} events for {n_studies} studies to {out} "
-               f"(planted: {failure}, {sum(planted.values())} studies in the group)")
+    typer.echo(
+        f"wrote {len(events)} events for {n_studies} studies to {out} "
+        f"(planted: {failure}, {sum(planted.values())} studies in the group)"
+    )
 
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option(help="where to write the stream and the report")] = Path("out/demo"),
+    out_dir: Annotated[Path, typer.Option(help="where to write the stream and the report")] = Path(
+        "out/demo"
+    ),
     n_studies: Annotated[int, typer.Option("--n")] = 1500,
 ) -> None:
     """Simulate a stream with a planted failure (support devices) and audit it end to end."""
     out_dir.mkdir(parents=True, exist_ok=True)
     events = out_dir / "events.jsonl"
-    simulate(events, n_studies=n_studies, failure="devices", seed=0, bad_lines=True, truth=out_dir / "truth.json")
-    audit(events, out=out_dir / "report.json", target_class=None, modalities="report,metadata", embedder=None,
-          model=None, classes=None, slicer=None, config=None, problems_out=out_dir / "problems.jsonl")
+    simulate(
+        events, n_studies=n_studies, failure="devices", seed=0, bad_lines=True, truth=out_dir / "truth.json"
+    )
+    audit(
+        events,
+        out=out_dir / "report.json",
+        target_class=None,
+        modalities="report,metadata",
+        embedder=None,
+        model=None,
+        classes=None,
+        slicer=None,
+        config=None,
+        problems_out=out_dir / "problems.jsonl",
+    )
 
 
 def main() -> None:

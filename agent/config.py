@@ -31,8 +31,11 @@ class AuditSettings(BaseModel):
     n_slices: int = Field(5, ge=1, le=5, description="slices reported at most (metric labels allow 1..5)")
     n_components: int = Field(25, ge=1, description="mixture components of the error-aware slicer")
     gamma: float = Field(10.0, ge=0, description="weight of the label and prediction terms")
+    reg_covar: float = Field(1e-6, gt=0, description="variance floor of the mixture components")
     pca_components: int = Field(128, ge=1)
-    beta: float = Field(0.5, gt=0, lt=1, description="membership threshold")
+    beta: float = Field(
+        0.1, gt=0, le=1, description="membership threshold, relative to a case's most probable component"
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise significance level")
     n_splits: int = Field(2, ge=2, description="cross-fitting folds for the held-out test")
     min_slice_size: int = Field(10, ge=1, description="smaller slices are neither tested nor exported")
@@ -86,9 +89,7 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
-def load_settings(
-    path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Build the settings from an optional YAML file, the environment, and explicit overrides.
 
     ``overrides`` (from command-line flags) win over both, as a nested mapping such as

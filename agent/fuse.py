@@ -39,9 +39,7 @@ def _unit_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(norm > 0, out / np.maximum(norm, 1e-12), 0.0), missing
 
 
-def fuse(
-    blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_state: int = 0
-) -> Fused:
+def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_state: int = 0) -> Fused:
     """Fuse the given modality blocks (rows with NaN mark a missing modality for that case).
 
     Parameters

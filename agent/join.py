@@ -77,7 +77,9 @@ def join_events(
             key = (event.model, event.study_uid)
             if key in inferences:
                 problems.append(
-                    Problem(where, "conflicting_inference", "second inference for this study and model; ignored")
+                    Problem(
+                        where, "conflicting_inference", "second inference for this study and model; ignored"
+                    )
                 )
                 continue
             inferences[key] = (where, event)
@@ -89,7 +91,9 @@ def join_events(
     studies = {study for _, study in inferences}
     for study, entries in labels.items():
         if study not in studies:
-            problems.extend(Problem(w, "orphan_label", "label for a study with no inference") for w, _ in entries)
+            problems.extend(
+                Problem(w, "orphan_label", "label for a study with no inference") for w, _ in entries
+            )
     for study, (where, _) in reports.items():
         if study not in studies:
             problems.append(Problem(where, "orphan_report", "report for a study with no inference"))
@@ -109,7 +113,9 @@ def join_events(
                 continue
             if candidate.label not in known[model]:
                 problems.append(
-                    Problem(where, "unknown_class", f"label {candidate.label!r} is not a class of model {model!r}")
+                    Problem(
+                        where, "unknown_class", f"label {candidate.label!r} is not a class of model {model!r}"
+                    )
                 )
                 continue
             if label is None:

@@ -22,7 +22,7 @@ from agent.errors import ConfigError, EmbedderError, ModelFilesMissingError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DefaultEmbedder", "as_image_array"]
+__all__ = ["DefaultEmbedder", "as_image_array", "check_batch_size", "check_texts"]
 
 log = logging.getLogger(__name__)
 

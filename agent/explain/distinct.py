@@ -82,9 +82,7 @@ class TokenSpace:
         return [TokenScore(str(self.vocabulary_[i]), float(ds[i])) for i in order if ds[i] > 0]
 
 
-def r_attr(
-    token_vectors: np.ndarray, err_vectors: np.ndarray, ref_vectors: np.ndarray
-) -> np.ndarray:
+def r_attr(token_vectors: np.ndarray, err_vectors: np.ndarray, ref_vectors: np.ndarray) -> np.ndarray:
     """``mean <x, t>`` over the error slice minus over the reference slice, for each token row ``t``.
 
     Vectors are L2-normalised here, so the inner product is a cosine similarity.

@@ -34,9 +34,7 @@ _ID_KEYS = (
 _HEADER = re.compile(rf"^[ \t]*(?:{_ID_KEYS})[^:\n]{{0,40}}:[^\n]*$", re.IGNORECASE | re.MULTILINE)
 _EMAIL = re.compile(r"\S+@\S+")
 _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
-_TITLE_NAME = re.compile(
-    r"\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sr|Nurse)\b\.?\s+(?:[A-Z][\w'’-]*\.?\s*){1,3}"
-)
+_TITLE_NAME = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sr|Nurse)\b\.?\s+(?:[A-Z][\w'’-]*\.?\s*){1,3}")
 _WITH_DIGIT = re.compile(r"\S*\d\S*")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLACEHOLDER = re.compile(r"^x{2,}$", re.IGNORECASE)
@@ -44,9 +42,30 @@ _SENTENCE_END = re.compile(r"[.!?:;\n]\s*$")
 
 #: English stop words plus report boilerplate that names no attribute of a case.
 STOP_WORDS = frozenset(ENGLISH_STOP_WORDS) | {
-    "findings", "impression", "indication", "comparison", "technique", "history", "report",
-    "exam", "examination", "study", "clinical", "noted", "seen", "there", "views", "view",
-    "unchanged", "stable", "compared", "prior", "patient", "dictated", "signed", "final",
+    "findings",
+    "impression",
+    "indication",
+    "comparison",
+    "technique",
+    "history",
+    "report",
+    "exam",
+    "examination",
+    "study",
+    "clinical",
+    "noted",
+    "seen",
+    "there",
+    "views",
+    "view",
+    "unchanged",
+    "stable",
+    "compared",
+    "prior",
+    "patient",
+    "dictated",
+    "signed",
+    "final",
 }
 
 
@@ -69,7 +88,7 @@ def _words_with_position(text: str) -> Iterable[tuple[str, bool]]:
     start = 0
     for match in _WORD.finditer(text):
         before = text[start : match.start()]
-        at_start = start == 0 and not before.strip() or bool(_SENTENCE_END.search(text[: match.start()]))
+        at_start = (start == 0 and not before.strip()) or bool(_SENTENCE_END.search(text[: match.start()]))
         yield match.group(), at_start
         start = match.end()
 

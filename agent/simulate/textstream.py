@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,12 @@ _PTX_POS = [
     "There is a right pneumothorax measuring several centimetres.",
     "Left apical pneumothorax, new since the prior film.",
 ]
-_PTX_NEG = ["No pneumothorax.", "No evidence of pneumothorax.", "Lungs are fully expanded without pneumothorax.", ""]
+_PTX_NEG = [
+    "No pneumothorax.",
+    "No evidence of pneumothorax.",
+    "Lungs are fully expanded without pneumothorax.",
+    "",
+]
 _BACKGROUND = [
     "Heart size is normal.",
     "Cardiomediastinal silhouette within normal limits.",
@@ -99,7 +104,7 @@ class StreamSpec:
     device_rate: float = 0.25
     seed: int = 0
     bad_lines: bool = False
-    start: datetime = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+    start: datetime = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 def _iso(t: datetime) -> str:
@@ -127,13 +132,15 @@ def _report(rng: np.random.Generator, view: str, devices: bool, positive: bool, 
         body.extend(rng.choice(_DEVICES, size=int(rng.integers(1, 3)), replace=False).tolist())
     body.append(_pick(rng, _PTX_POS) if positive else _pick(rng, _PTX_NEG))
     body.extend(rng.choice(_BACKGROUND, size=int(rng.integers(1, 4)), replace=False).tolist())
-    impression = "Pneumothorax as described." if positive else _pick(
-        rng, ["No acute cardiopulmonary process.", "No acute abnormality.", "Stable chest."]
+    impression = (
+        "Pneumothorax as described."
+        if positive
+        else _pick(rng, ["No acute cardiopulmonary process.", "No acute abnormality.", "Stable chest."])
     )
     body.append(f"IMPRESSION: {impression}")
     if rng.random() < 0.3:
         body.append(f"Findings discussed with Dr. {_pick(rng, _DOCTORS)} at {rng.integers(0, 24):02d}:15.")
-    return "\n".join(header + [" ".join(b for b in body if b)])
+    return "\n".join([*header, " ".join(b for b in body if b)])
 
 
 def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, bool]]:
@@ -184,22 +191,51 @@ def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, b
             "StudyDate": t0.strftime("%Y%m%d"),
         }
         score = float(np.clip(rng.normal(0.8 if predicted_positive else 0.2, 0.1), 0.0, 1.0))
-        timed.append((t0, 0, {
-            "type": "inference", "event_id": f"inf-{spec.seed}-{i}", "study_uid": study,
-            "model": spec.model, "model_version": "3.1.0", "timestamp": _iso(t0),
-            "prediction": positive_class if predicted_positive else negative_class,
-            "score": round(score, 4), "metadata": metadata,
-        }))
+        timed.append(
+            (
+                t0,
+                0,
+                {
+                    "type": "inference",
+                    "event_id": f"inf-{spec.seed}-{i}",
+                    "study_uid": study,
+                    "model": spec.model,
+                    "model_version": "3.1.0",
+                    "timestamp": _iso(t0),
+                    "prediction": positive_class if predicted_positive else negative_class,
+                    "score": round(score, 4),
+                    "metadata": metadata,
+                },
+            )
+        )
         t1 = t0 + timedelta(minutes=int(rng.integers(10, 240)))
-        timed.append((t1, 1, {
-            "type": "report", "event_id": f"rep-{spec.seed}-{i}", "study_uid": study,
-            "timestamp": _iso(t1), "text": _report(rng, view, devices, positive, name.replace("^", " ")),
-        }))
+        timed.append(
+            (
+                t1,
+                1,
+                {
+                    "type": "report",
+                    "event_id": f"rep-{spec.seed}-{i}",
+                    "study_uid": study,
+                    "timestamp": _iso(t1),
+                    "text": _report(rng, view, devices, positive, name.replace("^", " ")),
+                },
+            )
+        )
         t2 = t1 + timedelta(hours=int(rng.integers(1, 72)))
-        timed.append((t2, 2, {
-            "type": "label", "event_id": f"lab-{spec.seed}-{i}", "study_uid": study,
-            "timestamp": _iso(t2), "label": positive_class if positive else negative_class,
-        }))
+        timed.append(
+            (
+                t2,
+                2,
+                {
+                    "type": "label",
+                    "event_id": f"lab-{spec.seed}-{i}",
+                    "study_uid": study,
+                    "timestamp": _iso(t2),
+                    "label": positive_class if positive else negative_class,
+                },
+            )
+        )
     timed.sort(key=lambda item: (item[0], item[1]))
     events: list[dict[str, Any]] = [e for _, _, e in timed]
     if spec.bad_lines:
@@ -212,10 +248,22 @@ def _bad_events(spec: StreamSpec) -> list[dict[str, Any]]:
     t = _iso(spec.start + timedelta(days=8))
     return [
         {"type": "label", "event_id": "bad-orphan", "study_uid": "no-such-study", "timestamp": t, "label": 1},
-        {"type": "inference", "event_id": "bad-missing", "study_uid": "x", "timestamp": t, "model": spec.model},
+        {
+            "type": "inference",
+            "event_id": "bad-missing",
+            "study_uid": "x",
+            "timestamp": t,
+            "model": spec.model,
+        },
         {"type": "label", "event_id": "bad-type", "study_uid": "x", "timestamp": t, "label": [1]},
-        {"type": "label", "event_id": "bad-class", "study_uid": f"1.2.826.0.1.3680043.{spec.seed}.0",
-         "timestamp": t, "label": "fracture", "model": spec.model},
+        {
+            "type": "label",
+            "event_id": "bad-class",
+            "study_uid": f"1.2.826.0.1.3680043.{spec.seed}.0",
+            "timestamp": t,
+            "label": "fracture",
+            "model": spec.model,
+        },
         {"type": "telemetry", "event_id": "bad-kind"},
     ]
 

@@ -15,7 +15,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
 from agent.errors import FitError
-from agent.slicing.mixture import diag_gaussian_log_prob, mahalanobis_sq
+from agent.slicing.mixture import diag_gaussian_log_prob
 
 __all__ = ["ErrorsOnlyMixture"]
 
@@ -105,9 +105,7 @@ class ErrorsOnlyMixture:
         self.classes_ = np.concatenate(classes)
         self.background_means_ = np.vstack(bg_means)
         self.background_variances_ = np.vstack(bg_vars)
-        self._error_share = {
-            c: float(np.mean(err[y == c])) if np.any(y == c) else 0.0 for c in (0.0, 1.0)
-        }
+        self._error_share = {c: float(np.mean(err[y == c])) if np.any(y == c) else 0.0 for c in (0.0, 1.0)}
         return self
 
     def _check_fitted(self) -> None:
@@ -131,8 +129,11 @@ class ErrorsOnlyMixture:
                 out[np.ix_(rows, cols)] = np.exp(joint - logsumexp(joint, axis=1)[:, None])
         return out
 
-    def membership(self, X: np.ndarray) -> np.ndarray:
-        """Posterior over error clusters and the class backgrounds, from the embedding alone."""
+    def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Posterior over error clusters and class backgrounds, blind to predictions.
+
+        With ``y``, each case is compared only with its own class's clusters and background.
+        """
         self._check_fitted()
         X = np.asarray(X, dtype=np.float64)
         cluster_prior = np.array([self._error_share[c] for c in self.classes_]) * self.weights_
@@ -145,10 +146,9 @@ class ErrorsOnlyMixture:
                 + diag_gaussian_log_prob(X, self.background_means_, self.background_variances_),
             ]
         )
+        if y is not None:
+            y = np.asarray(y, dtype=np.float64).ravel()
+            column_class = np.concatenate([self.classes_, [0.0, 1.0]])
+            joint = np.where(y[:, None] == column_class[None, :], joint, -np.inf)
         post = np.exp(joint - logsumexp(joint, axis=1)[:, None])
         return np.asarray(post[:, : len(self.means_)])
-
-    def mahalanobis_sq(self, X: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of every row to every error cluster, ``(n, k)``."""
-        self._check_fitted()
-        return mahalanobis_sq(np.asarray(X, dtype=np.float64), self.means_, self.variances_)

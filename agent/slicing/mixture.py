@@ -33,9 +33,7 @@ _EPS = 10 * np.finfo(np.float64).eps
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-def diag_gaussian_log_prob(
-    X: np.ndarray, means: np.ndarray, variances: np.ndarray
-) -> np.ndarray:
+def diag_gaussian_log_prob(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
     """Log density of every row of ``X`` under every diagonal Gaussian, as an ``(n, k)`` array.
 
     Expanded as ``Σ x²/σ² - 2 x·μ/σ² + Σ μ²/σ²`` so that the work is two matrix products,
@@ -49,9 +47,7 @@ def mahalanobis_sq(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> n
     """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
     precisions = 1.0 / variances
     quad = (
-        (X * X) @ precisions.T
-        - 2.0 * X @ (means * precisions).T
-        + np.sum(means * means * precisions, axis=1)
+        (X * X) @ precisions.T - 2.0 * X @ (means * precisions).T + np.sum(means * means * precisions, axis=1)
     )
     return np.maximum(quad, 0.0)
 
@@ -117,6 +113,7 @@ class ErrorAwareMixture:
         tol: float = 1e-4,
         reg_covar: float = 1e-6,
         init: str = "confusion",
+        min_init_size: int = 40,
         random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.n_components = n_components
@@ -125,6 +122,7 @@ class ErrorAwareMixture:
         self.tol = tol
         self.reg_covar = reg_covar
         self.init = init
+        self.min_init_size = min_init_size
         self.random_state = random_state
 
     # -- fitting ---------------------------------------------------------------------------
@@ -167,9 +165,7 @@ class ErrorAwareMixture:
             )
         return self
 
-    def _validate(
-        self, X: Any, y: Any, y_pred: Any
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _validate(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).ravel()
         y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
@@ -198,7 +194,11 @@ class ErrorAwareMixture:
         cells, counts = np.unique(cell, return_counts=True)
         # Share components equally among non-empty cells (error cells are small but are what
         # slices are made of), never more components than a cell has samples.
-        share = np.minimum(counts, k // len(cells))
+        # A cell gets no more than one component per ``min_init_size`` samples, so a small
+        # error cell is not shattered into slices too small to test; the rest go to the
+        # largest cells.
+        cap = np.maximum(1, counts // max(self.min_init_size, 1))
+        share = np.minimum(cap, k // len(cells))
         for i in np.argsort(-counts, kind="stable"):
             if share.sum() >= k:
                 break
@@ -222,9 +222,7 @@ class ErrorAwareMixture:
         self.y_probs_ = np.clip((resp.T @ y) / nk, _EPS, 1 - _EPS)
         self.y_pred_probs_ = np.clip((resp.T @ y_pred) / nk, _EPS, 1 - _EPS)
 
-    def _joint_log_prob(
-        self, X: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None
-    ) -> np.ndarray:
+    def _joint_log_prob(self, X: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None) -> np.ndarray:
         out = np.log(self.weights_) + diag_gaussian_log_prob(X, self.means_, self.variances_)
         if y is not None and y_pred is not None:
             out = out + self.gamma * (
@@ -250,21 +248,20 @@ class ErrorAwareMixture:
         log_resp, _ = self._e_step(X, y, y_pred)
         return np.exp(log_resp)
 
-    def membership(self, X: np.ndarray) -> np.ndarray:
-        """Slice membership from the embedding alone, blind to labels and predictions.
+    def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Slice membership blind to predictions: from the embedding, and the label when given.
 
-        This is the membership used to test a slice on samples the fit did not see: a
-        sample's own error cannot pull it into a high-error component.
+        This is the membership used to test a slice on samples the fit did not see: neither
+        a held-out sample's prediction nor its error can pull it into a high-error component.
         """
         self._check_fitted()
         X = np.asarray(X, dtype=np.float64)
         joint = self._joint_log_prob(X, None, None)
+        if y is not None:
+            joint = joint + self.gamma * _bernoulli_log_prob(
+                np.asarray(y, dtype=np.float64).ravel(), self.y_probs_
+            )
         return np.exp(joint - logsumexp(joint, axis=1)[:, None])
-
-    def mahalanobis_sq(self, X: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of every row to every component, ``(n, k)``."""
-        self._check_fitted()
-        return mahalanobis_sq(np.asarray(X, dtype=np.float64), self.means_, self.variances_)
 
     def component_error_rates(self) -> np.ndarray:
         """Expected error rate of each component, ``P(y != ŷ | j)`` under independence within it."""
@@ -274,9 +271,7 @@ class ErrorAwareMixture:
 
 
 def _sq_dist(X: np.ndarray, C: np.ndarray) -> np.ndarray:
-    return np.maximum(
-        np.sum(X * X, axis=1)[:, None] - 2.0 * X @ C.T + np.sum(C * C, axis=1)[None, :], 0.0
-    )
+    return np.maximum(np.sum(X * X, axis=1)[:, None] - 2.0 * X @ C.T + np.sum(C * C, axis=1)[None, :], 0.0)
 
 
 def _kmeans_pp(X: np.ndarray, k: int, rng: np.random.RandomState) -> np.ndarray:

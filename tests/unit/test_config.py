@@ -19,7 +19,9 @@ def test_file_environment_and_overrides_in_that_order(tmp_path, monkeypatch):
     assert (s.audit.gamma, s.audit.n_slices, s.embed.batch_size) == (5.0, 2, 8)
 
 
-@pytest.mark.parametrize("text", ["audit:\n  gamma: -1\n", "audit:\n  typo: 1\n", "- a list\n", "a: [unclosed\n"])
+@pytest.mark.parametrize(
+    "text", ["audit:\n  gamma: -1\n", "audit:\n  typo: 1\n", "- a list\n", "a: [unclosed\n"]
+)
 def test_bad_settings_raise_config_error(tmp_path, text):
     path = tmp_path / "agent.yaml"
     path.write_text(text)

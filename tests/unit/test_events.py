@@ -10,8 +10,14 @@ from agent.errors import EventError
 from agent.events import REASONS, InferenceEvent, decode_event
 
 GOOD = {
-    "type": "inference", "event_id": "e1", "study_uid": "1.2.3", "model": "ptx", "prediction": "pos",
-    "timestamp": "2026-11-29T10:00:00Z", "score": 0.9, "metadata": {"ViewPosition": "AP"},
+    "type": "inference",
+    "event_id": "e1",
+    "study_uid": "1.2.3",
+    "model": "ptx",
+    "prediction": "pos",
+    "timestamp": "2026-11-29T10:00:00Z",
+    "score": 0.9,
+    "metadata": {"ViewPosition": "AP"},
 }
 
 
@@ -47,7 +53,13 @@ def test_missing_field():
 
 
 def test_oversized_report():
-    raw = {"type": "report", "event_id": "r", "study_uid": "s", "timestamp": "2026-11-29T10:00:00Z", "text": "x" * 50}
+    raw = {
+        "type": "report",
+        "event_id": "r",
+        "study_uid": "s",
+        "timestamp": "2026-11-29T10:00:00Z",
+        "text": "x" * 50,
+    }
     with pytest.raises(EventError) as info:
         decode_event(raw, max_report_chars=10)
     assert info.value.reason == "oversized_report"
@@ -61,10 +73,20 @@ def test_garbage_never_escapes_as_anything_but_event_error(raw):
         assert err.reason in REASONS
 
 
-@given(st.dictionaries(st.sampled_from(list(GOOD) + ["label", "text", "junk"]), st.one_of(
-    st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20), st.booleans(),
-    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
-)))
+@given(
+    st.dictionaries(
+        st.sampled_from([*list(GOOD), "label", "text", "junk"]),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.floats(allow_nan=True),
+            st.text(max_size=20),
+            st.booleans(),
+            st.lists(st.integers(), max_size=2),
+            st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+        ),
+    )
+)
 def test_mutated_objects_either_decode_or_fail_with_a_reason(obj):
     obj.setdefault("type", "inference")
     try:

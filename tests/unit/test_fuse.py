@@ -18,7 +18,11 @@ def test_equal_weights_after_normalisation():
 
 def test_every_non_empty_subset_of_modalities_works():
     rng = np.random.default_rng(1)
-    blocks = {"image": rng.normal(size=(30, 8)), "report": rng.normal(size=(30, 5)), "metadata": rng.normal(size=(30, 4))}
+    blocks = {
+        "image": rng.normal(size=(30, 8)),
+        "report": rng.normal(size=(30, 5)),
+        "metadata": rng.normal(size=(30, 4)),
+    }
     from itertools import combinations
 
     subsets = [c for r in (1, 2, 3) for c in combinations(blocks, r)]

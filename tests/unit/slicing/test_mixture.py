@@ -21,9 +21,7 @@ def test_gaussian_log_prob_matches_scipy():
     rng = np.random.default_rng(1)
     X, means, variances = rng.normal(size=(7, 3)), rng.normal(size=(2, 3)), rng.uniform(0.5, 2, (2, 3))
     ours = diag_gaussian_log_prob(X, means, variances)
-    ref = np.column_stack(
-        [multivariate_normal(means[j], np.diag(variances[j])).logpdf(X) for j in range(2)]
-    )
+    ref = np.column_stack([multivariate_normal(means[j], np.diag(variances[j])).logpdf(X) for j in range(2)])
     np.testing.assert_allclose(ours, ref, rtol=1e-10)
 
 
@@ -34,7 +32,9 @@ def test_responsibilities_match_a_naive_loop():
     for i in range(0, len(X), 37):
         joint = []
         for j in range(4):
-            lp = np.log(m.weights_[j]) + multivariate_normal(m.means_[j], np.diag(m.variances_[j])).logpdf(X[i])
+            lp = np.log(m.weights_[j]) + multivariate_normal(m.means_[j], np.diag(m.variances_[j])).logpdf(
+                X[i]
+            )
             for target, p in ((y[i], m.y_probs_[j]), (y_pred[i], m.y_pred_probs_[j])):
                 lp += 3.0 * (target * np.log(p) + (1 - target) * np.log(1 - p))
             joint.append(lp)
