@@ -12,13 +12,30 @@ import pytest
 
 from agent.simulate import StreamSpec, generate_stream, write_jsonl
 
-DEVICE_WORDS = {"tube", "line", "lines", "drain", "catheter", "pacemaker", "leads", "lead", "tip", "picc", "svc"}
+DEVICE_WORDS = {
+    "tube",
+    "line",
+    "lines",
+    "drain",
+    "catheter",
+    "pacemaker",
+    "leads",
+    "lead",
+    "tip",
+    "picc",
+    "svc",
+}
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -28,8 +45,15 @@ def devices_audit(tmp_path_factory):
     events, planted = generate_stream(StreamSpec(n_studies=800, failure="devices", seed=3, bad_lines=True))
     write_jsonl(events, tmp / "events.jsonl", garbage=True)
     proc = _run(
-        "audit", str(tmp / "events.jsonl"), "--out", str(tmp / "report.json"),
-        "--modalities", "report,metadata", "--problems", str(tmp / "problems.jsonl"), cwd=tmp,
+        "audit",
+        str(tmp / "events.jsonl"),
+        "--out",
+        str(tmp / "report.json"),
+        "--modalities",
+        "report,metadata",
+        "--problems",
+        str(tmp / "problems.jsonl"),
+        cwd=tmp,
     )
     assert proc.returncode == 0, proc.stderr
     return proc, json.loads((tmp / "report.json").read_text()), planted, tmp
@@ -57,8 +81,17 @@ def test_report_follows_the_contract(devices_audit):
     assert report["window"]["n"] == 800 and 0 < report["window"]["n_errors"] < 800
     assert report["r_attr_space"] == "text"
     for s in report["slices"]:
-        assert {"rank", "id", "size", "error_rate", "rest_error_rate", "p_value", "error_precision_at_10",
-                "members", "tokens"} <= set(s)
+        assert {
+            "rank",
+            "id",
+            "size",
+            "error_rate",
+            "rest_error_rate",
+            "p_value",
+            "error_precision_at_10",
+            "members",
+            "tokens",
+        } <= set(s)
         assert s["error_rate"] > s["rest_error_rate"]
         assert all(t["r_attr"] is not None for t in s["tokens"])
 
@@ -68,7 +101,14 @@ def test_bad_input_is_reported_and_the_rest_audited(devices_audit):
     proc, report, _, tmp = devices_audit
     problems = [json.loads(line) for line in (tmp / "problems.jsonl").read_text().splitlines()]
     reasons = {p["reason"] for p in problems}
-    assert {"invalid_json", "missing_field", "wrong_type", "orphan_label", "unknown_class", "unknown_type"} <= reasons
+    assert {
+        "invalid_json",
+        "missing_field",
+        "wrong_type",
+        "orphan_label",
+        "unknown_class",
+        "unknown_type",
+    } <= reasons
     assert all(p["where"].startswith("line ") for p in problems)
     assert "invalid_json" in proc.stderr and "line 2406" in proc.stderr
     assert report["window"]["n"] == 800  # every good study was still audited
@@ -83,7 +123,9 @@ def test_no_identifier_reaches_the_report(devices_audit):
         meta = e.get("metadata") or {}
         if "PatientName" in meta:
             names.update(part.lower() for part in meta["PatientName"].split("^"))
-    words = {t["token"] for s in report["slices"] for t in s["tokens"]} | {t["token"] for t in report["baseline_tokens"]}
+    words = {t["token"] for s in report["slices"] for t in s["tokens"]} | {
+        t["token"] for t in report["baseline_tokens"]
+    }
     assert not words & names
     assert not {"whitfield", "ramanathan", "castellano", "brennan", "oyelaran", "lindqvist"} & words
     assert all(w.isalpha() for w in words)
@@ -93,8 +135,15 @@ def test_no_identifier_reaches_the_report(devices_audit):
 def test_lateral_failure_named_from_metadata(tmp_path):
     events, planted = generate_stream(StreamSpec(n_studies=1500, failure="lateral", seed=5, slice_error=0.8))
     write_jsonl(events, tmp_path / "events.jsonl")
-    proc = _run("audit", str(tmp_path / "events.jsonl"), "--out", str(tmp_path / "r.json"),
-                "--modalities", "metadata", cwd=tmp_path)
+    proc = _run(
+        "audit",
+        str(tmp_path / "events.jsonl"),
+        "--out",
+        str(tmp_path / "r.json"),
+        "--modalities",
+        "metadata",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["slices"]
@@ -106,5 +155,7 @@ def test_lateral_failure_named_from_metadata(tmp_path):
 def test_unknown_model_is_a_clear_error(tmp_path):
     events, _ = generate_stream(StreamSpec(n_studies=30, seed=1))
     write_jsonl(events, tmp_path / "e.jsonl")
-    proc = _run("audit", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "r.json"), "--model", "nope", cwd=tmp_path)
+    proc = _run(
+        "audit", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "r.json"), "--model", "nope", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "model 'nope' not in the stream" in proc.stderr
