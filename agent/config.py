@@ -17,7 +17,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agent.errors import ConfigError
 
-__all__ = ["AuditSettings", "EmbedSettings", "Settings", "load_settings"]
+__all__ = [
+    "AuditSettings",
+    "EmbedSettings",
+    "ExporterSettings",
+    "Settings",
+    "StreamSettings",
+    "SummarySettings",
+    "load_settings",
+]
 
 Modality = Literal["image", "report", "metadata"]
 
@@ -57,6 +65,53 @@ class EmbedSettings(BaseModel):
     image_size: int = Field(224, ge=32)
 
 
+class StreamSettings(BaseModel):
+    """Where the streaming agent reads, what it keeps, and when it refits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "slice-agent"
+    inference_topic: str = "inference-events"
+    label_topic: str = "label-events"
+    report_topic: str = "report-events"
+    dead_letter_topic: str = "slice-agent-dead-letter"
+    partitions: int = Field(4, ge=1, description="partition count used when the agent creates topics")
+    store_path: Path = Field(Path("slice-agent.sqlite"), description="durable state (SQLite)")
+    reports_dir: Path = Field(Path("slice-reports"), description="slice reports written after each refit")
+    label_delay_seconds: float = Field(14 * 24 * 3600, gt=0, description="how long an inference waits")
+    window_size: int = Field(5000, ge=10, description="labeled samples kept per (model, target class)")
+    window_max_age_seconds: float = Field(90 * 24 * 3600, gt=0)
+    refit_every_labels: int = Field(200, ge=1)
+    refit_every_seconds: float = Field(600.0, gt=0)
+    emerging_refits: int = Field(3, ge=1, description="consecutive significant refits before 'emerging'")
+    target_classes: dict[str, list[str | int]] = Field(
+        default_factory=dict, description="per model, the classes to audit; default: the least frequent"
+    )
+    classes: dict[str, list[str | int]] = Field(
+        default_factory=dict, description="per model, its known classes; default: those it predicts"
+    )
+
+
+class ExporterSettings(BaseModel):
+    """The Prometheus exporter served by the agent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    min_slice_size: int = Field(10, ge=1, description="smaller slices are not exported")
+
+
+class SummarySettings(BaseModel):
+    """The weekly drift summary."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    out_dir: Path = Path("summaries")
+
+
 class Settings(BaseSettings):
     """Everything the agent can be told."""
 
@@ -66,6 +121,9 @@ class Settings(BaseSettings):
 
     audit: AuditSettings = AuditSettings()
     embed: EmbedSettings = EmbedSettings()
+    stream: StreamSettings = StreamSettings()
+    exporter: ExporterSettings = ExporterSettings()
+    summary: SummarySettings = SummarySettings()
     modalities: tuple[Modality, ...] | None = Field(
         None, description="modalities to fuse; by default those the stream carries"
     )
