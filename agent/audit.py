@@ -25,7 +25,14 @@ from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover_slices
 
-__all__ = ["Embedded", "available_modalities", "default_target_class", "embed_samples", "run_audit"]
+__all__ = [
+    "Embedded",
+    "available_modalities",
+    "default_target_class",
+    "embed_samples",
+    "run_audit",
+    "window_capacity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +134,29 @@ def embed_samples(
     return Embedded(blocks, texts, reports, vocabulary, problems)
 
 
-def _make_slicer(settings: Settings) -> Callable[[int], Slicer]:
+def _make_slicer(settings: Settings, n_components: int) -> Callable[[int], Slicer]:
     a = settings.audit
     if a.slicer == "errors_only":
         return lambda seed: ErrorsOnlyMixture(
             a.n_slices, min_cluster_size=a.min_slice_size, reg_covar=a.reg_covar, random_state=seed
         )
     return lambda seed: ErrorAwareMixture(
-        a.n_components, gamma=a.gamma, reg_covar=a.reg_covar, random_state=seed
+        n_components, gamma=a.gamma, reg_covar=a.reg_covar, random_state=seed
     )
+
+
+def window_capacity(settings: Settings, n: int) -> tuple[int, int]:
+    """PCA dimensions and mixture components a window of ``n`` cases can support.
+
+    A diagonal Gaussian needs several cases per dimension and per component; on a small
+    window the configured 128 dimensions and 25 components only fit noise. Each fitting
+    fold holds ``n * (n_splits - 1) / n_splits`` cases.
+    """
+    a = settings.audit
+    n_fit = n * (a.n_splits - 1) // a.n_splits
+    dims = max(2, min(a.pca_components, n // a.cases_per_dimension))
+    components = max(2, min(a.n_components, n_fit // a.cases_per_component))
+    return dims, components
 
 
 def _slice_id(model: str, target: ClassLabel, members: Sequence[str]) -> str:
@@ -200,13 +221,18 @@ def run_audit(
         image_size=settings.embed.image_size,
         progress=progress,
     )
-    fused = fuse(emb.blocks, n_components=a.pca_components, random_state=a.seed)
+    dims, components = window_capacity(settings, len(samples))
+    if (dims, components) != (a.pca_components, a.n_components) and a.slicer == "error_aware":
+        notes.append(
+            f"window of {len(samples)} cases: {dims} PCA dimensions, {components} mixture components"
+        )
+    fused = fuse(emb.blocks, n_components=dims, random_state=a.seed)
     for name, count in fused.missing.items():
         if count:
             notes.append(f"{count} of {len(samples)} cases lack the {name} modality (zero block)")
 
     findings = discover_slices(
-        _make_slicer(settings),
+        _make_slicer(settings, components),
         fused.embedding,
         y,
         y_pred,

@@ -37,10 +37,14 @@ class AuditSettings(BaseModel):
 
     slicer: Literal["error_aware", "errors_only"] = "error_aware"
     n_slices: int = Field(5, ge=1, le=5, description="slices reported at most (metric labels allow 1..5)")
-    n_components: int = Field(25, ge=1, description="mixture components of the error-aware slicer")
+    n_components: int = Field(25, ge=1, description="mixture components of the error-aware slicer, at most")
     gamma: float = Field(10.0, ge=0, description="weight of the label and prediction terms")
     reg_covar: float = Field(1e-6, gt=0, description="variance floor of the mixture components")
-    pca_components: int = Field(128, ge=1)
+    pca_components: int = Field(128, ge=1, description="PCA dimensions at most")
+    cases_per_dimension: int = Field(10, ge=1, description="a window of n cases keeps n / this dimensions")
+    cases_per_component: int = Field(
+        30, ge=1, description="a fitting fold of n cases gets n / this components"
+    )
     beta: float = Field(
         0.1, gt=0, le=1, description="membership threshold, relative to a case's most probable component"
     )
@@ -102,6 +106,28 @@ class ExporterSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
     min_slice_size: int = Field(10, ge=1, description="smaller slices are not exported")
+    max_series_keys: int = Field(
+        50, ge=1, description="(model, target class) pairs exported at most; keeps label sets bounded"
+    )
+    push_job: str = Field("slice_agent_audit", description="Pushgateway job name of batch audits")
+    p_value_threshold: float = Field(
+        0.05, gt=0, lt=1, description="an emerging slice alerts when its p-value is below this"
+    )
+    error_rate_drift_threshold: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="drift alerts when the window error ratio exceeds its 7-day mean by this",
+    )
+    dead_letter_threshold: float = Field(
+        0.05, gt=0, le=1, description="a dead-letter spike: this fraction of consumed events dead-lettered"
+    )
+    refit_stale_seconds: float = Field(
+        3600.0, gt=0, description="stalled: labels keep arriving but no refit completed for this long"
+    )
+    label_backlog_threshold: int = Field(
+        10_000, ge=1, description="label backlog alerts when more studies than this wait for a label"
+    )
 
 
 class SummarySettings(BaseModel):
@@ -110,6 +136,14 @@ class SummarySettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     out_dir: Path = Path("summaries")
+    drift_alpha: float = Field(
+        0.01, gt=0, lt=1, description="embedding drift threshold: this quantile of the permutation null"
+    )
+    drift_permutations: int = Field(200, ge=20, description="permutations behind the drift threshold")
+    drift_max_samples: int = Field(300, ge=10, description="embeddings per week compared at most")
+    examples_per_slice: int = Field(3, ge=0, le=10, description="member thumbnails per slice")
+    thumbnail_size: int = Field(96, ge=16, le=256)
+    seed: int = 0
 
 
 class Settings(BaseSettings):

@@ -207,6 +207,8 @@ class ErrorAwareMixture:
         resp = np.zeros((n, k))
         start = 0
         for c, m in zip(cells, share, strict=True):
+            if m == 0:  # fewer components than cells: this cell is left to the first E-step
+                continue
             idx = np.flatnonzero(cell == c)
             centers = _kmeans_pp(X[idx], min(m, len(idx)), rng)
             dist = _sq_dist(X[idx], centers)

@@ -94,3 +94,9 @@ def test_identical_points_do_not_collapse():
     m = ErrorAwareMixture(2, random_state=0).fit(X, y, y)
     assert np.all(np.isfinite(m.predict_proba(X, y, y)))
     assert np.all(m.variances_ >= m.reg_covar)
+
+
+def test_fewer_components_than_confusion_cells():
+    X, y, y_pred = _data(5)
+    m = ErrorAwareMixture(2, random_state=0).fit(X, y, y_pred)
+    np.testing.assert_allclose(m.predict_proba(X, y, y_pred).sum(axis=1), 1.0)
