@@ -4,7 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench-mixture clean
+.PHONY: install system-deps demo test lint typecheck unit bench-mixture clean
+
+# Debian packages the tests run (promtool, Prometheus, Alertmanager, Pushgateway, headless Chromium);
+# installed only when a binary is missing. Needs root (or sudo) and a Debian/Ubuntu machine.
+SYSTEM_BINARIES := promtool prometheus prometheus-alertmanager amtool prometheus-pushgateway chromium
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +19,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+system-deps:
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "missing:$$missing; installing $(SYSTEM_PACKAGES)"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); \
+	fi
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/slice-agent demo
@@ -27,7 +41,7 @@ typecheck: install
 unit: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest --doctest-modules
 
-test: lint typecheck unit
+test: system-deps lint typecheck unit
 
 bench-mixture: install
 	$(BIN)/python bench/mixture_fit.py --out docs/bench/mixture_fit.json

@@ -1,0 +1,699 @@
+"""Prometheus metrics of the agent, declared in one place, on a registry the caller owns.
+
+Two kinds of metrics live here:
+
+- What the last refit found (per ``(model, target_class)``: the window, and per slice rank the
+  size, error rates, p-value, error precision@10, emerging flag and age, and the top tokens in a
+  small ``_info`` series) is computed at scrape time by :class:`SliceCollector` from an immutable
+  snapshot of the latest :class:`~agent.report.SliceReport` objects. Publishing a report swaps the
+  snapshot; a scrape never sees half of a refit, and a slice that disappears stops being exported.
+- What the running agent does (events consumed, dead-lettered, join backlog, label delay, refit and
+  embedding durations, drift detections, last refit time) is counted by :class:`AgentMetrics`,
+  ordinary counters, gauges and histograms that the stream calls.
+
+The thresholds the alert rules compare against are exported too (``slice_agent_alert_*``), so that
+the rules in ``deploy/prometheus/`` hold no magic numbers: export the statistic and its threshold,
+alert in PromQL.
+
+Every label is bounded: ``model`` and ``target_class`` (at most ``max_series_keys`` pairs, each
+value a short identifier-like string), ``slice_rank`` (``"1"`` to ``"5"``), ``event_type`` (the three
+event types), ``modality`` (image, report, metadata) and ``reason`` (:data:`agent.events.REASONS`).
+No study, patient or slice id, and no free text, is ever a label value. Tokens are re-checked to be
+short lower-case alphabetic words before they are exported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, NamedTuple
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    push_to_gateway,
+    start_http_server,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.config import ExporterSettings
+from agent.events import REASONS
+from agent.report import SliceReport
+
+__all__ = [
+    "EVENT_TYPES",
+    "METRICS",
+    "MODALITIES",
+    "AgentMetrics",
+    "Exporter",
+    "MetricSpec",
+    "MetricsServer",
+    "SliceCollector",
+    "SliceTracking",
+    "safe_label_value",
+    "safe_tokens",
+]
+
+log = logging.getLogger(__name__)
+
+#: Event types counted by ``slice_agent_events_consumed_total``.
+EVENT_TYPES = ("inference", "label", "report")
+#: Modalities timed by ``slice_agent_embedding_duration_seconds``.
+MODALITIES = ("image", "report", "metadata")
+#: Slice ranks that may be exported (``AuditSettings.n_slices`` is at most 5).
+RANKS = ("1", "2", "3", "4", "5")
+
+_KEY = ("model", "target_class")
+_SLICE = ("model", "target_class", "slice_rank")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
+_TOKEN = re.compile(r"^[a-z]{3,32}$")
+_TOP_TOKENS = 5
+
+_DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_EMBED_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DELAY_BUCKETS = (
+    60,
+    600,
+    3600,
+    6 * 3600,
+    24 * 3600,
+    3 * 24 * 3600,
+    7 * 24 * 3600,
+    14 * 24 * 3600,
+    30 * 86400,
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric family as it is exposed: its name, type, help text and label names."""
+
+    name: str
+    kind: Literal["counter", "gauge", "histogram", "info"]
+    source: Literal["snapshot", "threshold", "agent"]
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+    @property
+    def family(self) -> str:
+        """The family name without the suffix the client library adds (``_total``, ``_info``)."""
+        suffix = {"counter": "_total", "info": "_info"}.get(self.kind, "")
+        return self.name[: -len(suffix)] if suffix and self.name.endswith(suffix) else self.name
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """The sample names this family exposes (what PromQL can select)."""
+        if self.kind == "histogram":
+            return tuple(f"{self.name}{s}" for s in ("_bucket", "_count", "_sum", "_created"))
+        if self.kind == "counter":
+            return (self.name, f"{self.family}_created")
+        return (self.name,)
+
+
+def _specs(*specs: MetricSpec) -> Mapping[str, MetricSpec]:
+    return MappingProxyType({s.name: s for s in specs})
+
+
+#: Every metric the agent exports, in one place. Collectors and dashboards are checked against it.
+METRICS: Mapping[str, MetricSpec] = _specs(
+    # what the last refit found, per (model, target class): from SliceCollector
+    MetricSpec(
+        "slice_agent_window_samples", "gauge", "snapshot", "Labeled samples in the audited window.", _KEY
+    ),
+    MetricSpec(
+        "slice_agent_window_error_ratio",
+        "gauge",
+        "snapshot",
+        "Fraction of misclassified samples in the window.",
+        _KEY,
+    ),
+    MetricSpec(
+        "slice_agent_slices", "gauge", "snapshot", "Significant error slices exported for the window.", _KEY
+    ),
+    MetricSpec(
+        "slice_agent_baseline_tokens_info",
+        "info",
+        "snapshot",
+        "Top scrubbed tokens that set all errors of the window apart from correct cases.",
+        (*_KEY, "tokens"),
+    ),
+    MetricSpec("slice_agent_slice_size", "gauge", "snapshot", "Studies in the error slice.", _SLICE),
+    MetricSpec("slice_agent_slice_error_ratio", "gauge", "snapshot", "Error rate inside the slice.", _SLICE),
+    MetricSpec(
+        "slice_agent_slice_rest_error_ratio",
+        "gauge",
+        "snapshot",
+        "Error rate of same-class cases outside the slice.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_p_value",
+        "gauge",
+        "snapshot",
+        "Held-out p-value of the slice's excess error rate.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_error_precision_at_10_ratio",
+        "gauge",
+        "snapshot",
+        "Fraction of the slice's ten most probable members that are misclassified.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_emerging",
+        "gauge",
+        "snapshot",
+        "1 when the slice has been significant for enough consecutive refits to count as emerging.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_age_refits",
+        "gauge",
+        "snapshot",
+        "Consecutive refits in which the slice was found.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_tokens_info",
+        "info",
+        "snapshot",
+        "Top five scrubbed tokens that set the slice apart, comma-separated.",
+        (*_SLICE, "tokens"),
+    ),
+    # thresholds the alert rules compare against: constant gauges from ExporterSettings
+    MetricSpec(
+        "slice_agent_alert_p_value_threshold",
+        "gauge",
+        "threshold",
+        "An emerging slice alerts when its p-value is below this.",
+    ),
+    MetricSpec(
+        "slice_agent_alert_error_rate_drift_threshold_ratio",
+        "gauge",
+        "threshold",
+        "Error-rate drift alerts when the window error ratio exceeds its 7-day mean by this much.",
+    ),
+    MetricSpec(
+        "slice_agent_alert_dead_letter_threshold_ratio",
+        "gauge",
+        "threshold",
+        "A dead-letter spike alerts when this fraction of consumed events is dead-lettered.",
+    ),
+    MetricSpec(
+        "slice_agent_alert_refit_stale_threshold_seconds",
+        "gauge",
+        "threshold",
+        "The agent counts as stalled when labels arrive but no refit happened for this long.",
+    ),
+    MetricSpec(
+        "slice_agent_alert_label_backlog_threshold",
+        "gauge",
+        "threshold",
+        "Label backlog alerts when more studies than this wait for their label.",
+    ),
+    # what the running agent does: AgentMetrics
+    MetricSpec(
+        "slice_agent_events_consumed_total",
+        "counter",
+        "agent",
+        "Events consumed, by event type.",
+        ("event_type",),
+    ),
+    MetricSpec(
+        "slice_agent_dead_lettered_total", "counter", "agent", "Inputs dead-lettered, by reason.", ("reason",)
+    ),
+    MetricSpec(
+        "slice_agent_join_backlog",
+        "gauge",
+        "agent",
+        "Studies with a prediction still waiting for a label.",
+        ("model",),
+    ),
+    MetricSpec(
+        "slice_agent_label_delay_seconds",
+        "histogram",
+        "agent",
+        "Time from the inference event to its confirmed label.",
+        ("model",),
+        _DELAY_BUCKETS,
+    ),
+    MetricSpec(
+        "slice_agent_refit_duration_seconds",
+        "histogram",
+        "agent",
+        "Wall time of one refit (fuse, slice, test, explain).",
+        _KEY,
+        _DURATION_BUCKETS,
+    ),
+    MetricSpec(
+        "slice_agent_embedding_duration_seconds",
+        "histogram",
+        "agent",
+        "Wall time of one embedding batch, by modality.",
+        ("modality",),
+        _EMBED_BUCKETS,
+    ),
+    MetricSpec("slice_agent_refits_total", "counter", "agent", "Refits completed.", _KEY),
+    MetricSpec(
+        "slice_agent_drift_detections_total",
+        "counter",
+        "agent",
+        "Error-rate drifts the stream's detector found.",
+        _KEY,
+    ),
+    MetricSpec(
+        "slice_agent_last_refit_timestamp_seconds",
+        "gauge",
+        "agent",
+        "Unix time at which the last refit completed.",
+        _KEY,
+    ),
+)
+
+
+class SliceTracking(NamedTuple):
+    """What slice tracking knows about one slice: whether it is emerging, and for how many refits."""
+
+    emerging: bool
+    age_refits: int
+
+
+def safe_label_value(value: object) -> str | None:
+    """``value`` as a label value when it is a short identifier-like string, else None.
+
+    >>> safe_label_value("pneumothorax"), safe_label_value(1), safe_label_value("Jane Doe")
+    ('pneumothorax', '1', None)
+    """
+    text = str(value)
+    return text if _LABEL_VALUE.match(text) else None
+
+
+def safe_tokens(words: Iterable[str], limit: int = _TOP_TOKENS) -> tuple[str, ...]:
+    """The first ``limit`` words that are lower-case alphabetic (3 to 32 letters), in order.
+
+    Tokens in a report are already scrubbed; this is the last check before they leave the process.
+
+    >>> safe_tokens(["tube", "MRN123", "Doe", "tip", "a"])
+    ('tube', 'tip')
+    """
+    out: list[str] = []
+    for word in words:
+        if _TOKEN.match(word) and word not in out:
+            out.append(word)
+            if len(out) == limit:
+                break
+    return tuple(out)
+
+
+def _family(spec: MetricSpec) -> Metric:
+    if spec.kind == "info":
+        return InfoMetricFamily(spec.family, spec.help, labels=spec.labels[:-1])
+    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    reports: Mapping[tuple[str, str], SliceReport]
+    tracking: Mapping[tuple[str, str], Mapping[str, SliceTracking]]
+
+
+_EMPTY = _Snapshot(MappingProxyType({}), MappingProxyType({}))
+_SNAPSHOT_METRICS = tuple(s for s in METRICS.values() if s.source == "snapshot")
+
+
+class SliceCollector(Collector):
+    """Exports, at scrape time, what the latest refit of each ``(model, target_class)`` found.
+
+    Parameters
+    ----------
+    min_slice_size
+        Slices with fewer studies are not exported.
+    max_series_keys
+        At most this many ``(model, target_class)`` pairs are exported; a report of a further
+        pair is dropped with a warning, so label sets stay bounded whatever comes in.
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry
+    >>> from agent.report import SliceReport, Window
+    >>> registry = CollectorRegistry()
+    >>> collector = SliceCollector()
+    >>> registry.register(collector)
+    >>> collector.publish(SliceReport("cxr", "ptx", ("report",), Window(200, 20, None, None), (), ()))
+    >>> registry.get_sample_value("slice_agent_window_error_ratio", {"model": "cxr", "target_class": "ptx"})
+    0.1
+    """
+
+    def __init__(self, *, min_slice_size: int = 10, max_series_keys: int = 50) -> None:
+        self.min_slice_size = min_slice_size
+        self.max_series_keys = max_series_keys
+        self._snapshot = _EMPTY
+        self._lock = threading.Lock()
+
+    def publish(
+        self,
+        report: SliceReport,
+        tracking: Mapping[str, SliceTracking | tuple[bool, int]] | None = None,
+    ) -> None:
+        """Replace what is exported for the report's ``(model, target_class)``.
+
+        ``tracking`` maps slice ids to ``(emerging, age_refits)``; slices it does not name are
+        exported as not emerging, age 1.
+        """
+        with self._lock:
+            self._snapshot = self._with(self._snapshot, report, tracking)
+
+    def update(
+        self,
+        reports: Iterable[SliceReport],
+        tracking: Mapping[str, SliceTracking | tuple[bool, int]] | None = None,
+    ) -> None:
+        """Replace the whole snapshot at once: export exactly these reports (the last one per key wins)."""
+        snapshot = _EMPTY
+        for report in reports:
+            snapshot = self._with(snapshot, report, tracking)
+        with self._lock:
+            self._snapshot = snapshot
+
+    def _with(
+        self,
+        old: _Snapshot,
+        report: SliceReport,
+        tracking: Mapping[str, SliceTracking | tuple[bool, int]] | None,
+    ) -> _Snapshot:
+        """A new snapshot: ``old`` with ``report`` in place of its key's previous one."""
+        key = self._key(report)
+        if key is None:
+            return old
+        if key not in old.reports and len(old.reports) >= self.max_series_keys:
+            log.warning(
+                "report not exported: already %d (model, target class) pairs, max_series_keys=%d",
+                len(old.reports),
+                self.max_series_keys,
+            )
+            return old
+        given = tracking or {}
+        states = {
+            s.id: SliceTracking(bool(given[s.id][0]), int(given[s.id][1]))
+            for s in report.slices
+            if s.id in given
+        }
+        return _Snapshot(
+            MappingProxyType({**old.reports, key: report}),
+            MappingProxyType({**old.tracking, key: MappingProxyType(states)}),
+        )
+
+    def forget(self, model: str, target_class: str | int) -> None:
+        """Stop exporting a ``(model, target_class)`` (its window was dropped)."""
+        key = (str(model), str(target_class))
+        with self._lock:
+            old = self._snapshot
+            self._snapshot = _Snapshot(
+                MappingProxyType({k: v for k, v in old.reports.items() if k != key}),
+                MappingProxyType({k: v for k, v in old.tracking.items() if k != key}),
+            )
+
+    @property
+    def reports(self) -> Mapping[tuple[str, str], SliceReport]:
+        """The reports exported now, by ``(model, str(target_class))``."""
+        return self._snapshot.reports
+
+    @staticmethod
+    def _key(report: SliceReport) -> tuple[str, str] | None:
+        model, target = safe_label_value(report.model), safe_label_value(report.target_class)
+        if model is None or target is None:
+            log.warning(
+                "report not exported: model or target class is not a short identifier "
+                "(letters, digits, '_.:+-', at most 64 characters)"
+            )
+            return None
+        return model, target
+
+    def describe(self) -> Iterator[Metric]:
+        for spec in _SNAPSHOT_METRICS:
+            yield _family(spec)
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot  # one reference: the whole scrape reads one snapshot
+        families = {spec.name: _family(spec) for spec in _SNAPSHOT_METRICS}
+
+        def gauge(name: str, labels: list[str], value: float) -> None:
+            families[name].add_metric(labels, value)  # type: ignore[attr-defined]
+
+        def info(name: str, labels: list[str], words: tuple[str, ...]) -> None:
+            families[name].add_metric(labels, {"tokens": ", ".join(words)})  # type: ignore[attr-defined]
+
+        for key in sorted(snapshot.reports):
+            report = snapshot.reports[key]
+            tracking = snapshot.tracking.get(key, {})
+            labels = list(key)
+            window = report.window
+            gauge("slice_agent_window_samples", labels, window.n)
+            if window.n > 0:
+                gauge("slice_agent_window_error_ratio", labels, window.n_errors / window.n)
+            exported = [s for s in report.slices if str(s.rank) in RANKS and s.size >= self.min_slice_size][
+                : len(RANKS)
+            ]
+            gauge("slice_agent_slices", labels, len(exported))
+            baseline = safe_tokens(t.token for t in report.baseline_tokens)
+            if baseline:
+                info("slice_agent_baseline_tokens_info", labels, baseline)
+            for s in exported:
+                at = [*labels, str(s.rank)]
+                state = tracking.get(s.id, SliceTracking(False, 1))
+                gauge("slice_agent_slice_size", at, s.size)
+                gauge("slice_agent_slice_error_ratio", at, s.error_rate)
+                gauge("slice_agent_slice_rest_error_ratio", at, s.rest_error_rate)
+                gauge("slice_agent_slice_p_value", at, s.p_value)
+                gauge("slice_agent_slice_error_precision_at_10_ratio", at, s.error_precision_at_10)
+                gauge("slice_agent_slice_emerging", at, 1.0 if state.emerging else 0.0)
+                gauge("slice_agent_slice_age_refits", at, state.age_refits)
+                words = safe_tokens(t.token for t in s.tokens)
+                if words:
+                    info("slice_agent_slice_tokens_info", at, words)
+        yield from families.values()
+
+
+class AgentMetrics:
+    """Counters, gauges and histograms of the running agent, on an injected registry.
+
+    Every known label value (event types, dead-letter reasons, modalities) is created up front,
+    so a rate is zero rather than absent before the first event.
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry
+    >>> registry = CollectorRegistry()
+    >>> metrics = AgentMetrics(registry)
+    >>> metrics.dead_lettered("invalid_json")
+    >>> registry.get_sample_value("slice_agent_dead_lettered_total", {"reason": "invalid_json"})
+    1.0
+    >>> registry.get_sample_value("slice_agent_dead_lettered_total", {"reason": "duplicate"})
+    0.0
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str) -> Counter:
+            spec = METRICS[name]
+            return Counter(spec.family, spec.help, spec.labels, registry=registry)
+
+        def gauge(name: str) -> Gauge:
+            spec = METRICS[name]
+            return Gauge(spec.name, spec.help, spec.labels, registry=registry)
+
+        def histogram(name: str) -> Histogram:
+            spec = METRICS[name]
+            return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets or ())
+
+        self._consumed = counter("slice_agent_events_consumed_total")
+        self._dead = counter("slice_agent_dead_lettered_total")
+        self._backlog = gauge("slice_agent_join_backlog")
+        self._delay = histogram("slice_agent_label_delay_seconds")
+        self._refit = histogram("slice_agent_refit_duration_seconds")
+        self._embed = histogram("slice_agent_embedding_duration_seconds")
+        self._refits = counter("slice_agent_refits_total")
+        self._drift = counter("slice_agent_drift_detections_total")
+        self._last_refit = gauge("slice_agent_last_refit_timestamp_seconds")
+        for event_type in EVENT_TYPES:
+            self._consumed.labels(event_type)
+        for reason in REASONS:
+            self._dead.labels(reason)
+        for modality in MODALITIES:
+            self._embed.labels(modality)
+        self._models: set[str] = set()
+        self._keys: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected {what} in {allowed}, got {value!r}")
+        return value
+
+    def _model(self, model: str) -> str | None:
+        return safe_label_value(model)
+
+    def _key(self, model: str, target_class: str | int) -> tuple[str, str] | None:
+        m, t = safe_label_value(model), safe_label_value(target_class)
+        return None if m is None or t is None else (m, t)
+
+    def consumed(self, event_type: str, n: int = 1) -> None:
+        """Count ``n`` events of one type (``inference``, ``label`` or ``report``) consumed."""
+        self._consumed.labels(self._one_of(event_type, EVENT_TYPES, "event type")).inc(n)
+
+    def dead_lettered(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` inputs dead-lettered for ``reason``, one of :data:`agent.events.REASONS`."""
+        self._dead.labels(self._one_of(reason, REASONS, "dead-letter reason")).inc(n)
+
+    def set_join_backlog(self, model: str, studies: int) -> None:
+        """Set how many of a model's studies wait for their label."""
+        if (m := self._model(model)) is not None:
+            self._backlog.labels(m).set(studies)
+            self._models.add(m)
+
+    def observe_label_delay(self, model: str, seconds: float) -> None:
+        """Record the delay between one inference and its confirmed label."""
+        if (m := self._model(model)) is not None:
+            self._delay.labels(m).observe(max(seconds, 0.0))
+            self._models.add(m)
+
+    def observe_embedding(self, modality: str, seconds: float) -> None:
+        """Record the wall time of one embedding batch of one modality."""
+        self._embed.labels(self._one_of(modality, MODALITIES, "modality")).observe(seconds)
+
+    def refit_done(
+        self, model: str, target_class: str | int, seconds: float, *, at: float | None = None
+    ) -> None:
+        """Record one completed refit: its duration, the count, and the time it completed."""
+        if (key := self._key(model, target_class)) is None:
+            return
+        self._refit.labels(*key).observe(seconds)
+        self._refits.labels(*key).inc()
+        self._last_refit.labels(*key).set(time.time() if at is None else at)
+        self._keys.add(key)
+
+    def drift_detected(self, model: str, target_class: str | int) -> None:
+        """Count one error-rate drift found by the stream's detector."""
+        if (key := self._key(model, target_class)) is not None:
+            self._drift.labels(*key).inc()
+            self._keys.add(key)
+
+    def forget(self, model: str, target_class: str | int | None = None) -> None:
+        """Remove the label sets of a model (or of one of its target classes) that is gone."""
+        m = self._model(model)
+        if m is None:
+            return
+        for key in [
+            k for k in self._keys if k[0] == m and (target_class is None or k[1] == str(target_class))
+        ]:
+            for metric in (self._refit, self._refits, self._drift, self._last_refit):
+                with contextlib.suppress(KeyError):
+                    metric.remove(*key)
+            self._keys.discard(key)
+        if target_class is None and m in self._models:
+            for metric in (self._backlog, self._delay):
+                with contextlib.suppress(KeyError):
+                    metric.remove(m)
+            self._models.discard(m)
+
+
+@dataclass
+class MetricsServer:
+    """A running ``/metrics`` endpoint; :meth:`close` stops it."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stop serving and wait for the server thread."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class Exporter:
+    """The agent's registry with its slice collector, agent metrics and alert thresholds.
+
+    Parameters
+    ----------
+    settings
+        The exporter section of the settings (address, thresholds, bounds).
+    registry
+        Where the metrics are registered; a fresh registry by default, never the global one.
+    process
+        Also export the process's CPU, memory and file descriptors (``process_*``); off for a
+        batch audit that pushes its results and exits.
+    """
+
+    def __init__(
+        self,
+        settings: ExporterSettings | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        process: bool = True,
+    ) -> None:
+        self.settings = settings or ExporterSettings()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.slices = SliceCollector(
+            min_slice_size=self.settings.min_slice_size, max_series_keys=self.settings.max_series_keys
+        )
+        self.registry.register(self.slices)
+        self.agent = AgentMetrics(self.registry)
+        s = self.settings
+        for name, value in (
+            ("slice_agent_alert_p_value_threshold", s.p_value_threshold),
+            ("slice_agent_alert_error_rate_drift_threshold_ratio", s.error_rate_drift_threshold),
+            ("slice_agent_alert_dead_letter_threshold_ratio", s.dead_letter_threshold),
+            ("slice_agent_alert_refit_stale_threshold_seconds", s.refit_stale_seconds),
+            ("slice_agent_alert_label_backlog_threshold", s.label_backlog_threshold),
+        ):
+            Gauge(name, METRICS[name].help, registry=self.registry).set(value)
+        if process:
+            ProcessCollector(registry=self.registry)
+
+    def publish(
+        self,
+        report: SliceReport,
+        tracking: Mapping[str, SliceTracking | tuple[bool, int]] | None = None,
+    ) -> None:
+        """Export one refit's report (and its slices' tracking state) from now on."""
+        self.slices.publish(report, tracking)
+
+    def serve(self, host: str | None = None, port: int | None = None) -> MetricsServer:
+        """Serve ``/metrics`` over HTTP in a background thread (settings' address by default)."""
+        host = self.settings.host if host is None else host
+        port = self.settings.port if port is None else port
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(server.server_port)
+        log.info("serving metrics on http://%s:%d/metrics", host, bound)
+        return MetricsServer(host, bound, server, thread)
+
+    def push(
+        self, gateway: str, *, grouping_key: Mapping[str, str] | None = None, timeout: float = 10.0
+    ) -> None:
+        """Push every metric of the registry to a Pushgateway, replacing the job's group.
+
+        ``grouping_key`` defaults to the ``model`` of the single exported report, so audits of
+        different models do not overwrite each other.
+        """
+        key = dict(grouping_key) if grouping_key is not None else {}
+        if grouping_key is None and len({m for m, _ in self.slices.reports}) == 1:
+            key["model"] = next(iter(self.slices.reports))[0]
+        push_to_gateway(
+            gateway, job=self.settings.push_job, registry=self.registry, grouping_key=key, timeout=timeout
+        )
+        log.info("pushed metrics to the Pushgateway as job %s", self.settings.push_job)
