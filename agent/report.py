@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from agent.errors import AgentError
 
 __all__ = ["Member", "SliceReport", "SliceResult", "TokenResult", "Window"]
 
@@ -59,6 +62,53 @@ class SliceReport:
     r_attr_space: str | None = None
     embedder: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SliceReport:
+        """Rebuild a :class:`SliceReport` from its JSON form (the inverse of ``SliceReport.to_dict``)."""
+
+        def tokens(items: Sequence[Mapping[str, Any]]) -> tuple[TokenResult, ...]:
+            return tuple(TokenResult(t["token"], float(t["ds"]), t.get("r_attr")) for t in items)
+
+        def nan(value: Any) -> float:
+            return float("nan") if value is None else float(value)
+
+        try:
+            w = data["window"]
+            slices = tuple(
+                SliceResult(
+                    rank=int(s["rank"]),
+                    id=str(s["id"]),
+                    size=int(s["size"]),
+                    error_rate=nan(s["error_rate"]),
+                    rest_error_rate=nan(s["rest_error_rate"]),
+                    p_value=nan(s["p_value"]),
+                    error_precision_at_10=nan(s["error_precision_at_10"]),
+                    n_tested=int(s.get("n_tested", 0)),
+                    members=tuple(
+                        Member(m["study_uid"], float(m["probability"])) for m in s.get("members", ())
+                    ),
+                    tokens=tokens(s.get("tokens", ())),
+                    slice_class=s.get("slice_class"),
+                )
+                for s in data["slices"]
+            )
+            return cls(
+                model=data["model"],
+                target_class=data["target_class"],
+                modalities=tuple(data["modalities"]),
+                window=Window(int(w["n"]), int(w["n_errors"]), w.get("start"), w.get("end")),
+                slices=slices,
+                baseline_tokens=tokens(data.get("baseline_tokens", ())),
+                slicer=data.get("slicer", "error_aware"),
+                r_attr_space=data.get("r_attr_space"),
+                embedder=data.get("embedder", ""),
+                notes=tuple(data.get("notes", ())),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise AgentError(
+                f"not a slice report: {err!r}; expected the JSON that `slice-agent audit` writes"
+            ) from err
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.dates import DateFormatter, DayLocator, date2num
@@ -38,7 +37,7 @@ from matplotlib.figure import Figure
 from agent.config import SummarySettings
 from agent.errors import AgentError
 from agent.exporter import safe_label_value, safe_tokens
-from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
+from agent.report import SliceReport, SliceResult
 
 __all__ = [
     "DriftEvent",
@@ -55,7 +54,6 @@ __all__ = [
     "read_reports",
     "render_html",
     "render_markdown",
-    "report_from_dict",
     "write_summary",
 ]
 
@@ -175,51 +173,6 @@ def previous_week(week: str) -> str:
 # ----------------------------------------------------------------------------------------- inputs
 
 
-def report_from_dict(data: Mapping[str, Any]) -> SliceReport:
-    """Rebuild a :class:`SliceReport` from its JSON form (the inverse of ``SliceReport.to_dict``)."""
-
-    def tokens(items: Sequence[Mapping[str, Any]]) -> tuple[TokenResult, ...]:
-        return tuple(TokenResult(t["token"], float(t["ds"]), t.get("r_attr")) for t in items)
-
-    def nan(value: Any) -> float:
-        return float("nan") if value is None else float(value)
-
-    try:
-        w = data["window"]
-        slices = tuple(
-            SliceResult(
-                rank=int(s["rank"]),
-                id=str(s["id"]),
-                size=int(s["size"]),
-                error_rate=nan(s["error_rate"]),
-                rest_error_rate=nan(s["rest_error_rate"]),
-                p_value=nan(s["p_value"]),
-                error_precision_at_10=nan(s["error_precision_at_10"]),
-                n_tested=int(s.get("n_tested", 0)),
-                members=tuple(Member(m["study_uid"], float(m["probability"])) for m in s.get("members", ())),
-                tokens=tokens(s.get("tokens", ())),
-                slice_class=s.get("slice_class"),
-            )
-            for s in data["slices"]
-        )
-        return SliceReport(
-            model=data["model"],
-            target_class=data["target_class"],
-            modalities=tuple(data["modalities"]),
-            window=Window(int(w["n"]), int(w["n_errors"]), w.get("start"), w.get("end")),
-            slices=slices,
-            baseline_tokens=tokens(data.get("baseline_tokens", ())),
-            slicer=data.get("slicer", "error_aware"),
-            r_attr_space=data.get("r_attr_space"),
-            embedder=data.get("embedder", ""),
-            notes=tuple(data.get("notes", ())),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise AgentError(
-            f"not a slice report: {err!r}; expected the JSON that `slice-agent audit` writes"
-        ) from err
-
-
 def read_report(path: str | Path) -> TimedReport:
     """Read one slice report file; its time is the window's end, else the file's modification time."""
     path = Path(path)
@@ -227,7 +180,7 @@ def read_report(path: str | Path) -> TimedReport:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise AgentError(f"cannot read slice report {path}: {err}") from err
-    report = report_from_dict(data)
+    report = SliceReport.from_dict(data)
     at = None
     if report.window.end:
         at = datetime.fromisoformat(report.window.end.replace("Z", "+00:00"))

@@ -32,7 +32,6 @@ from agent.summary import (
     member_thumbnails,
     previous_week,
     read_report,
-    report_from_dict,
     write_summary,
 )
 
@@ -88,7 +87,7 @@ def test_report_round_trips_through_json(tmp_path):
     report = _report(0.12)
     path = tmp_path / "r.json"
     report.write_json(path)
-    assert report_from_dict(json.loads(path.read_text())) == report
+    assert SliceReport.from_dict(json.loads(path.read_text())) == report
     timed = read_report(path)
     assert timed.report == report and timed.at == datetime(2026, 11, 24, 9, tzinfo=UTC)
     (tmp_path / "bad.json").write_text('{"model": "x"}')
