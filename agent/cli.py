@@ -18,6 +18,7 @@ from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
 from agent.join import Problem, Sample
+from agent.report import SliceReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("agent")
@@ -93,6 +94,9 @@ def audit(
     problems_out: Annotated[
         Path | None, typer.Option("--problems", help="write bad inputs here (JSONL)")
     ] = None,
+    pushgateway: Annotated[
+        str | None, typer.Option(help="push the audit's metrics to this Pushgateway (host:port or URL)")
+    ] = None,
 ) -> None:
     """Audit a finite event file: find, test and explain the error slices of one model."""
     from agent.audit import run_audit
@@ -139,6 +143,36 @@ def audit(
     report.write_json(out)
     typer.echo(report.table())
     typer.echo(f"report written to {out} ({time.perf_counter() - started:.1f} s)")
+    if pushgateway:
+        _push_audit(pushgateway, settings, report, problems, joined.counts, time.perf_counter() - started)
+        typer.echo(f"metrics pushed to {pushgateway} (job {settings.exporter.push_job})")
+
+
+def _push_audit(
+    gateway: str,
+    settings: Settings,
+    report: SliceReport,
+    problems: list[Problem],
+    counts: Counter[str],
+    seconds: float,
+) -> None:
+    """Push one batch audit's slices, input counts and duration to a Pushgateway."""
+    from agent.events import REASONS
+    from agent.exporter import EVENT_TYPES, Exporter
+
+    exporter = Exporter(settings.exporter, process=False)
+    for event_type, n in counts.items():
+        if event_type in EVENT_TYPES:
+            exporter.agent.consumed(event_type, n)
+    for reason, n in Counter(p.reason for p in problems).items():
+        if reason in REASONS:
+            exporter.agent.dead_lettered(reason, n)
+    exporter.agent.refit_done(report.model, report.target_class, seconds)
+    exporter.publish(report)
+    try:
+        exporter.push(gateway)
+    except OSError as err:
+        raise AgentError(f"cannot push metrics to the Pushgateway at {gateway}: {err}") from err
 
 
 @app.command()
@@ -190,6 +224,298 @@ def demo(
         slicer=None,
         config=None,
         problems_out=out_dir / "problems.jsonl",
+    )
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option("--out", help="folder for the table, CSVs, chart and summary")],
+    quick: Annotated[bool, typer.Option("--quick", help="the 2-core CPU preset: fewer iterations")] = False,
+    iterations: Annotated[int | None, typer.Option(help="simulated-image iterations per mode")] = None,
+    text_iterations: Annotated[int | None, typer.Option(help="Indiana-text iterations per mode")] = None,
+    null_iterations: Annotated[int | None, typer.Option(help="image iterations with a null run")] = None,
+    sources: Annotated[str | None, typer.Option(help="comma list of simulated,indiana")] = None,
+    modes: Annotated[str | None, typer.Option(help="comma list of correlation,rare,noisy")] = None,
+    n_train: Annotated[int | None, typer.Option(help="training set size")] = None,
+    n_test: Annotated[int | None, typer.Option(help="test set size")] = None,
+    epochs: Annotated[int | None, typer.Option(help="ResNet-18 training epochs")] = None,
+    input_size: Annotated[int | None, typer.Option(help="side of the network's input, pixels")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads for training")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device for training: cpu, cuda")] = None,
+    indiana_dir: Annotated[
+        Path | None, typer.Option(help="folder with the Indiana files (default: torchxrayvision's data)")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file (audit and embedder)")] = None,
+) -> None:
+    """Rerun the seed paper's evaluation (its Table 1): planted failures, audits with every embedding."""
+    import tempfile
+
+    # Before torch loads: idle OpenMP threads sleep instead of spinning, which keeps training
+    # from slowing down tenfold when another process holds one of a small machine's cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from agent.bench import BenchConfig, run_bench, write_outputs
+
+    settings = load_settings(config)
+    cfg = (BenchConfig.quick() if quick else BenchConfig()).with_changes(
+        iterations=iterations,
+        text_iterations=text_iterations,
+        null_iterations=null_iterations,
+        n_train=n_train,
+        n_test=n_test,
+        sources=tuple(_split(sources) or []) or None,
+        modes=tuple(_split(modes) or []) or None,
+        seed=seed,
+        indiana_dir=str(indiana_dir) if indiana_dir else None,
+        train={"epochs": epochs, "input_size": input_size, "threads": threads, "device": device},
+    )
+    typer.echo(
+        f"bench: {cfg.iterations} image and {cfg.text_iterations} text iteration(s) per mode, "
+        f"sources {','.join(cfg.sources)}, modes {','.join(cfg.modes)}",
+        err=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="slice-agent-bench-") as work:
+        result = run_bench(
+            cfg,
+            embedder=_build_embedder(settings),
+            settings=settings,
+            workdir=Path(work),
+            progress=lambda line: typer.echo(line, err=True),
+        )
+    paths = write_outputs(result, out)
+    typer.echo(f"bench done in {result.seconds / 60:.1f} min; wrote {', '.join(str(p) for p in paths)}")
+
+
+def _read_tracking(path: Path | None) -> dict[str, tuple[bool, int]]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): (bool(v["emerging"]), int(v["age_refits"])) for k, v in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise AgentError(
+            f"cannot read tracking file {path}: {err!r}; expected "
+            '{"SLICE_ID": {"emerging": true, "age_refits": 3}, ...}'
+        ) from err
+
+
+@app.command("serve-metrics")
+def serve_metrics(
+    reports: Annotated[list[Path], typer.Argument(help="slice report JSON files, or directories of them")],
+    tracking: Annotated[
+        Path | None, typer.Option(help='JSON: {"SLICE_ID": {"emerging": true, "age_refits": 3}}')
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default: exporter.host)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port (default: exporter.port; 0 picks a free one)")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="stop after this many seconds (default: until SIGINT or SIGTERM)")
+    ] = None,
+) -> None:
+    """Serve Prometheus metrics over finished slice reports (the exporter without the stream)."""
+    import signal
+    import threading
+
+    from agent.exporter import Exporter
+    from agent.summary import read_reports
+
+    settings = load_settings(config)
+    exporter = Exporter(settings.exporter)
+    timed = sorted(read_reports(reports), key=lambda r: r.at)
+    exporter.slices.update((t.report for t in timed), _read_tracking(tracking))
+    server = exporter.serve(host, port)
+    typer.echo(
+        f"serving {len(exporter.slices.reports)} report(s) on http://{server.host}:{server.port}/metrics"
+    )
+    sys.stdout.flush()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait(duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+@app.command()
+def summary(
+    reports: Annotated[
+        list[Path], typer.Option("--reports", help="slice report files or directories (repeatable)")
+    ],
+    week: Annotated[
+        str | None, typer.Option(help="ISO week such as 2026-W48 (default: the last complete week)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output directory (default: summary.out_dir)")
+    ] = None,
+    drift_events: Annotated[
+        Path | None, typer.Option(help="JSONL of drift events: at, model, target_class, statistic, threshold")
+    ] = None,
+    embeddings: Annotated[
+        Path | None, typer.Option(help="directory holding WEEK/MODALITY.npy for this and the previous week")
+    ] = None,
+    events: Annotated[
+        Path | None, typer.Option(help="event file whose image paths give slice members' thumbnails")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
+) -> None:
+    """Write the weekly drift summary: one HTML page and Markdown with PNG plots."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    from agent.summary import (
+        DriftEvent,
+        build_summary,
+        member_thumbnails,
+        previous_week,
+        read_reports,
+        write_summary,
+    )
+
+    settings = load_settings(config)
+    if week is None:
+        year, number, _ = (datetime.now(UTC) - timedelta(days=7)).isocalendar()
+        week = f"{year}-W{number:02d}"
+    timed = read_reports(reports)
+    drifts: list[DriftEvent] = []
+    if drift_events is not None:
+        for number, line in enumerate(drift_events.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                at = datetime.fromisoformat(str(d["at"]).replace("Z", "+00:00"))
+                drifts.append(
+                    DriftEvent(
+                        at if at.tzinfo else at.replace(tzinfo=UTC),
+                        str(d["model"]),
+                        d["target_class"],
+                        d.get("statistic"),
+                        d.get("threshold"),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as err:
+                raise AgentError(f"{drift_events} line {number}: not a drift event ({err!r})") from err
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if embeddings is not None:
+        before = embeddings / previous_week(week)
+        for current in sorted((embeddings / week).glob("*.npy")):
+            if (before / current.name).exists():
+                arrays[current.stem] = (np.load(before / current.name), np.load(current))
+    built = build_summary(week, timed, drift_events=drifts, embeddings=arrays, settings=settings.summary)
+    if events is not None and settings.summary.examples_per_slice > 0:
+        from agent.ingest import read_jsonl
+
+        decoded, _ = read_jsonl(events)
+        images = {e.study_uid: e.image for _, e in decoded if e.type == "inference" and e.image}
+        thumbs = member_thumbnails(
+            built.latest,
+            images,
+            per_slice=settings.summary.examples_per_slice,
+            size=settings.summary.thumbnail_size,
+        )
+        built = build_summary(
+            week, timed, drift_events=drifts, embeddings=arrays, thumbnails=thumbs, settings=settings.summary
+        )
+    files = write_summary(built, out or settings.summary.out_dir)
+    typer.echo(
+        f"{week}: {len(built.reports)} report(s), {len(built.latest)} model and class pair(s); "
+        f"wrote {files.html} and {files.markdown}"
+    )
+
+
+def _stream_settings(config: Path | None, overrides: dict[str, object] | None = None) -> Settings:
+    """Settings for the streaming commands; the embedding cache defaults to a file by the store."""
+    settings = load_settings(config, overrides=overrides)
+    if settings.embed.cache_path is None:
+        store = settings.stream.store_path
+        cache = store.with_name(f"{store.stem}-embeddings.sqlite")
+        settings = load_settings(config, overrides={**(overrides or {}), "embed": {"cache_path": str(cache)}})
+    return settings
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
+    source: Annotated[
+        str, typer.Option(help="'kafka' (the settings' brokers and topics) or 'replay:EVENTS.jsonl'")
+    ] = "kafka",
+) -> None:
+    """Run the streaming agent: consume the event topics (or replay a file), refit, write slice reports."""
+    from agent.stream import Sidecar, replay_file, run_worker
+
+    settings = _stream_settings(config)
+    if source.startswith("replay:"):
+        path = Path(source.removeprefix("replay:"))
+        if not path.is_file():
+            raise AgentError(f"expected --source replay:FILE with an existing file, got {str(path)!r}")
+        sidecar = Sidecar(settings, _build_embedder(settings))
+        sidecar.start()
+        started = time.perf_counter()
+        try:
+            summary = replay_file(path, sidecar)
+            counts = sidecar.counts()
+        finally:
+            sidecar.close()
+        dead = ", ".join(f"{r}={n}" for r, n in sorted(summary.dead_lettered.items())) or "none"
+        typer.echo(
+            f"replayed {summary.lines} line(s) of {path}"
+            + (f" (resumed after line {summary.skipped})" if summary.skipped else "")
+            + f": {summary.joined} labeled sample(s) joined, {summary.duplicates} duplicate(s), "
+            f"dead-lettered: {dead} (to {settings.stream.dead_letter_path})"
+        )
+        for outcome in summary.refits:
+            emerging = [s["id"] for s in outcome.document["slices"] if s["status"] == "emerging"]
+            typer.echo(
+                f"refit {outcome.number} of {outcome.model} target={outcome.target!r}: "
+                f"{len(outcome.report.slices)} slice(s)"
+                + (f", emerging: {', '.join(emerging)}" if emerging else "")
+                + f" -> {outcome.path}"
+            )
+        joined = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("joined:")}
+        typer.echo(
+            f"windows: {', '.join(f'{m}={n}' for m, n in sorted(joined.items())) or 'empty'} "
+            f"({time.perf_counter() - started:.1f} s)"
+        )
+        return
+    if source != "kafka":
+        raise AgentError(f"expected --source kafka or replay:FILE, got {source!r}")
+    exporter = None
+    if settings.exporter.enabled:
+        from agent.exporter import Exporter
+
+        exporter = Exporter(settings.exporter)
+        exporter.serve()
+    sidecar = Sidecar(settings, _build_embedder(settings), exporter=exporter)
+    run_worker(settings, sidecar, loglevel=os.environ.get("SLICE_AGENT_LOG_LEVEL", "WARNING"))
+
+
+@app.command()
+def publish(
+    events: Annotated[Path, typer.Argument(help="JSONL file of v1 events", exists=True, dir_okay=False)],
+    config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option(help="host:port[,host:port] (default: stream.bootstrap_servers)")
+    ] = None,
+    create_topics: Annotated[bool, typer.Option(help="create the topics first if missing")] = True,
+) -> None:
+    """Produce an event file to the inference, label and report topics, keyed by model."""
+    from agent.stream import publish_file
+
+    overrides: dict[str, object] = {}
+    if bootstrap_servers:
+        overrides["stream"] = {"bootstrap_servers": bootstrap_servers}
+    settings = load_settings(config, overrides=overrides)
+    summary = publish_file(events, settings.stream, create_topics=create_topics)
+    per_topic = ", ".join(f"{t}={n}" for t, n in sorted(summary.sent.items()))
+    typer.echo(
+        f"published {sum(summary.sent.values())} message(s) from {summary.lines} line(s) to "
+        f"{settings.stream.bootstrap_servers} ({per_topic}; {summary.unroutable} unroutable) "
+        f"in {summary.seconds:.1f} s"
     )
 
 

@@ -95,6 +95,28 @@ class StreamSettings(BaseModel):
     classes: dict[str, list[str | int]] = Field(
         default_factory=dict, description="per model, its known classes; default: those it predicts"
     )
+    max_future_seconds: float = Field(
+        7 * 24 * 3600, ge=0, description="events further ahead of the clock do not move event time"
+    )
+    batch_size: int = Field(100, ge=1, description="messages applied to the store per transaction")
+    batch_seconds: float = Field(1.0, gt=0, description="longest wait to fill a batch")
+    refit_min_samples: int = Field(50, ge=2, description="no refit on a smaller window")
+    resolve_refits: int = Field(2, ge=1, description="refits without an emerging slice before 'resolved'")
+    track_min_overlap: float = Field(
+        0.5, gt=0, le=1, description="member overlap |A&B|/min(|A|,|B|) that makes two refits' slices one"
+    )
+    track_max_distance: float = Field(
+        0.05, ge=0, le=2, description="centroid cosine distance that matches a slice whose members left"
+    )
+    drift_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence of the error-rate drift")
+    dead_letter_path: Path = Field(
+        Path("slice-agent-dead-letter.jsonl"), description="dead letters in replay mode (JSONL)"
+    )
+    create_topics: bool = Field(True, description="create the topics with `partitions` at start")
+    session_timeout_seconds: float = Field(6.0, gt=0)
+    heartbeat_interval_seconds: float = Field(2.0, gt=0)
+    rebalance_timeout_seconds: float = Field(20.0, gt=0)
+    request_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class ExporterSettings(BaseModel):

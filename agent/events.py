@@ -42,6 +42,9 @@ REASONS = (
     "unknown_class",
     "unreadable_image",
     "conflicting_inference",
+    "late_label",
+    "late_report",
+    "unprocessable",
 )
 
 
@@ -116,6 +119,8 @@ def decode_event(raw: bytes | str | dict[str, Any], *, max_report_chars: int = 2
             obj = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             raise EventError(f"invalid JSON: {err}", reason="invalid_json") from err
+        except RecursionError as err:
+            raise EventError("invalid JSON: nested too deeply", reason="invalid_json") from err
     if not isinstance(obj, dict):
         raise EventError(f"expected a JSON object, got {type(obj).__name__}", reason="not_an_object")
     kind = obj.get("type")

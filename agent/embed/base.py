@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Embedder"]
+__all__ = ["Embedder", "WrappedEmbedder"]
 
 
 @runtime_checkable
@@ -37,3 +37,34 @@ class Embedder(Protocol):
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class WrappedEmbedder:
+    """Base of embedders that add behaviour around another one (caching, locking).
+
+    Forwards the description (name, widths, shared space) to ``inner``; subclasses define
+    ``embed_images`` and ``embed_texts``.
+    """
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        """The inner embedder's name."""
+        return self.inner.name
+
+    @property
+    def image_dim(self) -> int:
+        """The inner embedder's image width."""
+        return self.inner.image_dim
+
+    @property
+    def text_dim(self) -> int:
+        """The inner embedder's text width."""
+        return self.inner.text_dim
+
+    @property
+    def shared_space(self) -> bool:
+        """Whether the inner embedder's image and text vectors share a space."""
+        return self.inner.shared_space

@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.embed.base import Embedder
+from agent.embed.base import Embedder, WrappedEmbedder
 from agent.embed.default import check_texts
 from agent.errors import ConfigError, EmbedderError
 
@@ -273,7 +273,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-class CachedEmbedder:
+class CachedEmbedder(WrappedEmbedder):
     """An :class:`~agent.embed.base.Embedder` that asks ``inner`` only for inputs it has not seen.
 
     Each call hashes its inputs, looks them up in ``cache``, embeds the distinct misses in one
@@ -312,33 +312,13 @@ class CachedEmbedder:
     """
 
     def __init__(self, inner: Embedder, cache: EmbeddingCache) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache
         self.hits = 0
         self.misses = 0
 
     def __repr__(self) -> str:
         return f"CachedEmbedder({self.inner!r}, {self.cache!r})"
-
-    @property
-    def name(self) -> str:
-        """The inner embedder's name."""
-        return self.inner.name
-
-    @property
-    def image_dim(self) -> int:
-        """The inner embedder's image width."""
-        return self.inner.image_dim
-
-    @property
-    def text_dim(self) -> int:
-        """The inner embedder's text width."""
-        return self.inner.text_dim
-
-    @property
-    def shared_space(self) -> bool:
-        """Whether the inner embedder's image and text vectors share a space."""
-        return self.inner.shared_space
 
     def embed_images(self, images: Sequence[np.ndarray]) -> NDArray[np.float32]:
         """Embed images, asking the inner embedder only for those not cached.

@@ -93,3 +93,9 @@ def test_mutated_objects_either_decode_or_fail_with_a_reason(obj):
         decode_event(obj)
     except EventError as err:
         assert err.reason in REASONS
+
+
+def test_deeply_nested_json_is_an_event_error():
+    with pytest.raises(EventError) as info:
+        decode_event("[" * 100_000 + "]" * 100_000)
+    assert info.value.reason == "invalid_json"

@@ -1,0 +1,130 @@
+"""``slice-agent publish``: produce a JSONL event file to the topics, keyed by model (kafka-python)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import StreamSettings
+from agent.stream.topics import TopicError, ensure_topics, message_keys, topic_for
+
+__all__ = ["PublishSummary", "publish_file", "study_models"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PublishSummary:
+    """What was sent: messages per topic, and how many lines could not be routed by type."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    lines: int = 0
+    unroutable: int = 0
+    seconds: float = 0.0
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            stripped = line.rstrip(b"\r\n")
+            if stripped.strip():
+                yield number, stripped
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+
+def study_models(path: Path) -> dict[str, set[str]]:
+    """For each study in the file, the models whose inference events name it."""
+    out: dict[str, set[str]] = {}
+    for _, line in _lines(path):
+        obj = _parse(line)
+        if isinstance(obj, dict) and obj.get("type") == "inference":
+            study, model = obj.get("study_uid"), obj.get("model")
+            if isinstance(study, str) and isinstance(model, str) and model:
+                out.setdefault(study, set()).add(model)
+    return out
+
+
+def _confirm(producer: Any, pending: list[Any]) -> None:
+    """Wait until the broker has acknowledged every message sent so far; raise on the first failure."""
+    producer.flush(timeout=60)
+    for future in pending:
+        if future.failed():
+            raise future.exception
+    pending.clear()
+
+
+def publish_file(
+    path: str | Path,
+    settings: StreamSettings,
+    *,
+    create_topics: bool = True,
+    start_line: int = 1,
+    stop_line: int | None = None,
+) -> PublishSummary:
+    """Send every line of a JSONL file to the topic of its type, keyed as :mod:`agent.stream.topics` says.
+
+    Lines are sent as they are (the agent decodes them); a line that is not an event of a known type
+    goes to the inference topic, where the agent dead-letters it. ``start_line`` and ``stop_line``
+    (1-based, inclusive start, exclusive stop) send part of a file.
+
+    Raises
+    ------
+    TopicError
+        If the broker cannot be reached or does not acknowledge the messages.
+    """
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    path = Path(path)
+    started = time.perf_counter()
+    if create_topics:
+        ensure_topics(settings)
+    models = study_models(path)
+    summary = PublishSummary()
+    pending: list[Any] = []
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers.split(","),
+            client_id="slice-agent-publish",
+            acks="all",
+            linger_ms=5,
+            retries=5,
+            max_in_flight_requests_per_connection=1,
+        )
+    except KafkaError as err:
+        raise TopicError(f"cannot reach the broker at {settings.bootstrap_servers}: {err}") from err
+    try:
+        for number, line in _lines(path):
+            if number < start_line or (stop_line is not None and number >= stop_line):
+                continue
+            summary.lines += 1
+            obj = _parse(line)
+            kind = obj.get("type") if isinstance(obj, dict) else None
+            if kind not in ("inference", "label", "report"):
+                summary.unroutable += 1
+            topic = topic_for(kind, settings)
+            for key in message_keys(obj, models):
+                pending.append(producer.send(topic, key=key, value=line))
+                summary.sent[topic] += 1
+            if len(pending) >= 10_000:
+                _confirm(producer, pending)
+        _confirm(producer, pending)
+    except KafkaError as err:
+        raise TopicError(f"publishing to {settings.bootstrap_servers} failed: {err}") from err
+    finally:
+        producer.close(timeout=10)
+    summary.seconds = time.perf_counter() - started
+    log.info("published %d message(s) from %s in %.1f s", sum(summary.sent.values()), path, summary.seconds)
+    return summary

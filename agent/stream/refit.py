@@ -1,0 +1,252 @@
+"""One refit of one model's window: the batch audit's pipeline, slice tracking, and the report on disk.
+
+:meth:`Refitter.refit` reads the window from the store, calls :func:`agent.audit.run_audit` (the
+same code ``slice-agent audit`` runs) once per target class, gives the slices their tracked ids and
+states (:mod:`agent.tracking`), writes the slice report to
+``reports_dir/<model>/<target class>/refit-<n>.json``, and records the report,
+the slice history and the tracker state in the store. It blocks; the runtime calls it off the
+event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.audit import default_target_class, embed_samples, run_audit
+from agent.config import Settings
+from agent.embed.base import Embedder
+from agent.errors import AgentError
+from agent.events import ClassLabel
+from agent.join import Sample
+from agent.report import SliceReport
+from agent.store import Store
+from agent.tracking import SliceObservation, SliceTracker
+
+__all__ = ["RefitOutcome", "Refitter", "load_latest", "report_dir"]
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def report_dir(reports_dir: Path, model: str, target: ClassLabel) -> Path:
+    """Where the reports of a (model, target class) are written."""
+    return reports_dir / (_UNSAFE.sub("_", model) or "_") / (_UNSAFE.sub("_", str(target)) or "_")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class RefitOutcome:
+    """What one refit of one (model, target class) produced."""
+
+    model: str
+    target: ClassLabel
+    number: int
+    report: SliceReport
+    document: dict[str, Any]
+    path: Path
+    emerged: tuple[str, ...]
+    resolved: tuple[str, ...]
+    seconds: float
+
+    @property
+    def tracking(self) -> dict[str, tuple[bool, int]]:
+        """Per slice id of the report: (emerging, age in refits), as the exporter takes it."""
+        return {s["id"]: (s["status"] == "emerging", int(s["age_refits"])) for s in self.document["slices"]}
+
+
+class Refitter:
+    """Runs the audit on a model's window and keeps the slice history.
+
+    Parameters
+    ----------
+    store
+        The state store.
+    embedder
+        The (cached) embedder; vectors embedded on arrival are found in its cache.
+    settings
+        The agent's settings (audit, stream and modalities).
+    extras
+        Called with the model; what it returns is added to each report (the drift summary).
+    clock
+        Wall-clock time source.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        settings: Settings,
+        *,
+        extras: Callable[[str], Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self.extras = extras
+        self.clock = clock
+
+    def _targets(self, model: str, samples: Sequence[Sample]) -> list[ClassLabel]:
+        configured = self.settings.stream.target_classes.get(model)
+        if configured:
+            return list(configured)
+        return [default_target_class(samples)]
+
+    def refit(self, model: str, *, trigger: str = "schedule") -> list[RefitOutcome]:
+        """Refit every target class of ``model`` on its window now.
+
+        A window smaller than ``refit_min_samples``, or one the audit cannot fit (say, a single
+        class), is skipped with a log line; the schedule moves on either way.
+        """
+        samples, labels_total = self.store.snapshot(model)
+        outcomes: list[RefitOutcome] = []
+        s = self.settings.stream
+        if len(samples) < s.refit_min_samples:
+            log.info(
+                "refit of %s skipped: window of %d < refit_min_samples=%d",
+                model,
+                len(samples),
+                s.refit_min_samples,
+            )
+        else:
+            for target in self._targets(model, samples):
+                try:
+                    outcomes.append(self._refit_one(model, target, samples, labels_total, trigger))
+                except AgentError as err:
+                    log.warning("refit of %s target=%r failed: %s", model, target, err)
+                except Exception:  # a numerical failure must not stop the schedule or the stream
+                    log.exception("refit of %s target=%r failed", model, target)
+        self.store.mark_refit(model, labels_total, self.clock())
+        return outcomes
+
+    def _refit_one(
+        self, model: str, target: ClassLabel, samples: Sequence[Sample], labels_total: int, trigger: str
+    ) -> RefitOutcome:
+        started = time.perf_counter()
+        s = self.settings.stream
+        report, problems = run_audit(
+            samples, embedder=self.embedder, settings=self.settings, target_class=target
+        )
+        for problem in problems:
+            log.debug("refit of %s: %s: %s", model, problem.reason, problem.message)
+        tracker = SliceTracker.from_state(
+            self.store.tracker_state(model, target),
+            emerging_after=s.emerging_refits,
+            resolve_after=s.resolve_refits,
+            min_overlap=s.track_min_overlap,
+            max_distance=s.track_max_distance,
+        )
+        by_uid = {x.study_uid: x for x in samples}
+        observations = [
+            SliceObservation(
+                sl.id,
+                frozenset(m.study_uid for m in sl.members),
+                significant=True,
+                centroid=self._centroid([by_uid[m.study_uid] for m in sl.members], report.modalities),
+            )
+            for sl in report.slices
+        ]
+        tracker.update(observations, window=by_uid.keys())
+        tracked = replace(
+            report,
+            slices=tuple(
+                replace(sl, id=tid) for sl, tid in zip(report.slices, tracker.assignments, strict=True)
+            ),
+        )
+        number = self.store.next_refit_number(model, target)
+        seconds = time.perf_counter() - started
+        document = self._document(tracked, tracker, number, labels_total, trigger, seconds, report)
+        folder = report_dir(s.reports_dir, model, target)
+        path = folder / f"refit-{number:06d}.json"
+        text = json.dumps(document, indent=2) + "\n"
+        _write_atomic(path, text)
+        self.store.record_refit(model, target, number, document, tracker.to_state())
+        log.info(
+            "refit %d of %s target=%r on %d samples: %d slice(s), %d emerging (%.1f s)",
+            number,
+            model,
+            target,
+            len(samples),
+            len(report.slices),
+            sum(t.status == "emerging" for t in tracker.tracks),
+            seconds,
+        )
+        for tid in tracker.emerged:
+            log.info("slice %s of %s target=%r is emerging", tid, model, target)
+        for tid in tracker.resolved:
+            log.info("slice %s of %s target=%r is resolved", tid, model, target)
+        return RefitOutcome(
+            model, target, number, tracked, document, path, tracker.emerged, tracker.resolved, seconds
+        )
+
+    def _centroid(self, members: Sequence[Sample], modalities: Sequence[str]) -> tuple[float, ...] | None:
+        """Mean of the members' unit vectors per modality, concatenated: a space refits share."""
+        if not members:
+            return None
+        emb = embed_samples(members, modalities, self.embedder, batch_size=self.settings.embed.batch_size)
+        parts = []
+        for modality in modalities:
+            block = np.asarray(emb.blocks[modality], dtype=np.float64)
+            ok = np.all(np.isfinite(block), axis=1)
+            unit = np.zeros_like(block)
+            norms = np.linalg.norm(block[ok], axis=1, keepdims=True)
+            unit[ok] = block[ok] / np.maximum(norms, 1e-12)
+            parts.append(unit.mean(axis=0))
+        return tuple(round(float(v), 6) for v in np.concatenate(parts))
+
+    def _document(
+        self,
+        report: SliceReport,
+        tracker: SliceTracker,
+        number: int,
+        labels_total: int,
+        trigger: str,
+        seconds: float,
+        fitted: SliceReport,
+    ) -> dict[str, Any]:
+        doc = report.to_dict()
+        for item, fit in zip(doc["slices"], fitted.slices, strict=True):
+            track = tracker.get(item["id"])
+            if track is None:  # every slice of this refit was just tracked
+                raise AgentError(f"slice {item['id']} missing from the tracker after its update")
+            item["fit_id"] = fit.id
+            item["status"] = track.status
+            item["streak"] = track.streak
+            item["age_refits"] = track.age
+        doc["resolved"] = [t.id for t in tracker.tracks if t.status == "resolved"]
+        doc["refit"] = {
+            "number": number,
+            "labels_total": labels_total,
+            "trigger": trigger,
+            "seconds": round(seconds, 3),
+            "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
+        }
+        if self.extras is not None:
+            doc.update(self.extras(report.model))
+        return doc
+
+
+def load_latest(reports_dir: Path, model: str, target: ClassLabel) -> dict[str, Any] | None:
+    """The newest report written for a (model, target class), if any."""
+    files = sorted(report_dir(reports_dir, model, target).glob("refit-*.json"))
+    return json.loads(files[-1].read_text(encoding="utf-8")) if files else None

@@ -1,0 +1,208 @@
+"""The agent's logic, whatever feeds it: store, arrival embedding, drift, refits and metrics.
+
+Both shells drive one :class:`Sidecar`: the faust runtime (:mod:`agent.stream.runtime`) from
+Kafka, and the replay (:mod:`agent.stream.replay`) from a file. They hand it batches of raw
+messages (:meth:`Sidecar.ingest`, durable when it returns), ask which models are due for a refit
+(:meth:`Sidecar.due_models`) and run :meth:`Sidecar.refit` where they like (the runtime in a worker
+thread), and deliver the dead letters the store keeps in its outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from agent.config import Settings
+from agent.drift import DriftMonitor
+from agent.embed.base import Embedder
+from agent.store import ApplyResult, Store, StorePolicy
+from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
+from agent.stream.ingest import Message, decode_messages
+from agent.stream.refit import RefitOutcome, Refitter
+
+if TYPE_CHECKING:
+    from agent.exporter import Exporter
+
+__all__ = ["Sidecar"]
+
+log = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """Everything the streaming agent does between reading a message and writing a report.
+
+    Parameters
+    ----------
+    settings
+        The agent's settings.
+    embedder
+        The embedder (wrap it in a cache: vectors embedded on arrival are read back by refits).
+    exporter
+        Where metrics go, if anywhere.
+    clock
+        Wall-clock time source.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        *,
+        exporter: Exporter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.exporter = exporter
+        self.clock = clock
+        s = settings.stream
+        self.store = Store(s.store_path, StorePolicy.from_settings(s), clock=clock)
+        self.embedder = SerialEmbedder(embedder)
+        self.drift = DriftMonitor(delta=s.drift_delta)
+        self._drift_lock = threading.Lock()
+        self._refit_lock = threading.Lock()
+        self.arrival = ArrivalEmbedder(
+            self.store,
+            self.embedder,
+            modalities=settings.modalities,
+            batch_size=settings.embed.batch_size,
+            image_size=settings.embed.image_size,
+            on_problem=self._on_embed_problem,
+            on_batch=self._on_embed_batch,
+        )
+        self.refitter = Refitter(self.store, self.embedder, settings, extras=self._extras, clock=clock)
+        self.refits = 0
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"Sidecar(store={self.store.path!r})"
+
+    def start(self) -> None:
+        """Rebuild the drift detectors from the stored windows and start embedding on arrival."""
+        if self._started:
+            return
+        self._started = True
+        n = 0
+        for model in self.store.models():
+            for seq, label, prediction, ts in self.store.outcomes(model):
+                self._update_drift(model, seq, label, prediction, ts)
+                n += 1
+        log.info(
+            "state store %s opened: %d model(s), %d labeled sample(s) in windows",
+            self.store.path,
+            len(self.store.models()),
+            n,
+        )
+        self.arrival.start()
+        self.arrival.notify()
+
+    def close(self) -> None:
+        """Stop the arrival worker and close the store."""
+        self.arrival.stop()
+        self.store.close()
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, messages: Sequence[Message], *, position: tuple[str, int] | None = None) -> ApplyResult:
+        """Decode and apply one batch; durable when this returns (commit offsets after it)."""
+        incoming = decode_messages(messages, max_report_chars=self.settings.audit.max_report_chars)
+        result = self.store.apply(incoming, position=position)
+        for joined in result.joined:
+            self._update_drift(joined.model, joined.seq, joined.label, joined.prediction, joined.timestamp)
+        if self.exporter is not None:
+            metrics = self.exporter.agent
+            for kind, n in result.accepted.items():
+                metrics.consumed(kind, n)
+            for reason, n in result.dead_lettered.items():
+                metrics.dead_lettered(reason, n)
+            for joined in result.joined:
+                metrics.observe_label_delay(joined.model, joined.label_delay_seconds)
+            for model, waiting in self.store.backlog().items():
+                metrics.set_join_backlog(model, waiting)
+        if result.to_embed:
+            self.arrival.notify()
+        if result.dead_lettered:
+            log.debug("dead-lettered %s", dict(result.dead_lettered))
+        return result
+
+    def _update_drift(self, model: str, seq: int, label: Any, prediction: Any, ts: float) -> None:
+        """Feed one outcome to the drift monitor; a new detection is recorded, logged and appended
+        to ``reports_dir/drift-events.jsonl`` (the weekly summary's ``--drift-events``).
+
+        Replayed at start from the stored windows; detections recorded before are not repeated.
+        """
+        with self._drift_lock:
+            self.drift.update(model, label=label, prediction=prediction)
+            signal = self.drift.signal
+        if signal is None or not self.store.record_drift(model, signal.cls, seq, signal.error_rate):
+            return
+        log.info(
+            "error-rate drift of %s on class %r: now %.3f over the last %d outcomes",
+            model,
+            signal.cls,
+            signal.error_rate,
+            signal.window_length,
+        )
+        record = {
+            "at": datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "model": model,
+            "target_class": signal.cls,
+            "statistic": round(signal.error_rate, 6),
+            "threshold": None,
+        }
+        path = self.settings.stream.reports_dir / "drift-events.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.exporter is not None:
+            self.exporter.agent.drift_detected(model, signal.cls)
+
+    def _extras(self, model: str) -> Mapping[str, Any]:
+        with self._drift_lock:
+            drift = {
+                str(cls): {
+                    "error_rate": round(d.error_rate, 6),
+                    "n": d.n_seen,
+                    "detections": d.n_detections,
+                }
+                for m, cls in self.drift.keys
+                if m == model and (d := self.drift.detector(m, cls)) is not None
+            }
+        return {"drift": drift}
+
+    def _on_embed_problem(self, source: str, reason: str, message: str) -> None:
+        log.debug("dead-lettered %s while embedding: %s", source, message)
+        if self.exporter is not None:
+            self.exporter.agent.dead_lettered(reason)
+
+    def _on_embed_batch(self, modality: str, seconds: float) -> None:
+        if self.exporter is not None:
+            self.exporter.agent.observe_embedding(modality, seconds)
+
+    # ------------------------------------------------------------------ refits
+
+    def due_models(self, now: float | None = None) -> list[str]:
+        """Models with ``refit_every_labels`` new labels, or new labels ``refit_every_seconds`` old."""
+        s = self.settings.stream
+        return self.store.due_models(
+            self.clock() if now is None else now, s.refit_every_labels, s.refit_every_seconds
+        )
+
+    def refit(self, model: str, *, trigger: str = "schedule") -> list[RefitOutcome]:
+        """Refit ``model`` now (blocking; one refit at a time) and publish what it found."""
+        with self._refit_lock:
+            outcomes = self.refitter.refit(model, trigger=trigger)
+            self.refits += len(outcomes)
+        if self.exporter is not None:
+            for outcome in outcomes:
+                self.exporter.agent.refit_done(outcome.model, outcome.target, outcome.seconds)
+                self.exporter.publish(outcome.report, outcome.tracking)
+        return outcomes
+
+    def counts(self) -> dict[str, int]:
+        """The store's counters (joined per model, dead letters per reason, duplicates, ...)."""
+        return self.store.counts()
