@@ -13,6 +13,11 @@ The planted failures follow the paper's three modes:
               called positive (the classifier learned devices as a shortcut);
 ``lateral``   rare-slice undertraining: positive lateral views are missed;
 ``portable``  noisy labels on frontal portable AP films: positives there are missed.
+
+:func:`radiology_report` writes the same kind of report for a case with several findings
+(pneumothorax, cardiomegaly, pleural effusion), named support devices and sides; the
+simulated image source (:mod:`agent.simulate.images`) uses it so that its reports describe
+what its pixels show.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FAILURES", "StreamSpec", "generate_stream", "write_jsonl"]
+__all__ = ["DEVICE_KINDS", "FAILURES", "StreamSpec", "generate_stream", "radiology_report", "write_jsonl"]
 
 FAILURES = ("devices", "lateral", "portable")
 
@@ -46,11 +51,15 @@ _DEVICES = [
     "Tracheostomy tube in place.",
     "Support lines and tubes are unchanged in position.",
 ]
+_PTX_TEMPLATES = (
+    "Small {side} apical pneumothorax.",
+    "Moderate {side} pneumothorax with visible pleural edge.",
+    "There is a {side} pneumothorax measuring several centimetres.",
+    "{Side} apical pneumothorax, new since the prior film.",
+)
 _PTX_POS = [
-    "Small right apical pneumothorax.",
-    "Moderate left pneumothorax with visible pleural edge.",
-    "There is a right pneumothorax measuring several centimetres.",
-    "Left apical pneumothorax, new since the prior film.",
+    t.format(side=side, Side=side.capitalize())
+    for t, side in zip(_PTX_TEMPLATES, ("right", "left", "right", "left"), strict=True)
 ]
 _PTX_NEG = [
     "No pneumothorax.",
@@ -90,6 +99,67 @@ _INDICATION = [
     "INDICATION: Line placement.",
 ]
 
+#: Support devices that :func:`radiology_report` can describe (and the image source can draw).
+DEVICE_KINDS = ("chest_tube", "endotracheal_tube", "central_line", "enteric_tube", "pacemaker")
+
+# Per device kind, the sentences a radiologist might write; ``{side}`` is the patient's side.
+_DEVICE_PHRASES: dict[str, tuple[str, ...]] = {
+    "chest_tube": (
+        "{Side}-sided chest tube in place.",
+        "{Side} chest drain with its tip at the apex.",
+        "Pigtail catheter in the {side} pleural space.",
+        "{Side} thoracostomy tube, tip projecting over the upper chest.",
+    ),
+    "endotracheal_tube": (
+        "Endotracheal tube terminates above the carina.",
+        "ET tube in satisfactory position.",
+        "The patient is intubated, tube tip at the thoracic inlet.",
+    ),
+    "central_line": (
+        "{Side} internal jugular central venous line, tip in the SVC.",
+        "{Side} subclavian PICC line with tip in the distal SVC.",
+        "Central venous catheter from the {side}, tip at the cavoatrial junction.",
+    ),
+    "enteric_tube": (
+        "Nasogastric tube courses below the diaphragm.",
+        "Enteric tube with tip in the stomach.",
+        "Feeding tube passes below the left hemidiaphragm.",
+    ),
+    "pacemaker": (
+        "Dual-lead pacemaker with leads in expected position.",
+        "{Side} chest wall pacemaker, leads in the right atrium and ventricle.",
+        "Cardiac device generator over the {side} chest.",
+    ),
+}
+_DEVICES_UNCHANGED = (
+    "Support lines and tubes are unchanged in position.",
+    "Lines and tubes as above.",
+    "Medical devices are stable.",
+)
+_CARDIO_POS = (
+    "Mild cardiomegaly.",
+    "The heart is enlarged.",
+    "Enlarged cardiac silhouette.",
+    "Moderate cardiomegaly, similar to prior.",
+    "Cardiac silhouette is enlarged.",
+)
+_CARDIO_NEG = (
+    "Heart size is normal.",
+    "Cardiomediastinal silhouette within normal limits.",
+    "Normal heart size.",
+)
+_EFFUSION_POS = (
+    "Small {side} pleural effusion.",
+    "Blunting of the {side} costophrenic angle, consistent with a small effusion.",
+    "{Side} pleural effusion with meniscus.",
+    "Layering {side} pleural fluid.",
+)
+_EFFUSION_BOTH = ("Small bilateral pleural effusions.", "Bilateral blunting of the costophrenic angles.")
+_EFFUSION_NEG = ("No pleural effusion.", "Costophrenic angles are sharp.", "No effusion.")
+_FINDING_WORDS = ("cardiomegaly", "heart", "cardiomediastinal", "effusion", "pneumothorax")
+_NEUTRAL = tuple(b for b in _BACKGROUND if not any(w in b.lower() for w in _FINDING_WORDS))
+_IMPRESSION_NORMAL = ("No acute cardiopulmonary process.", "No acute abnormality.", "Stable chest.")
+
 
 @dataclass(frozen=True)
 class StreamSpec:
@@ -115,15 +185,20 @@ def _pick(rng: np.random.Generator, items: Sequence[str]) -> str:
     return items[int(rng.integers(len(items)))]
 
 
-def _report(rng: np.random.Generator, view: str, devices: bool, positive: bool, name: str) -> str:
+def _header(rng: np.random.Generator, name: str) -> list[str]:
+    """The identifying header lines a report starts with (invented, for scrubbing to remove)."""
     doctor = _pick(rng, _DOCTORS)
-    header = [
+    return [
         f"Patient: {name}",
         f"MRN: {rng.integers(10**6, 10**7)}",
         f"Accession: A{rng.integers(10**7, 10**8)}",
         f"Referring physician: Dr. {doctor}",
         f"Exam date: 2026-11-{rng.integers(1, 28):02d}",
     ]
+
+
+def _report(rng: np.random.Generator, view: str, devices: bool, positive: bool, name: str) -> str:
+    header = _header(rng, name)
     body = [_pick(rng, _INDICATION), "FINDINGS:"]
     view_line = _pick(rng, _VIEW_TEXT[view])
     if view_line:
@@ -138,6 +213,91 @@ def _report(rng: np.random.Generator, view: str, devices: bool, positive: bool, 
         else _pick(rng, ["No acute cardiopulmonary process.", "No acute abnormality.", "Stable chest."])
     )
     body.append(f"IMPRESSION: {impression}")
+    if rng.random() < 0.3:
+        body.append(f"Findings discussed with Dr. {_pick(rng, _DOCTORS)} at {rng.integers(0, 24):02d}:15.")
+    return "\n".join([*header, " ".join(b for b in body if b)])
+
+
+def _sided(rng: np.random.Generator, templates: Sequence[str], side: str) -> str:
+    return _pick(rng, templates).format(side=side, Side=side.capitalize())
+
+
+def radiology_report(
+    rng: np.random.Generator,
+    *,
+    view: str,
+    devices: Sequence[tuple[str, str]] = (),
+    pneumothorax: str | None = None,
+    cardiomegaly: bool = False,
+    effusion: str | None = None,
+    name: str = "Doe Jane",
+) -> str:
+    """A report, with an identifying header, for a chest radiograph that shows the given findings.
+
+    Positive findings are always described (with varied synonyms and their side); negatives,
+    the view and devices are mentioned only most of the time, as in real reports.
+
+    Parameters
+    ----------
+    rng
+        Source of the phrase choices.
+    view
+        ``"PA"``, ``"AP"`` (portable) or ``"LL"`` (lateral).
+    devices
+        ``(kind, side)`` pairs, ``kind`` one of :data:`DEVICE_KINDS`, ``side`` the patient's
+        ``"left"`` or ``"right"``.
+    pneumothorax, effusion
+        The patient's side (``"left"``, ``"right"``; ``"bilateral"`` for an effusion), or None.
+    cardiomegaly
+        Whether the heart is enlarged.
+    name
+        The invented patient name written into the header.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> text = radiology_report(rng, view="AP", devices=[("chest_tube", "left")], pneumothorax="left")
+    >>> "pneumothorax" in text.lower(), text.startswith("Patient: Doe Jane")
+    (True, True)
+    """
+    for kind, _ in devices:
+        if kind not in _DEVICE_PHRASES:
+            raise ValueError(f"expected a device kind in {DEVICE_KINDS}, got {kind!r}")
+    body = [_pick(rng, _INDICATION), "FINDINGS:"]
+    view_line = _pick(rng, _VIEW_TEXT[view])
+    if view_line and rng.random() < 0.8:
+        body.append(view_line)
+    if devices and rng.random() < 0.9:
+        body.extend(_sided(rng, _DEVICE_PHRASES[kind], side) for kind, side in devices)
+        if rng.random() < 0.2:
+            body.append(_pick(rng, _DEVICES_UNCHANGED))
+    if cardiomegaly:
+        body.append(_pick(rng, _CARDIO_POS))
+    elif rng.random() < 0.7:
+        body.append(_pick(rng, _CARDIO_NEG))
+    if pneumothorax is not None:
+        body.append(_sided(rng, _PTX_TEMPLATES, pneumothorax))
+    elif rng.random() < 0.6:
+        body.append(_pick(rng, [p for p in _PTX_NEG if p]))
+    if effusion == "bilateral":
+        body.append(_pick(rng, _EFFUSION_BOTH))
+    elif effusion is not None:
+        body.append(_sided(rng, _EFFUSION_POS, effusion))
+    elif rng.random() < 0.6:
+        body.append(_pick(rng, _EFFUSION_NEG))
+    body.extend(rng.choice(_NEUTRAL, size=int(rng.integers(0, 3)), replace=False).tolist())
+    named = [
+        word
+        for word, present in (
+            ("pneumothorax", pneumothorax),
+            ("cardiomegaly", cardiomegaly),
+            ("pleural effusion", effusion),
+        )
+        if present
+    ]
+    impression = f"{', '.join(named).capitalize()} as described." if named else _pick(rng, _IMPRESSION_NORMAL)
+    body.append(f"IMPRESSION: {impression}")
+    header = _header(rng, name)
     if rng.random() < 0.3:
         body.append(f"Findings discussed with Dr. {_pick(rng, _DOCTORS)} at {rng.integers(0, 24):02d}:15.")
     return "\n".join([*header, " ".join(b for b in body if b)])
