@@ -49,7 +49,7 @@ class TrainConfig:
     """
 
     input_size: int = 64
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4

@@ -34,8 +34,8 @@ __all__ = [
     "Strengths",
     "cell_shares",
     "flip_labels",
+    "held_out_cells",
     "split_counts",
-    "test_cells",
     "training_cells",
 ]
 
@@ -193,7 +193,7 @@ def training_cells(
     return split_counts(n, cell_shares(mode, strengths, biased=biased))
 
 
-def test_cells(
+def held_out_cells(
     mode: FailureMode, n: int, group_share: float, strengths: Strengths
 ) -> dict[tuple[int, int], int]:
     """A test set's cells: the planted group at ``group_share``, the rest as in biased training.
@@ -201,7 +201,7 @@ def test_cells(
     The paper resamples test sets "keeping the error strength and the underperforming proportion
     fixed": the other cells keep the training distribution's proportions among themselves.
 
-    >>> test_cells(MODES[0], 300, 0.2, Strengths())
+    >>> held_out_cells(MODES[0], 300, 0.2, Strengths())
     {(1, 1): 60, (0, 1): 110, (0, 0): 20, (1, 0): 110}
     """
     shares = cell_shares(mode, strengths, biased=True)

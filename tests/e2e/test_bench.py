@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from agent.bench.indiana import HEADERS, REPORTS, load_indiana
-from agent.bench.modes import MODES, Strengths, flip_labels, test_cells, training_cells
+from agent.bench.modes import MODES, Strengths, flip_labels, held_out_cells, training_cells
 from agent.bench.paper import baseline_precision, best_candidate, candidate_slices
 from agent.bench.runner import EMBEDDINGS, accuracy_gap
 from agent.config import AuditSettings
@@ -131,7 +131,7 @@ def test_training_cells_reach_the_papers_strengths():
     null = training_cells(MODES[0], 1000, s, biased=False)
     assert len(set(null.values())) == 1
     for mode in MODES:
-        test = test_cells(mode, 300, 0.2, s)
+        test = held_out_cells(mode, 300, 0.2, s)
         assert sum(test.values()) == 300 and test[mode.group] == 60
     labels = np.ones(400, dtype=int)
     group = np.arange(400) < 300
