@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint typecheck unit bench-mixture clean
+.PHONY: install system-deps demo test lint typecheck unit bench-mixture bench-stream bench-table1 clean
 
 # Debian packages the tests run (promtool, Prometheus, Alertmanager, Pushgateway, headless Chromium);
 # installed only when a binary is missing. Needs root (or sudo) and a Debian/Ubuntu machine.
@@ -45,6 +45,15 @@ test: system-deps lint typecheck unit
 
 bench-mixture: install
 	$(BIN)/python bench/mixture_fit.py --out docs/bench/mixture_fit.json
+
+bench-stream: install
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/stream_throughput.py all --studies 2000 --latency-studies 600 \
+		--windows 10000 50000 --out docs/bench/stream_throughput.json
+
+# torchxrayvision only carries the Indiana text: without its dependencies, which would replace torch.
+bench-table1: install
+	$(BIN)/pip install --quiet --no-deps torchxrayvision==1.5.7
+	HF_HUB_OFFLINE=1 $(BIN)/slice-agent bench --quick --out docs/bench/table1
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
