@@ -71,7 +71,7 @@ def test_two_workers_split_the_models_and_match_one_worker(tansu, agents, embed_
         return mine if ok and len(set(together)) == len(together) else None
 
     owned = wait_for(
-        split_assignment, timeout=120, what="the pair to split the partitions", diagnose=workers[1].tail
+        split_assignment, timeout=300, what="the pair to split the partitions", diagnose=workers[1].tail
     )
     for store, mine in zip(stores, owned, strict=False):
         # Co-partitioning: each worker holds the same partition numbers of the three topics.
@@ -92,7 +92,7 @@ def test_two_workers_split_the_models_and_match_one_worker(tansu, agents, embed_
     for i, n in expected.items():
         wait_for(
             lambda i=i, n=n: stores[i].sizes()["seen"] == n,
-            timeout=120,
+            timeout=300,
             what=f"{n} events stored by {workers[i].log.stem}",
             diagnose=workers[i].tail,
         )
@@ -102,7 +102,7 @@ def test_two_workers_split_the_models_and_match_one_worker(tansu, agents, embed_
         config = [*pair, solo][store_index]
         wait_for(
             lambda config=config, model=model: _final(config, model),
-            timeout=240,
+            timeout=480,
             what=f"a refit of {model} on all its labels by {config.parent.name}",
             diagnose=workers[store_index].tail,
         )
