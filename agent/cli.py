@@ -17,7 +17,7 @@ from agent.config import Settings, load_settings
 from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
-from agent.join import Problem, Sample
+from agent.sample import Problem, Sample
 from agent.report import SliceReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)

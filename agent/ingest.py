@@ -6,7 +6,7 @@ from pathlib import Path
 
 from agent.errors import EventError
 from agent.events import Event, decode_event
-from agent.join import Problem
+from agent.sample import Problem
 
 __all__ = ["read_jsonl"]
 

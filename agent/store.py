@@ -57,7 +57,7 @@ from typing import Any
 from agent.config import StreamSettings
 from agent.errors import AgentError
 from agent.events import ClassLabel, Event, InferenceEvent, LabelEvent, ReportEvent
-from agent.join import Sample
+from agent.sample import Sample
 
 __all__ = [
     "ApplyResult",

@@ -48,7 +48,7 @@ from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.explain import TokenSpace
 from agent.fuse import MODALITIES, fuse
-from agent.join import Sample
+from agent.sample import Sample
 from agent.metrics import precision_at_k
 from agent.simulate.images import Case, ImageSpec, Population, case_report, draw_cases, render, write_dicom
 

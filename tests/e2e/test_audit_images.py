@@ -17,7 +17,7 @@ import pytest
 from agent.audit import run_audit
 from agent.config import load_settings
 from agent.embed import make_embedder
-from agent.join import Sample
+from agent.sample import Sample
 from agent.simulate import StreamSpec, generate_stream
 
 
