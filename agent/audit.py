@@ -20,9 +20,9 @@ from agent.errors import AgentError, FitError
 from agent.events import ClassLabel
 from agent.explain import TokenSpace, r_attr, scrub, tokens
 from agent.fuse import MODALITIES, fuse
-from agent.sample import Problem, Sample
 from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
+from agent.sample import Problem, Sample
 from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover_slices
 
 __all__ = [

@@ -17,8 +17,8 @@ from agent.config import Settings, load_settings
 from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
-from agent.sample import Problem, Sample
 from agent.report import SliceReport
+from agent.sample import Problem, Sample
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("agent")

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from agent.events import ClassLabel, Event, InferenceEvent, LabelEvent, ReportEvent
 from agent.sample import Problem, Sample

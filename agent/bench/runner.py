@@ -48,8 +48,8 @@ from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.explain import TokenSpace
 from agent.fuse import MODALITIES, fuse
-from agent.sample import Sample
 from agent.metrics import precision_at_k
+from agent.sample import Sample
 from agent.simulate.images import Case, ImageSpec, Population, case_report, draw_cases, render, write_dicom
 
 __all__ = [

@@ -27,8 +27,8 @@ from agent.config import Settings
 from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
-from agent.sample import Sample
 from agent.report import SliceReport
+from agent.sample import Sample
 from agent.store import Store
 from agent.tracking import SliceObservation, SliceTracker
 
