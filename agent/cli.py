@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +20,9 @@ from agent.errors import AgentError
 from agent.events import ClassLabel
 from agent.report import SliceReport
 from agent.sample import Problem, Sample
+
+if TYPE_CHECKING:
+    from agent.store import Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("agent")
@@ -67,17 +71,37 @@ def _write_problems(problems: list[Problem], path: Path | None) -> None:
                 fh.write(json.dumps({"where": p.where, "reason": p.reason, "message": p.message}) + "\n")
 
 
-def _select_model(samples: list[Sample], model: str | None) -> list[Sample]:
-    models = Counter(s.model for s in samples)
+def _class_forms(given: str) -> tuple[ClassLabel, ...]:
+    """A command-line class as the stream may carry it: text, and an integer when it reads as one."""
+    try:
+        return (given, int(given))
+    except ValueError:
+        return (given,)
+
+
+def _select_model(windows: dict[str, list[Sample]], model: str | None) -> list[Sample]:
+    models = sorted(m for m, samples in windows.items() if samples)
     if model is None:
         if len(models) > 1:
             raise AgentError(
-                f"the stream holds several models ({', '.join(sorted(models))}); choose one with --model"
+                f"the stream holds several models ({', '.join(models)}); choose one with --model"
             )
-        return samples
+        return windows[models[0]] if models else []
     if model not in models:
-        raise AgentError(f"model {model!r} not in the stream; it holds {', '.join(sorted(models)) or 'none'}")
-    return [s for s in samples if s.model == model]
+        raise AgentError(f"model {model!r} not in the stream; it holds {', '.join(models) or 'none'}")
+    return windows[model]
+
+
+def _dead_letter_problems(store: Store) -> list[Problem]:
+    """The store's dead letters as numbered problems (``line N``), in input order."""
+    problems: list[tuple[int, Problem]] = []
+    while letters := store.unsent_dead_letters():
+        for letter in letters:
+            line = letter.source.rsplit(":", 1)[-1]
+            number = int(line) if line.isdigit() else 0
+            problems.append((number, Problem(f"line {number}", letter.reason, letter.message)))
+        store.mark_dead_letters_sent([letter.id for letter in letters])
+    return [p for _, p in sorted(problems, key=lambda item: item[0])]
 
 
 @app.command()
@@ -97,11 +121,22 @@ def audit(
     pushgateway: Annotated[
         str | None, typer.Option(help="push the audit's metrics to this Pushgateway (host:port or URL)")
     ] = None,
+    label_delay: Annotated[
+        float | None,
+        typer.Option(help="seconds an inference waits for its label, in event time (default: no limit)"),
+    ] = None,
 ) -> None:
-    """Audit a finite event file: find, test and explain the error slices of one model."""
+    """Audit a finite event file: find, test and explain the error slices of one model.
+
+    The file is replayed into a temporary store, through the same join as ``slice-agent run``
+    (no label delay unless ``--label-delay`` is given), and the model's window is audited by the
+    same pipeline a refit runs.
+    """
+    import tempfile
+
     from agent.audit import run_audit
-    from agent.ingest import read_jsonl
-    from agent.join import join_events
+    from agent.store import Store, StorePolicy
+    from agent.stream.replay import load_file
 
     overrides: dict[str, object] = {}
     if embedder:
@@ -112,23 +147,32 @@ def audit(
         overrides["modalities"] = _split(modalities)
     settings = load_settings(config, overrides=overrides)
     started = time.perf_counter()
-    decoded, problems = read_jsonl(events, max_report_chars=settings.audit.max_report_chars)
-    labels_seen = {e.label for _, e in decoded if e.type == "label"}
+    policy = StorePolicy(
+        label_delay_seconds=label_delay if label_delay is not None else math.inf,
+        window_size=2**62,
+        window_max_age_seconds=math.inf,
+        default_classes=tuple(c for given in _split(classes) or [] for c in _class_forms(given)),
+        extra_classes=_class_forms(target_class) if target_class is not None else (),
+    )
+    with tempfile.TemporaryDirectory(prefix="slice-agent-audit-") as work:
+        store = Store(Path(work) / "state.sqlite", policy)
+        try:
+            loaded = load_file(
+                events,
+                store,
+                max_report_chars=settings.audit.max_report_chars,
+                naive=settings.stream.naive_timestamps,
+            )
+            problems = _dead_letter_problems(store)
+            unlabeled = store.sizes()["pending"]
+            samples = _select_model({m: store.window(m) for m in store.models()}, model)
+        finally:
+            store.close()
+    labels_seen = {s.label for s in samples}
     target = _match_class(target_class, labels_seen) if target_class is not None else None
-    class_map = None
-    if classes:
-        models = {e.model for _, e in decoded if e.type == "inference"}
-        class_map = {m: [_match_class(c, labels_seen) for c in _split(classes) or []] for m in models}
-    elif target is not None:
-        models = {e.model for _, e in decoded if e.type == "inference"}
-        predicted = {e.prediction for _, e in decoded if e.type == "inference"}
-        class_map = {m: [*predicted, target] for m in models}
-    joined = join_events(decoded, classes=class_map)
-    problems += joined.problems
-    samples = _select_model(joined.samples, model)
     typer.echo(
-        f"read {sum(joined.counts.values())} events: {len(samples)} labeled studies, "
-        f"{joined.unlabeled} still unlabeled, {len(problems)} problem(s)",
+        f"read {loaded.lines} events: {len(samples)} labeled studies, "
+        f"{unlabeled} still unlabeled, {len(problems)} problem(s)",
         err=True,
     )
     report, embed_problems = run_audit(
@@ -144,7 +188,7 @@ def audit(
     typer.echo(report.table())
     typer.echo(f"report written to {out} ({time.perf_counter() - started:.1f} s)")
     if pushgateway:
-        _push_audit(pushgateway, settings, report, problems, joined.counts, time.perf_counter() - started)
+        _push_audit(pushgateway, settings, report, problems, loaded.accepted, time.perf_counter() - started)
         typer.echo(f"metrics pushed to {pushgateway} (job {settings.exporter.push_job})")
 
 

@@ -81,7 +81,23 @@ class StreamSettings(BaseModel):
     report_topic: str = "report-events"
     dead_letter_topic: str = "slice-agent-dead-letter"
     partitions: int = Field(4, ge=1, description="partition count used when the agent creates topics")
-    store_path: Path = Field(Path("slice-agent.sqlite"), description="durable state (SQLite)")
+    store_path: Path = Field(Path("slice-agent.sqlite"), description="durable state (SQLite, one worker)")
+    store_url: str | None = Field(
+        None,
+        description="shared state for a group of workers: postgresql+psycopg://USER@HOST:PORT/DB"
+        " (the password from PGPASSWORD or ~/.pgpass); replaces store_path",
+    )
+    naive_timestamps: Literal["utc", "reject"] = Field(
+        "utc", description="an event time without a zone is read as UTC, or rejected (wrong_type)"
+    )
+    keep_refits: int = Field(50, ge=1, description="refits (reports, slice history) kept per model and class")
+    keep_vectors: int = Field(200_000, ge=100, description="embedding vectors kept in the store's cache")
+    refit_lease_seconds: float = Field(
+        60.0, gt=0, description="a refit's lease; another worker takes the model over this long after a crash"
+    )
+    embed_claim_seconds: float = Field(
+        120.0, gt=0, description="rows a worker took to embed are retried by others after this long"
+    )
     reports_dir: Path = Field(Path("slice-reports"), description="slice reports written after each refit")
     label_delay_seconds: float = Field(14 * 24 * 3600, gt=0, description="how long an inference waits")
     window_size: int = Field(5000, ge=10, description="labeled samples kept per (model, target class)")

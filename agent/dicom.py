@@ -45,6 +45,7 @@ __all__ = [
     "metadata_sentence",
     "read_header",
     "read_pixels",
+    "safe_metadata",
 ]
 
 log = logging.getLogger(__name__)
@@ -520,6 +521,15 @@ def _safe_fields(meta: Mapping[str, object]) -> dict[str, object]:
         if keyword not in fields or key == keyword:
             fields[keyword] = value
     return fields
+
+
+def safe_metadata(meta: Mapping[str, object]) -> dict[str, object]:
+    """The whitelisted tags of an event's metadata, as the store keeps them (nothing else is stored).
+
+    >>> safe_metadata({"ViewPosition": "AP", "PatientName": "DOE^JANE", "patient age": "061Y"})
+    {'ViewPosition': 'AP', 'PatientAge': '061Y'}
+    """
+    return _safe_fields(meta)
 
 
 def _letter_words(text: str) -> list[str]:

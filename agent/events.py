@@ -3,12 +3,16 @@
 ``decode_event`` is the one place raw bytes become typed events. Anything that does not
 follow the contract raises :class:`agent.errors.EventError` with a bounded ``reason`` code
 that the caller counts and dead-letters. Unknown fields are kept (``extra``) and ignored.
+
+Timestamps leave here in UTC: a time with a zone or offset is converted, and a time without one is
+read as UTC (``naive="utc"``, the default) or rejected as ``wrong_type`` (``naive="reject"``, the
+``stream.naive_timestamps`` setting), so no later comparison mixes the two kinds.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
@@ -93,7 +97,9 @@ _BY_TYPE: dict[str, type[_Event]] = {
 }
 
 
-def decode_event(raw: bytes | str | dict[str, Any], *, max_report_chars: int = 20_000) -> Event:
+def decode_event(
+    raw: bytes | str | dict[str, Any], *, max_report_chars: int = 20_000, naive: str = "utc"
+) -> Event:
     """Parse one message or JSONL line into a typed event.
 
     Raises
@@ -107,6 +113,9 @@ def decode_event(raw: bytes | str | dict[str, Any], *, max_report_chars: int = 2
     ...                  '"label": 1, "timestamp": "2026-11-29T10:00:00Z"}')
     >>> e.label
     1
+    >>> decode_event('{"type": "label", "event_id": "e1", "study_uid": "s1", '
+    ...              '"label": 1, "timestamp": "2026-11-29T11:00:00+01:00"}').timestamp.isoformat()
+    '2026-11-29T10:00:00+00:00'
     >>> decode_event('{"type": "label"}')
     Traceback (most recent call last):
     ...
@@ -139,6 +148,21 @@ def decode_event(raw: bytes | str | dict[str, Any], *, max_report_chars: int = 2
         raise EventError(
             f"wrong type for field '{field}' in {kind} event: {first['msg']}", reason="wrong_type"
         ) from err
+    if event.timestamp.tzinfo is None:
+        if naive == "reject":
+            raise EventError(
+                f"wrong type for field 'timestamp' in {kind} event: expected a time zone or offset "
+                f"(such as Z or +01:00), got {event.timestamp.isoformat()!r}",
+                reason="wrong_type",
+            )
+        event = event.model_copy(update={"timestamp": event.timestamp.replace(tzinfo=UTC)})
+    elif event.timestamp.utcoffset():
+        try:
+            event = event.model_copy(update={"timestamp": event.timestamp.astimezone(UTC)})
+        except OverflowError as err:
+            raise EventError(
+                f"wrong type for field 'timestamp' in {kind} event: out of range in UTC", reason="wrong_type"
+            ) from err
     if isinstance(event, ReportEvent) and len(event.text) > max_report_chars:
         raise EventError(
             f"report of {len(event.text)} characters exceeds max_report_chars={max_report_chars}",

@@ -65,6 +65,9 @@ class ArrivalEmbedder:
         unreadable image) after it was dead-lettered in the store.
     on_batch
         Called with ``(modality, seconds)`` after each embedded batch (for metrics).
+    claim_seconds
+        Claim the rows taken for that long, so that workers sharing a store split them (None: one
+        worker, no claims).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class ArrivalEmbedder:
         image_size: int = 224,
         on_problem: Callable[[str, str, str], None] | None = None,
         on_batch: Callable[[str, float], None] | None = None,
+        claim_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -85,6 +89,7 @@ class ArrivalEmbedder:
         self.image_size = image_size
         self.on_problem = on_problem
         self.on_batch = on_batch
+        self.claim_seconds = claim_seconds
         self.embedded = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -122,7 +127,7 @@ class ArrivalEmbedder:
             self._wake.clear()
             while not self._stop.is_set():
                 try:
-                    work = self.store.unembedded(self.batch_size * 4)
+                    work = self.store.unembedded(self.batch_size * 4, claim_seconds=self.claim_seconds)
                     if not work:
                         break
                     self._embed(work)

@@ -27,7 +27,9 @@ class Message:
     value: bytes | None
 
 
-def decode_messages(messages: Iterable[Message], *, max_report_chars: int = 20_000) -> list[Incoming]:
+def decode_messages(
+    messages: Iterable[Message], *, max_report_chars: int = 20_000, naive: str = "utc"
+) -> list[Incoming]:
     """Decode each message; one that breaks the contract keeps its reason instead of an event.
 
     Examples
@@ -42,7 +44,7 @@ def decode_messages(messages: Iterable[Message], *, max_report_chars: int = 20_0
             out.append(Incoming(message.source, b"", reason="invalid_json", message="empty message"))
             continue
         try:
-            event = decode_event(raw, max_report_chars=max_report_chars)
+            event = decode_event(raw, max_report_chars=max_report_chars, naive=naive)
         except EventError as err:
             out.append(Incoming(message.source, raw, reason=err.reason, message=str(err)))
             continue

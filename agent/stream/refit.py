@@ -30,6 +30,7 @@ from agent.events import ClassLabel
 from agent.report import SliceReport
 from agent.sample import Sample
 from agent.store import Store
+from agent.stream.lease import Lease
 from agent.tracking import SliceObservation, SliceTracker
 
 __all__ = ["RefitOutcome", "Refitter", "load_latest", "report_dir"]
@@ -112,11 +113,14 @@ class Refitter:
             return list(configured)
         return [default_target_class(samples)]
 
-    def refit(self, model: str, *, trigger: str = "schedule") -> list[RefitOutcome]:
+    def refit(
+        self, model: str, *, trigger: str = "schedule", lease: Lease | None = None
+    ) -> list[RefitOutcome]:
         """Refit every target class of ``model`` on its window now.
 
         A window smaller than ``refit_min_samples``, or one the audit cannot fit (say, a single
-        class), is skipped with a log line; the schedule moves on either way.
+        class), is skipped with a log line; the schedule moves on either way. Under a ``lease``,
+        what a refit found is recorded only while the lease is still held.
         """
         samples, labels_total = self.store.snapshot(model)
         outcomes: list[RefitOutcome] = []
@@ -131,7 +135,9 @@ class Refitter:
         else:
             for target in self._targets(model, samples):
                 try:
-                    outcomes.append(self._refit_one(model, target, samples, labels_total, trigger))
+                    outcome = self._refit_one(model, target, samples, labels_total, trigger, lease)
+                    if outcome is not None:
+                        outcomes.append(outcome)
                 except AgentError as err:
                     log.warning("refit of %s target=%r failed: %s", model, target, err)
                 except Exception:  # a numerical failure must not stop the schedule or the stream
@@ -140,8 +146,14 @@ class Refitter:
         return outcomes
 
     def _refit_one(
-        self, model: str, target: ClassLabel, samples: Sequence[Sample], labels_total: int, trigger: str
-    ) -> RefitOutcome:
+        self,
+        model: str,
+        target: ClassLabel,
+        samples: Sequence[Sample],
+        labels_total: int,
+        trigger: str,
+        lease: Lease | None,
+    ) -> RefitOutcome | None:
         started = time.perf_counter()
         s = self.settings.stream
         report, problems = run_audit(
@@ -176,11 +188,17 @@ class Refitter:
         number = self.store.next_refit_number(model, target)
         seconds = time.perf_counter() - started
         document = self._document(tracked, tracker, number, labels_total, trigger, seconds, report)
+        held = None if lease is None else (lease.name, lease.holder)
+        if (lease is not None and lease.lost) or not self.store.record_refit(
+            model, target, number, document, tracker.to_state(), lease=held
+        ):
+            log.warning(
+                "refit %d of %s target=%r dropped: its lease passed to another worker", number, model, target
+            )
+            return None
         folder = report_dir(s.reports_dir, model, target)
         path = folder / f"refit-{number:06d}.json"
-        text = json.dumps(document, indent=2) + "\n"
-        _write_atomic(path, text)
-        self.store.record_refit(model, target, number, document, tracker.to_state())
+        _write_atomic(path, json.dumps(document, indent=2) + "\n")
         log.info(
             "refit %d of %s target=%r on %d samples: %d slice(s), %d emerging (%.1f s)",
             number,

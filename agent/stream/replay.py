@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.store import Store
-from agent.stream.ingest import Message
+from agent.stream.ingest import Message, decode_messages
 from agent.stream.refit import RefitOutcome
 from agent.stream.sidecar import Sidecar
 
-__all__ = ["ReplaySummary", "replay_file", "write_dead_letters"]
+__all__ = ["ReplaySummary", "load_file", "replay_file", "write_dead_letters"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,30 @@ def _batches(path: Path, start: int, size: int) -> Iterator[tuple[list[Message],
                 batch = []
     if batch or number > start:
         yield batch, number
+
+
+def load_file(
+    path: str | Path,
+    store: Store,
+    *,
+    batch_size: int = 500,
+    max_report_chars: int = 20_000,
+    naive: str = "utc",
+) -> ReplaySummary:
+    """Apply a whole JSONL event file to a store (``slice-agent audit``'s way in: the same decoding and
+    the same join as the streaming agent), then settle what still waits for a partner."""
+    path = Path(path)
+    summary = ReplaySummary()
+    for messages, _ in _batches(path, 0, batch_size):
+        incoming = decode_messages(messages, max_report_chars=max_report_chars, naive=naive)
+        result = store.apply(incoming)
+        summary.lines += len(messages)
+        summary.accepted.update(result.accepted)
+        summary.dead_lettered.update(result.dead_lettered)
+        summary.duplicates += result.duplicates
+        summary.joined += len(result.joined)
+    summary.dead_lettered.update(store.settle().dead_lettered)
+    return summary
 
 
 def replay_file(path: str | Path, sidecar: Sidecar, *, final_refit: bool = True) -> ReplaySummary:

@@ -153,7 +153,7 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
 
     async def assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         partitions = sorted((tp.topic, tp.partition) for tp in assigned)
-        sidecar.store.record_assignment(partitions)
+        sidecar.store.record_assignment(partitions, worker=sidecar.worker)
         log.info("assigned %d partition(s): %s", len(partitions), partitions)
 
     app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 from agent.config import Settings
 from agent.drift import DriftMonitor
 from agent.embed.base import Embedder
-from agent.store import ApplyResult, Store, StorePolicy
+from agent.store import ApplyResult, Store
 from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
 from agent.stream.ingest import Message, decode_messages
+from agent.stream.lease import Lease
 from agent.stream.refit import RefitOutcome, Refitter
 
 if TYPE_CHECKING:
@@ -44,6 +48,8 @@ class Sidecar:
         The embedder (wrap it in a cache: vectors embedded on arrival are read back by refits).
     exporter
         Where metrics go, if anywhere.
+    store
+        The state store (default: the one the settings name).
     clock
         Wall-clock time source.
     """
@@ -54,13 +60,16 @@ class Sidecar:
         embedder: Embedder,
         *,
         exporter: Exporter | None = None,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.exporter = exporter
         self.clock = clock
         s = settings.stream
-        self.store = Store(s.store_path, StorePolicy.from_settings(s), clock=clock)
+        self.store = store if store is not None else Store.from_settings(s, clock=clock)
+        #: This worker's name in leases and assignments: unique per process start.
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.embedder = SerialEmbedder(embedder)
         self.drift = DriftMonitor(delta=s.drift_delta)
         self._drift_lock = threading.Lock()
@@ -73,13 +82,15 @@ class Sidecar:
             image_size=settings.embed.image_size,
             on_problem=self._on_embed_problem,
             on_batch=self._on_embed_batch,
+            # Several workers share a PostgreSQL store: each claims the rows it embeds.
+            claim_seconds=s.embed_claim_seconds if self.store.postgres else None,
         )
         self.refitter = Refitter(self.store, self.embedder, settings, extras=self._extras, clock=clock)
         self.refits = 0
         self._started = False
 
     def __repr__(self) -> str:
-        return f"Sidecar(store={self.store.path!r})"
+        return f"Sidecar(store={self.store.describe()!r}, worker={self.worker!r})"
 
     def start(self) -> None:
         """Rebuild the drift detectors from the stored windows and start embedding on arrival."""
@@ -93,7 +104,7 @@ class Sidecar:
                 n += 1
         log.info(
             "state store %s opened: %d model(s), %d labeled sample(s) in windows",
-            self.store.path,
+            self.store.describe(),
             len(self.store.models()),
             n,
         )
@@ -109,7 +120,11 @@ class Sidecar:
 
     def ingest(self, messages: Sequence[Message], *, position: tuple[str, int] | None = None) -> ApplyResult:
         """Decode and apply one batch; durable when this returns (commit offsets after it)."""
-        incoming = decode_messages(messages, max_report_chars=self.settings.audit.max_report_chars)
+        incoming = decode_messages(
+            messages,
+            max_report_chars=self.settings.audit.max_report_chars,
+            naive=self.settings.stream.naive_timestamps,
+        )
         result = self.store.apply(incoming, position=position)
         for joined in result.joined:
             self._update_drift(joined.model, joined.seq, joined.label, joined.prediction, joined.timestamp)
@@ -193,9 +208,19 @@ class Sidecar:
         )
 
     def refit(self, model: str, *, trigger: str = "schedule") -> list[RefitOutcome]:
-        """Refit ``model`` now (blocking; one refit at a time) and publish what it found."""
+        """Refit ``model`` now, if no other worker is refitting it and it has labels its last refit
+        did not see (blocking; one refit at a time per worker), and publish what it found."""
+        s = self.settings.stream
+        lease = Lease(self.store, f"refit:{model}", self.worker, s.refit_lease_seconds)
         with self._refit_lock:
-            outcomes = self.refitter.refit(model, trigger=trigger)
+            if not lease.acquire():
+                log.debug("refit of %s skipped: another worker holds its lease", model)
+                return []
+            with lease:
+                # Another worker may have refitted it between our look at the schedule and the lease.
+                if not self.store.labels_since_refit(model):
+                    return []
+                outcomes = self.refitter.refit(model, trigger=trigger, lease=lease)
             self.refits += len(outcomes)
         if self.exporter is not None:
             for outcome in outcomes:

@@ -243,12 +243,17 @@ def warm(cache: Path, specs: list[Any]) -> None:
     """Fill the embedding cache with the texts of these simulated streams, as the agent embeds them."""
     from agent.audit import embed_samples
     from agent.embed import CachedEmbedder, SqliteCache, make_embedder
-    from agent.events import decode_event
-    from agent.join import join_events
-    from agent.simulate import generate_stream
+    from agent.simulate import generate_stream, write_jsonl
+    from agent.store import Store, StorePolicy
+    from agent.stream.replay import load_file
 
     embedder = CachedEmbedder(make_embedder("default"), SqliteCache(cache))
     for spec in specs:
         events, _ = generate_stream(spec)
-        samples = join_events([("", decode_event(e)) for e in events]).samples
+        path = cache.with_name("warm.jsonl")
+        write_jsonl(events, path)
+        store = Store(":memory:", StorePolicy(label_delay_seconds=float("inf")))
+        load_file(path, store)
+        samples = [s for model in store.models() for s in store.window(model)]
+        store.close()
         embed_samples(samples, ("report", "metadata"), embedder)

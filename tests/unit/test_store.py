@@ -112,27 +112,35 @@ def test_conflicting_inference_and_unknown_class_are_dead_lettered():
     assert store.dead_letter_counts() == {"conflicting_inference": 1, "unknown_class": 2}
 
 
-def test_without_configured_classes_every_label_is_taken():
-    # What a model predicted so far depends on arrival order: it cannot decide what is unknown.
+def test_without_configured_classes_a_label_must_name_a_predicted_class():
+    # A label alone never makes a class: a record number in the label field cannot join a window,
+    # so it can never become the audited target class either.
     store = Store(":memory:", StorePolicy(label_delay_seconds=DAY), clock=lambda: T0.timestamp())
     feed = Feed(store)
-    r = feed(inf("i1", "s1", pred="pos"), lab("l1", "s1", "neg"), lab("l2", "s2", 3), inf("i2", "s2"))
-    assert not r.dead_lettered and len(r.joined) == 2
+    r = feed(inf("i1", "s1", pred="pos"), inf("i0", "s0", pred="neg"), lab("l1", "s1", "neg"))
+    r2 = feed(lab("l2", "s2", "MRN0012345"), inf("i2", "s2"), lab("l3", "s0", "pos"))
+    assert not r.dead_lettered and len(r.joined) == 1
+    assert r2.dead_lettered == {"unknown_class": 1} and len(r2.joined) == 1
+    assert sorted(s.label for s in store.window("ptx")) == ["neg", "pos"]
+    # An audit's --target-class (extra_classes) admits a class the model has not predicted.
+    extra = Store(":memory:", StorePolicy(label_delay_seconds=DAY, extra_classes=("cm",)))
+    r3 = Feed(extra)(inf("i1", "s1", pred="pos"), lab("l1", "s1", "cm"))
+    assert not r3.dead_lettered and [s.label for s in extra.window("ptx")] == ["cm"]
 
 
 def test_expiry_late_orphan_and_extra_labels(store):
     feed = Feed(store)
     feed(inf("i1", "s1", hours=0), lab("l0", "s0", hours=0), rep("r0", "s0", hours=0))
     feed(inf("i3", "s3", hours=0), lab("l3", "s3", hours=1), lab("l3b", "s3", "pos", hours=2))
-    # Event time moves 30 hours on: everything older than a day expires.
-    r = feed(inf("i9", "s9", hours=30))
+    # Event time moves 30 hours on, on every topic: everything older than a day expires.
+    r = feed(inf("i9", "s9", hours=30), lab("l9", "s9", hours=30), rep("r9", "s9", hours=30))
     assert r.expired == 1
     assert r.dead_lettered == {"orphan_label": 1, "orphan_report": 1}
     counts = store.counts()
     assert counts["expired_unlabeled:ptx"] == 1 and counts["extra_label"] == 1
     late = feed(lab("l1", "s1", hours=31), rep("r1", "s1", hours=31))
     assert late.dead_lettered == {"late_label": 1, "late_report": 1}
-    assert [s.study_uid for s in store.window("ptx")] == ["s3"]
+    assert [s.study_uid for s in store.window("ptx")] == ["s3", "s9"]
     assert set(store.dead_letter_counts()) <= set(REASONS)
 
 
@@ -160,7 +168,7 @@ def test_window_keeps_the_newest_by_count_and_age():
     assert [s.study_uid for s in store.window("ptx")] == ["s4", "s3", "s5"]
     assert store.counts()["joined:ptx"] == 6
     # Reports of samples that left the window are gone too.
-    n_reports = store._conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
+    n_reports = store.sizes()["reports"]
     assert n_reports == 2
 
 

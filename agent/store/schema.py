@@ -1,0 +1,249 @@
+"""The store's one schema, for both backends, and its migrations.
+
+The tables are declared once with SQLAlchemy Core; SQLite and PostgreSQL get the same columns, keys
+and indexes. ``meta.schema`` holds the version a database was last migrated to: an older database is
+migrated forward in one transaction when it is opened, a newer one is refused (the code would not
+know its columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+    text,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "metadata"]
+
+SCHEMA_VERSION = 2
+
+metadata = MetaData()
+
+
+def _id() -> Column[int]:
+    # BIGINT on PostgreSQL (an identity); INTEGER on SQLite, where only that type is the rowid.
+    return Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+
+
+Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
+Table(
+    "seen",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("ts", Double, nullable=False),
+    Index("seen_ts", "ts"),
+)
+_inferences = Table(
+    "inferences",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("study_uid", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("ts", Double, nullable=False),
+    Column("prediction", Text, nullable=False),
+    Column("score", Double),
+    Column("metadata", Text),
+    Column("image", Text),
+    Column("state", Text, nullable=False),
+    Column("embedded", Integer, nullable=False, server_default="0"),
+    Column("claimed_at", Double),
+    PrimaryKeyConstraint("model", "study_uid"),
+    Index("inferences_study", "study_uid"),
+    Index("inferences_state_ts", "state", "ts"),
+)
+Index(
+    "inferences_unembedded",
+    _inferences.c.embedded,
+    sqlite_where=_inferences.c.embedded == 0,
+    postgresql_where=_inferences.c.embedded == 0,
+)
+Table(
+    "labels",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("study_uid", Text, nullable=False),
+    Column("model", Text),
+    Column("label", Text, nullable=False),
+    Column("ts", Double, nullable=False),
+    Column("used", Integer, nullable=False, server_default="0"),
+    Column("source", Text, nullable=False),
+    Column("raw", LargeBinary),
+    Index("labels_study", "study_uid"),
+    Index("labels_ts", "ts"),
+)
+_reports = Table(
+    "reports",
+    metadata,
+    Column("study_uid", Text, primary_key=True),
+    Column("event_id", Text, nullable=False),
+    Column("ts", Double, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("raw", LargeBinary),
+    Column("embedded", Integer, nullable=False, server_default="0"),
+    Column("matched", Integer, nullable=False, server_default="0"),
+    Column("claimed_at", Double),
+)
+Index(
+    "reports_unmatched",
+    _reports.c.ts,
+    sqlite_where=_reports.c.matched == 0,
+    postgresql_where=_reports.c.matched == 0,
+)
+Index(
+    "reports_unembedded",
+    _reports.c.embedded,
+    sqlite_where=_reports.c.embedded == 0,
+    postgresql_where=_reports.c.embedded == 0,
+)
+Table(
+    "samples",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("model", Text, nullable=False),
+    Column("study_uid", Text, nullable=False),
+    Column("prediction", Text, nullable=False),
+    Column("label", Text, nullable=False),
+    Column("label_event_id", Text, nullable=False),
+    Column("ts", Double, nullable=False),
+    UniqueConstraint("model", "study_uid"),
+    Index("samples_window", "model", "ts", "study_uid"),
+    sqlite_autoincrement=True,
+)
+_dead = Table(
+    "dead_letters",
+    metadata,
+    _id(),
+    Column("source", Text, nullable=False, unique=True),
+    Column("reason", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("raw", LargeBinary),
+    Column("at", Double, nullable=False),
+    Column("sent", Integer, nullable=False, server_default="0"),
+    sqlite_autoincrement=True,
+)
+Index("dead_letters_unsent", _dead.c.sent, sqlite_where=_dead.c.sent == 0, postgresql_where=_dead.c.sent == 0)
+Table(
+    "counters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+Table(
+    "models",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("predicted", Text, nullable=False, server_default="[]"),
+    Column("labels_total", BigInteger, nullable=False, server_default="0"),
+    Column("labels_at_refit", BigInteger, nullable=False, server_default="0"),
+    Column("refit_clock", Double),
+    Column("refits", BigInteger, nullable=False, server_default="0"),
+)
+Table(
+    "refits",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("window_n", Integer, nullable=False),
+    Column("n_errors", Integer, nullable=False),
+    Column("n_slices", Integer, nullable=False),
+    Column("report", Text, nullable=False),
+    PrimaryKeyConstraint("model", "target", "number"),
+)
+Table(
+    "slice_history",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("slice_id", Text, nullable=False),
+    Column("rank", Integer),
+    Column("status", Text, nullable=False),
+    Column("size", Integer),
+    Column("error_rate", Double),
+    Column("rest_error_rate", Double),
+    Column("p_value", Double),
+    PrimaryKeyConstraint("model", "target", "number", "slice_id"),
+)
+Table(
+    "trackers",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    PrimaryKeyConstraint("model", "target"),
+)
+Table(
+    "drift_events",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("class", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("error_rate", Double, nullable=False),
+    Column("at", Double, nullable=False),
+    PrimaryKeyConstraint("model", "class", "seq"),
+)
+Table(
+    "assignments",
+    metadata,
+    _id(),
+    Column("worker", Text, nullable=False, server_default=""),
+    Column("partitions", Text, nullable=False),
+    Column("at", Double, nullable=False),
+    sqlite_autoincrement=True,
+)
+Table(
+    "positions",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
+Table(
+    "leases",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("generation", BigInteger, nullable=False, server_default="1"),
+)
+_vectors = Table(
+    "vectors",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("vec", LargeBinary, nullable=False),
+    Column("at", Double, nullable=False),
+    Index("vectors_at", "at"),
+)
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Version 1 (one SQLite worker) to 2: embedding claims, the worker of an assignment; the new
+    tables (leases, vectors) are created with the rest."""
+    columns = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("inferences", "reports")}
+    for table in ("inferences", "reports"):
+        if "claimed_at" not in columns[table]:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN claimed_at DOUBLE PRECISION"))
+    if "worker" not in {c["name"] for c in inspect(conn).get_columns("assignments")}:
+        conn.execute(text("ALTER TABLE assignments ADD COLUMN worker TEXT NOT NULL DEFAULT ''"))
+
+
+#: ``MIGRATIONS[v]`` takes a database from version ``v`` to ``v + 1``.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
