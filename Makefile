@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps demo test lint typecheck unit bench-mixture bench-stream bench-table1 clean
 
-# Debian packages the tests run (promtool, Prometheus, Alertmanager, Pushgateway, headless Chromium);
+# Debian packages the tests run (promtool, Prometheus, Alertmanager, Pushgateway, headless Chromium,
+# PostgreSQL 15 for the shared store, started on 127.0.0.1 by deploy/postgres/pg-local);
 # installed only when a binary is missing. Needs root (or sudo) and a Debian/Ubuntu machine.
-SYSTEM_BINARIES := promtool prometheus prometheus-alertmanager amtool prometheus-pushgateway chromium
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway chromium
+SYSTEM_BINARIES := promtool prometheus prometheus-alertmanager amtool prometheus-pushgateway chromium \
+	/usr/lib/postgresql/15/bin/pg_ctl
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway chromium postgresql-15
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml

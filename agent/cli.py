@@ -43,14 +43,25 @@ def _match_class(given: str, seen: set[ClassLabel]) -> ClassLabel:
         return given
 
 
-def _build_embedder(settings: Settings) -> Embedder:
+def _build_embedder(settings: Settings, store: Store | None = None) -> Embedder:
+    """The configured model behind a cache: ``embed.cache_path``, else the store's vectors (shared by
+    the workers of a group), else memory."""
     from agent.embed import CachedEmbedder, MemoryCache, SqliteCache, make_embedder
+    from agent.embed.cache import EmbeddingCache
+    from agent.store import VectorCache
 
     inner = make_embedder(
         settings.embed.spec, device=settings.embed.device, batch_size=settings.embed.batch_size
     )
     path = settings.embed.cache_path
-    return CachedEmbedder(inner, SqliteCache(path) if path else MemoryCache())
+    cache: EmbeddingCache
+    if path:
+        cache = SqliteCache(path)
+    elif store is not None:
+        cache = VectorCache(store, keep=store.policy.keep_vectors)
+    else:
+        cache = MemoryCache()
+    return CachedEmbedder(inner, cache)
 
 
 def _write_problems(problems: list[Problem], path: Path | None) -> None:
@@ -473,9 +484,10 @@ def summary(
 
 
 def _stream_settings(config: Path | None, overrides: dict[str, object] | None = None) -> Settings:
-    """Settings for the streaming commands; the embedding cache defaults to a file by the store."""
+    """Settings for the streaming commands; on SQLite the embedding cache defaults to a file by the
+    store (a PostgreSQL store keeps the vectors itself)."""
     settings = load_settings(config, overrides=overrides)
-    if settings.embed.cache_path is None:
+    if settings.embed.cache_path is None and settings.stream.store_url is None:
         store = settings.stream.store_path
         cache = store.with_name(f"{store.stem}-embeddings.sqlite")
         settings = load_settings(config, overrides={**(overrides or {}), "embed": {"cache_path": str(cache)}})
@@ -490,14 +502,16 @@ def run(
     ] = "kafka",
 ) -> None:
     """Run the streaming agent: consume the event topics (or replay a file), refit, write slice reports."""
+    from agent.store import Store
     from agent.stream import Sidecar, replay_file, run_worker
 
     settings = _stream_settings(config)
+    store = Store.from_settings(settings.stream)
     if source.startswith("replay:"):
         path = Path(source.removeprefix("replay:"))
         if not path.is_file():
             raise AgentError(f"expected --source replay:FILE with an existing file, got {str(path)!r}")
-        sidecar = Sidecar(settings, _build_embedder(settings))
+        sidecar = Sidecar(settings, _build_embedder(settings, store), store=store)
         sidecar.start()
         started = time.perf_counter()
         try:
@@ -534,7 +548,7 @@ def run(
 
         exporter = Exporter(settings.exporter)
         exporter.serve()
-    sidecar = Sidecar(settings, _build_embedder(settings), exporter=exporter)
+    sidecar = Sidecar(settings, _build_embedder(settings, store), exporter=exporter, store=store)
     run_worker(settings, sidecar, loglevel=os.environ.get("SLICE_AGENT_LOG_LEVEL", "WARNING"))
 
 

@@ -269,12 +269,18 @@ class HistoryMixin(WorkMixin):
 
         self._run(work)
 
+    def assigned_workers(self) -> list[str]:
+        """Every worker that recorded an assignment (of those kept), sorted."""
+        with self._read() as conn:
+            return [r[0] for r in q(conn, "SELECT DISTINCT worker FROM assignments ORDER BY worker")]
+
     def assignments(self, worker: str | None = None) -> list[list[tuple[str, int]]]:
         """Every assignment recorded (of one worker, when named), oldest first."""
         with self._read() as conn:
             rows = q(
                 conn,
-                "SELECT partitions FROM assignments WHERE :w IS NULL OR worker = :w ORDER BY id",
+                "SELECT partitions FROM assignments WHERE CAST(:w AS TEXT) IS NULL OR worker = :w"
+                " ORDER BY id",
                 {"w": worker},
             ).fetchall()
         return [[(t, int(p)) for t, p in json.loads(r[0])] for r in rows]

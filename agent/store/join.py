@@ -307,7 +307,8 @@ class JoinMixin(Database):
     ) -> None:
         rows = q(
             conn,
-            "SELECT model, state FROM inferences WHERE study_uid = :s AND (:m IS NULL OR model = :m)",
+            "SELECT model, state FROM inferences WHERE study_uid = :s"
+            " AND (CAST(:m AS TEXT) IS NULL OR model = :m)",
             {"s": event.study_uid, "m": event.model},
         ).fetchall()
         models = {m for m, _ in rows} | ({event.model} if event.model else set())
@@ -547,7 +548,8 @@ class JoinMixin(Database):
                     r[0]
                     for r in q(
                         conn,
-                        "SELECT state FROM inferences WHERE study_uid = :s AND (:m IS NULL OR model = :m)",
+                        "SELECT state FROM inferences WHERE study_uid = :s"
+                        " AND (CAST(:m AS TEXT) IS NULL OR model = :m)",
                         {"s": study, "m": model},
                     )
                 }

@@ -14,7 +14,7 @@ from agent.stream.refit import RefitOutcome, Refitter, load_latest, report_dir
 from agent.stream.replay import ReplaySummary, replay_file, write_dead_letters
 from agent.stream.runtime import build_app, dead_letter_payload, run_worker
 from agent.stream.sidecar import Sidecar
-from agent.stream.topics import TopicError, ensure_topics, message_keys, topic_for
+from agent.stream.topics import TopicError, ensure_topics, message_key, topic_for
 
 __all__ = [
     "Message",
@@ -29,7 +29,7 @@ __all__ = [
     "decode_messages",
     "ensure_topics",
     "load_latest",
-    "message_keys",
+    "message_key",
     "publish_file",
     "replay_file",
     "report_dir",

@@ -1,4 +1,4 @@
-"""``slice-agent publish``: produce a JSONL event file to the topics, keyed by model (kafka-python)."""
+"""``slice-agent publish``: produce a JSONL event file to the topics, keyed by study (kafka-python)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import StreamSettings
-from agent.stream.topics import TopicError, ensure_topics, message_keys, topic_for
+from agent.stream.topics import TopicError, ensure_topics, message_key, topic_for
 
-__all__ = ["PublishSummary", "publish_file", "study_models"]
+__all__ = ["PublishSummary", "publish_file"]
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +42,6 @@ def _parse(line: bytes) -> Any:
         return json.loads(line)
     except (ValueError, RecursionError):
         return None
-
-
-def study_models(path: Path) -> dict[str, set[str]]:
-    """For each study in the file, the models whose inference events name it."""
-    out: dict[str, set[str]] = {}
-    for _, line in _lines(path):
-        obj = _parse(line)
-        if isinstance(obj, dict) and obj.get("type") == "inference":
-            study, model = obj.get("study_uid"), obj.get("model")
-            if isinstance(study, str) and isinstance(model, str) and model:
-                out.setdefault(study, set()).add(model)
-    return out
 
 
 def _confirm(producer: Any, pending: list[Any]) -> None:
@@ -91,7 +79,6 @@ def publish_file(
     started = time.perf_counter()
     if create_topics:
         ensure_topics(settings)
-    models = study_models(path)
     summary = PublishSummary()
     pending: list[Any] = []
     try:
@@ -115,9 +102,8 @@ def publish_file(
             if kind not in ("inference", "label", "report"):
                 summary.unroutable += 1
             topic = topic_for(kind, settings)
-            for key in message_keys(obj, models):
-                pending.append(producer.send(topic, key=key, value=line))
-                summary.sent[topic] += 1
+            pending.append(producer.send(topic, key=message_key(obj), value=line))
+            summary.sent[topic] += 1
             if len(pending) >= 10_000:
                 _confirm(producer, pending)
         _confirm(producer, pending)

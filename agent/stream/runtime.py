@@ -155,6 +155,18 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
         partitions = sorted((tp.topic, tp.partition) for tp in assigned)
         sidecar.store.record_assignment(partitions, worker=sidecar.worker)
         log.info("assigned %d partition(s): %s", len(partitions), partitions)
+        topics = {s.inference_topic, s.label_topic, s.report_topic}
+        mine = sum(1 for t, _ in partitions if t in topics)
+        if not sidecar.store.postgres and 0 < mine < len(topics) * s.partitions:
+            log.error(
+                "this worker was given %d of the %d event partitions but keeps its state in SQLite (%s):"
+                " the other workers of group %s cannot join its events, nor it theirs. Run one worker"
+                " per group on SQLite, or share a PostgreSQL store (stream.store_url).",
+                mine,
+                len(topics) * s.partitions,
+                sidecar.store.describe(),
+                s.group_id,
+            )
 
     app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
 

@@ -1,31 +1,24 @@
 """Topic names, message keys and topic creation (kafka-python).
 
-Keys. Every topic is keyed by **model**, so that with the default partitioner all of a model's
-inferences, labels and reports land on the same partition number of the three topics, which the
-consumer group assigns to one worker: a model's join, window and refits live on one worker, and
-workers split the models (the design's "topics partitioned by model"). Inference events carry
-their model. A label or report does not always: its producer keys it by the model that inferred
-its study (``slice-agent publish`` looks that up in the file; a label's own ``model`` field wins).
-A study that several models inferred has its label and report sent once per model. A label or
-report whose model cannot be known is keyed by ``study_uid``: one worker still joins it, but with
-several workers it may land on one that does not own the model, where it expires as an orphan.
-
-Keying labels by study instead would spread one model's labels over every worker and break the
-join unless a repartition stage moved join state between workers on every rebalance, through
-changelog topics; the design keeps state in each worker's own store instead (and Tansu, the broker
-the tests run on, reports wrong end offsets after batches, so changelogs cannot be restored there).
+Keys. Every topic is keyed by ``study_uid``: the one field every producer has (a RIS that publishes
+labels and reports never knows which AI model read the study). With the default partitioner all
+events of a study land on the same partition number of the three topics, so one worker usually sees
+them together, but nothing depends on it: the workers of a group share one PostgreSQL store
+(``stream.store_url``), where any worker joins any event and any worker can refit any model. A group
+on the embedded SQLite store must have one worker (the agent logs an ERROR when it is given only a
+part of the partitions). Events without a usable ``study_uid`` get no key; the agent dead-letters
+them with their reason.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from agent.config import StreamSettings
 from agent.errors import AgentError
 
-__all__ = ["TopicError", "ensure_topics", "message_keys", "topic_for"]
+__all__ = ["TopicError", "ensure_topics", "message_key", "topic_for"]
 
 log = logging.getLogger(__name__)
 
@@ -48,42 +41,20 @@ def topic_for(event_type: object, settings: StreamSettings) -> str:
     return settings.inference_topic
 
 
-def message_keys(obj: Any, study_models: Mapping[str, set[str]]) -> list[bytes | None]:
-    """The key (one per copy to send) of one event, following the module's keying rule.
-
-    Parameters
-    ----------
-    obj
-        The parsed event (any JSON value: a malformed one gets one copy with no key).
-    study_models
-        For each study, the models that inferred it.
+def message_key(obj: Any) -> bytes | None:
+    """The key of one event: its ``study_uid`` (None for a malformed event).
 
     Examples
     --------
-    >>> message_keys({"type": "inference", "model": "ptx", "study_uid": "s"}, {})
-    [b'ptx']
-    >>> message_keys({"type": "report", "study_uid": "s"}, {"s": {"ptx", "edema"}})
-    [b'edema', b'ptx']
-    >>> message_keys({"type": "label", "study_uid": "u"}, {})
-    [b'u']
+    >>> message_key({"type": "inference", "model": "ptx", "study_uid": "1.2.3"})
+    b'1.2.3'
+    >>> message_key({"type": "label", "study_uid": 7}) is None, message_key([1]) is None
+    (True, True)
     """
     if not isinstance(obj, dict):
-        return [None]
-    kind = obj.get("type")
-    model = obj.get("model")
-    if kind == "inference":
-        return [model.encode("utf-8")] if isinstance(model, str) and model else [None]
-    if kind in ("label", "report"):
-        if kind == "label" and isinstance(model, str) and model:
-            return [model.encode("utf-8")]
-        study = obj.get("study_uid")
-        if not isinstance(study, str):
-            return [None]
-        models = study_models.get(study)
-        if models:
-            return [m.encode("utf-8") for m in sorted(models)]
-        return [study.encode("utf-8")]
-    return [None]
+        return None
+    study = obj.get("study_uid")
+    return study.encode("utf-8") if isinstance(study, str) and study else None
 
 
 def ensure_topics(settings: StreamSettings, *, timeout_s: float = 30.0) -> list[str]:

@@ -1,44 +1,47 @@
-"""Two workers in one consumer group split the models, and together find what one worker finds."""
+"""Workers of one group share a PostgreSQL store: every label joins wherever it lands, the slices are
+those one worker finds alone, a killed refit is taken over, and crashes lose and double nothing.
+
+Labels and reports are published as a RIS would: keyed by study, naming no model.
+"""
 
 from __future__ import annotations
 
-from harness import open_store, stream_settings, wait_for, write_config
-from kafka.partitioner.default import murmur2
+import itertools
+import random
+import time
+
+from harness import stream_settings, wait_for, write_config
 
 from agent.simulate import StreamSpec, generate_stream, write_jsonl
-from agent.stream import ensure_topics, load_latest, publish_file
+from agent.store import Store
+from agent.stream import ensure_topics, publish_file
 
 N_STUDIES = 400
-CANDIDATES = ["pneumothorax", "effusion", "edema", "nodule", "fracture", "cardiomegaly", "atelectasis"]
+MODELS = {"pneumothorax": "devices", "effusion": "portable"}
+CLASSES = {m: [m, f"no_{m}"] for m in MODELS}
 
 
-def _partition(model: str, n: int) -> int:
-    return (murmur2(model.encode()) & 0x7FFFFFFF) % n
+def _events() -> list[dict]:
+    """Two models' seed-3 streams (texts in the session's embedding cache), studies kept apart."""
+    out = []
+    for prefix, (model, failure) in zip("ab", MODELS.items(), strict=True):
+        events, _ = generate_stream(
+            StreamSpec(n_studies=N_STUDIES, model=model, failure=failure, seed=3, slice_error=0.9)
+        )
+        for e in events:
+            e["study_uid"] = f"{prefix}.{e['study_uid']}"
+            e["event_id"] = f"{prefix}.{e['event_id']}"
+        out += events
+    out.sort(key=lambda e: e["timestamp"])
+    return out
 
 
-def _stream(model: str, failure: str, prefix: str) -> list[dict]:
-    """The seed-3 stream (its texts are in the session's embedding cache) under a model and study prefix."""
-    events, _ = generate_stream(
-        StreamSpec(n_studies=N_STUDIES, model=model, failure=failure, seed=3, slice_error=0.9)
-    )
-    for e in events:
-        e["study_uid"] = f"{prefix}{e['study_uid']}"
-        e["event_id"] = f"{prefix}{e['event_id']}"
-    return events
-
-
-def _final(config, model):
-    report = load_latest(stream_settings(config).reports_dir, model, model)
-    return report if report and report["refit"]["labels_total"] == N_STUDIES else None
-
-
-def _slices(report):
+def _slices(report: dict) -> list[tuple]:
     return [
         (
             s["size"],
             [(m["study_uid"], round(m["probability"], 6)) for m in s["members"]],
             round(s["error_rate"], 9),
-            round(s["rest_error_rate"], 9),
             f"{s['p_value']:.6e}",
             [t["token"] for t in s["tokens"]],
         )
@@ -46,78 +49,216 @@ def _slices(report):
     ]
 
 
-def test_two_workers_split_the_models_and_match_one_worker(tansu, agents, embed_cache, tmp_path):
-    common = {
-        "bootstrap": tansu.bootstrap,
-        "name": "split",
-        "embed_cache": embed_cache,
-        "refit_every_labels": 10**6,
-        "refit_every_seconds": 5,
-    }
-    pair = [write_config(tmp_path / f"worker{i}", group="split-pair", **common) for i in (1, 2)]
-    solo = write_config(tmp_path / "solo", group="split-solo", **common)
+def _final(store: Store, model: str) -> dict | None:
+    report = store.latest_report(model, model)
+    return report if report and report["refit"]["labels_total"] == N_STUDIES else None
+
+
+def _configs(tmp_path, tansu, embed_cache, url, n, **stream):
+    common = {"bootstrap": tansu.bootstrap, "name": "shared", "embed_cache": embed_cache, "classes": CLASSES}
+    return [
+        write_config(tmp_path / f"worker{i}", group="shared-group", store_url=url, **common, **stream)
+        for i in range(1, n + 1)
+    ]
+
+
+def test_three_workers_on_postgres_join_every_label_and_match_one_worker(
+    tansu, agents, embed_cache, postgres_url, tmp_path
+):
+    timing = {"refit_every_labels": 10**6, "refit_every_seconds": 3}
+    trio = _configs(tmp_path, tansu, embed_cache, postgres_url, 3, **timing)
+    solo = write_config(
+        tmp_path / "solo",
+        bootstrap=tansu.bootstrap,
+        name="shared",
+        embed_cache=embed_cache,
+        group="solo-group",
+        classes=CLASSES,
+        **timing,
+    )
     settings = stream_settings(solo)
     ensure_topics(settings)
-    workers = [agents(config, tmp_path / f"{config.parent.name}.log") for config in [*pair, solo]]
-    for worker in workers:
-        worker.start()
-    stores = [open_store(config) for config in [*pair, solo]]
+    workers = [agents(c, tmp_path / f"{c.parent.name}.log") for c in [*trio, solo]]
+    for w in workers:
+        w.start()
+    shared, alone = Store(postgres_url), None
 
-    def split_assignment():
-        latest = [s.assignments()[-1] if s.assignments() else [] for s in stores[:2]]
-        mine = [{p for t, p in a if t == settings.inference_topic} for a in latest]
-        together = sorted(latest[0] + latest[1])
-        ok = all(mine) and not (mine[0] & mine[1]) and len(together) == 3 * settings.partitions
-        return mine if ok and len(set(together)) == len(together) else None
-
-    owned = wait_for(
-        split_assignment, timeout=300, what="the pair to split the partitions", diagnose=workers[1].tail
-    )
-    for store, mine in zip(stores, owned, strict=False):
-        # Co-partitioning: each worker holds the same partition numbers of the three topics.
-        assert {p for _, p in store.assignments()[-1]} == mine
-    # One model on a partition of each worker.
-    models = [next(m for m in CANDIDATES if _partition(m, settings.partitions) in mine) for mine in owned]
-    events = _stream(models[0], "devices", "a.") + _stream(models[1], "portable", "b.")
-    events.sort(key=lambda e: e["timestamp"])
-    # Each model's last label goes last, once everything else is stored everywhere, so that the
-    # refit it triggers sees the same complete windows (reports included) on every worker.
-    last = {e["study_uid"][:2]: i for i, e in enumerate(events) if e["type"] == "label"}
-    held = [events[i] for i in sorted(last.values())]
+    events = _events()
+    # Each model's last label goes last, once everything else is stored, so that the refit it
+    # triggers sees the complete window (reports included) in both stores.
+    last = {e["study_uid"][0]: i for i, e in enumerate(events) if e["type"] == "label"}
     path, tail = tmp_path / "events.jsonl", tmp_path / "last-labels.jsonl"
     write_jsonl([e for i, e in enumerate(events) if i not in last.values()], path)
-    write_jsonl(held, tail)
+    write_jsonl([events[i] for i in sorted(last.values())], tail)
     publish_file(path, settings, create_topics=False)
-    expected = {0: 3 * N_STUDIES - 1, 1: 3 * N_STUDIES - 1, 2: 6 * N_STUDIES - 2}
-    for i, n in expected.items():
-        wait_for(
-            lambda i=i, n=n: stores[i].sizes()["seen"] == n,
-            timeout=300,
-            what=f"{n} events stored by {workers[i].log.stem}",
-            diagnose=workers[i].tail,
-        )
+    n = len(events) - len(last)
+    wait_for(
+        lambda: shared.sizes()["seen"] == n,
+        timeout=300,
+        what=f"{n} events in the shared store",
+        diagnose=workers[0].tail,
+    )
+    alone = Store(stream_settings(solo).store_path)
+    wait_for(
+        lambda: alone.sizes()["seen"] == n,
+        timeout=300,
+        what=f"{n} events in the solo store",
+        diagnose=workers[3].tail,
+    )
     publish_file(tail, settings, create_topics=False)
+    for store, name in [(shared, "the group"), (alone, "the solo worker")]:
+        for model in MODELS:
+            wait_for(
+                lambda store=store, model=model: _final(store, model),
+                timeout=300,
+                what=f"a refit of {model} on all its labels by {name}",
+                diagnose=workers[0].tail,
+            )
 
-    for store_index, model in [(0, models[0]), (1, models[1]), (2, models[0]), (2, models[1])]:
-        config = [*pair, solo][store_index]
+    # Every label joined, wherever it landed: nothing orphaned, late or expired.
+    counts = shared.counts()
+    assert all(counts[f"joined:{m}"] == N_STUDIES for m in MODELS), counts
+    assert shared.dead_letter_counts() == {} and not any(k.startswith("expired") for k in counts)
+    assert shared.sizes()["labels"] == 0 and shared.sizes()["pending"] == 0
+    # The group spread the partitions over its workers, and each took part.
+    assert len(shared.assigned_workers()) >= 2, shared.assigned_workers()
+    for model in MODELS:
+        assert shared.window(model) == alone.window(model)
+        ours, theirs = _final(shared, model), _final(alone, model)
+        assert ours["window"] == theirs["window"] and _slices(ours) == _slices(theirs)
+    assert _final(shared, "pneumothorax")["slices"], "the planted devices failure should be found"
+    for w in workers:
+        assert w.stop() == 0, w.tail()
+
+
+def test_a_worker_killed_mid_refit_is_taken_over_and_slice_ids_carry_on(
+    tansu, agents, embed_cache, postgres_url, tmp_path
+):
+    lease = 6.0
+    configs = _configs(
+        tmp_path,
+        tansu,
+        embed_cache,
+        postgres_url,
+        3,
+        refit_every_labels=10**6,
+        refit_every_seconds=2,
+        refit_lease_seconds=lease,
+    )
+    settings = stream_settings(configs[0])
+    ensure_topics(settings)
+    workers = [agents(c, tmp_path / f"{c.parent.name}.log") for c in configs]
+    for w in workers:
+        w.start()
+    store = Store(postgres_url)
+    events = [e for e in _events() if not e["study_uid"].startswith("b.")]
+    cut = int(len(events) * 0.7)
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    write_jsonl(events[:cut], first)
+    write_jsonl(events[cut:], rest)
+    publish_file(first, settings, create_topics=False)
+    before = wait_for(
+        lambda: (r := store.latest_report("pneumothorax", "pneumothorax")) and r["slices"] and r,
+        timeout=300,
+        what="a refit with slices on the first part",
+        diagnose=workers[0].tail,
+    )
+    ids_before = {s["id"] for s in before["slices"]}
+    number_before = before["refit"]["number"]
+
+    publish_file(rest, settings, create_topics=False)
+    # Catch a refit of the rest in flight and SIGKILL the worker that holds its lease.
+    pids = {w.proc.pid: w for w in workers}
+
+    def refitting():
+        held = store.lease("refit:pneumothorax")
+        if held and held[1] > time.time() and store.labels_since_refit("pneumothorax"):
+            pid = int(held[0].split(":")[1])
+            return (pids.get(pid), held) if pid in pids else None
+        return None
+
+    victim, (holder, _, generation) = wait_for(
+        refitting, timeout=300, interval=0.05, what="a refit in flight", diagnose=workers[0].tail
+    )
+    victim.kill()
+    killed_at = time.monotonic()
+    taken = wait_for(
+        lambda: (h := store.lease("refit:pneumothorax")) and h[0] != holder and h,
+        timeout=120,
+        what="another worker to take the lease",
+        diagnose=workers[0].tail,
+    )
+    taken_after = time.monotonic() - killed_at
+    # The dead holder's lease lapses after `lease` seconds; the next timer tick (1 s) takes it.
+    assert taken_after <= lease + 10, taken_after
+    assert taken[2] > generation
+    final = wait_for(
+        lambda: _final(store, "pneumothorax"),
+        timeout=300,
+        what="a refit on the full window after the takeover",
+        diagnose=workers[1].tail,
+    )
+    assert final["refit"]["number"] > number_before and final["window"]["n"] == N_STUDIES
+    assert ids_before & {s["id"] for s in final["slices"]}, (ids_before, final["slices"])
+    for w in workers:
+        if w.alive:
+            assert w.stop() == 0, w.tail()
+
+
+def test_twenty_sigkills_across_three_workers_lose_and_double_nothing(
+    tansu, agents, embed_cache, postgres_url, tmp_path
+):
+    rng = random.Random(8)
+    configs = _configs(
+        tmp_path,
+        tansu,
+        embed_cache,
+        postgres_url,
+        3,
+        batch_size=10,
+        batch_seconds=0.3,
+        refit_every_labels=10**6,
+        refit_every_seconds=10**6,
+    )
+    settings = stream_settings(configs[0])
+    ensure_topics(settings)
+    workers = [agents(c, tmp_path / f"{c.parent.name}.log") for c in configs]
+    for w in workers:
+        w.start()
+    store = Store(postgres_url)
+    events = [e for e in _events() if not e["study_uid"].startswith("b.")][: 3 * 240]
+    path = tmp_path / "events.jsonl"
+    write_jsonl(events, path)
+    parts = 20
+    bounds = [1 + len(events) * i // parts for i in range(parts + 1)]
+    kills = 0
+    for start, stop in itertools.pairwise(bounds):
+        publish_file(path, settings, create_topics=False, start_line=start, stop_line=stop)
+        target = store.sizes()["seen"] + rng.randint(1, max(1, stop - start - 1))
         wait_for(
-            lambda config=config, model=model: _final(config, model),
-            timeout=480,
-            what=f"a refit of {model} on all its labels by {config.parent.name}",
-            diagnose=workers[store_index].tail,
+            lambda target=target: store.sizes()["seen"] >= target,
+            timeout=120,
+            interval=0.02,
+            what=f"{target} events stored",
+            diagnose=lambda: "\n".join(w.tail(20) for w in workers),
         )
-    assert all(w.alive for w in workers)
-
-    # The pair split the models: each worker holds one model's window, the solo worker both.
-    assert stores[0].models() == [models[0]] and stores[1].models() == [models[1]]
-    assert stores[2].models() == sorted(models)
-    for i, model in enumerate(models):
-        pair_report = _final(pair[i], model)
-        solo_report = _final(solo, model)
-        assert pair_report["window"] == solo_report["window"]
-        assert _slices(pair_report) == _slices(solo_report)
-        ours, theirs = stores[i].window(model), stores[2].window(model)
-        assert ours == theirs and len(ours) == N_STUDIES
-    assert _final(solo, models[0])["slices"], "the planted devices failure should be found"
-    for worker in workers:
-        assert worker.stop() == 0, worker.tail()
+        victim = rng.choice([w for w in workers if w.alive])
+        victim.kill()
+        kills += 1
+        victim.start()
+    assert kills == 20
+    labels = {e["study_uid"]: e["label"] for e in events if e["type"] == "label"}
+    wait_for(
+        lambda: store.sizes()["seen"] == len(events) and store.window_size("pneumothorax") == len(labels),
+        timeout=180,
+        what="every event stored after the last restart",
+        diagnose=lambda: f"{store.sizes()}\n" + "\n".join(w.tail(20) for w in workers),
+    )
+    window = store.window("pneumothorax")
+    assert sorted(s.study_uid for s in window) == sorted(labels)  # none lost, none twice
+    assert all(s.label == labels[s.study_uid] for s in window)
+    counts = store.counts()
+    assert counts["joined:pneumothorax"] == len(labels) and "duplicate" not in counts
+    assert store.dead_letter_counts() == {}
+    for w in workers:
+        assert w.stop() == 0, w.tail()

@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from agent.events import REASONS, decode_event
 from agent.store import Incoming, Store, StorePolicy
 
@@ -60,16 +58,6 @@ class Feed:
         return self.store.apply(items)
 
 
-@pytest.fixture
-def store():
-    policy = StorePolicy(
-        label_delay_seconds=DAY, window_size=1000, window_max_age_seconds=365 * DAY, max_future_seconds=1e12
-    )
-    s = Store(":memory:", policy, clock=lambda: T0.timestamp() + 3600)
-    yield s
-    s.close()
-
-
 def test_join_in_either_order_with_a_late_report(store):
     feed = Feed(store)
     feed(inf("i1", "s1"), lab("l2", "s2", "neg"))
@@ -99,9 +87,9 @@ def test_redelivery_is_a_no_op_and_a_true_duplicate_is_counted(store):
     assert len(store.window("ptx")) == 1
 
 
-def test_conflicting_inference_and_unknown_class_are_dead_lettered():
+def test_conflicting_inference_and_unknown_class_are_dead_lettered(make_store):
     policy = StorePolicy(label_delay_seconds=DAY, classes={"ptx": ("pos", "neg")})
-    store = Store(":memory:", policy, clock=lambda: T0.timestamp())
+    store = make_store(policy, clock=lambda: T0.timestamp())
     feed = Feed(store)
     r = feed(inf("i1", "s1"), inf("i1b", "s1", pred="neg"), lab("l1", "s1", "fracture"))
     assert r.dead_lettered == {"conflicting_inference": 1, "unknown_class": 1}
@@ -112,10 +100,10 @@ def test_conflicting_inference_and_unknown_class_are_dead_lettered():
     assert store.dead_letter_counts() == {"conflicting_inference": 1, "unknown_class": 2}
 
 
-def test_without_configured_classes_a_label_must_name_a_predicted_class():
+def test_without_configured_classes_a_label_must_name_a_predicted_class(make_store):
     # A label alone never makes a class: a record number in the label field cannot join a window,
     # so it can never become the audited target class either.
-    store = Store(":memory:", StorePolicy(label_delay_seconds=DAY), clock=lambda: T0.timestamp())
+    store = make_store(StorePolicy(label_delay_seconds=DAY), clock=lambda: T0.timestamp())
     feed = Feed(store)
     r = feed(inf("i1", "s1", pred="pos"), inf("i0", "s0", pred="neg"), lab("l1", "s1", "neg"))
     r2 = feed(lab("l2", "s2", "MRN0012345"), inf("i2", "s2"), lab("l3", "s0", "pos"))
@@ -123,9 +111,9 @@ def test_without_configured_classes_a_label_must_name_a_predicted_class():
     assert r2.dead_lettered == {"unknown_class": 1} and len(r2.joined) == 1
     assert sorted(s.label for s in store.window("ptx")) == ["neg", "pos"]
     # An audit's --target-class (extra_classes) admits a class the model has not predicted.
-    extra = Store(":memory:", StorePolicy(label_delay_seconds=DAY, extra_classes=("cm",)))
-    r3 = Feed(extra)(inf("i1", "s1", pred="pos"), lab("l1", "s1", "cm"))
-    assert not r3.dead_lettered and [s.label for s in extra.window("ptx")] == ["cm"]
+    extra = make_store(StorePolicy(label_delay_seconds=DAY, extra_classes=("cm",)))
+    r3 = Feed(extra)(inf("x1", "x1", pred="pos", model="cmx"), lab("y1", "x1", "cm"))
+    assert not r3.dead_lettered and [s.label for s in extra.window("cmx")] == ["cm"]
 
 
 def test_expiry_late_orphan_and_extra_labels(store):
@@ -144,9 +132,9 @@ def test_expiry_late_orphan_and_extra_labels(store):
     assert set(store.dead_letter_counts()) <= set(REASONS)
 
 
-def test_far_future_event_does_not_expire_what_waits():
+def test_far_future_event_does_not_expire_what_waits(make_store):
     policy = StorePolicy(label_delay_seconds=DAY, max_future_seconds=3600)
-    store = Store(":memory:", policy, clock=lambda: T0.timestamp())
+    store = make_store(policy, clock=lambda: T0.timestamp())
     feed = Feed(store)
     feed(inf("i1", "s1"))
     feed(inf("i2", "s2", hours=24 * 365 * 50))  # fifty years ahead of the clock
@@ -154,9 +142,9 @@ def test_far_future_event_does_not_expire_what_waits():
     assert feed(lab("l1", "s1")).joined
 
 
-def test_window_keeps_the_newest_by_count_and_age():
+def test_window_keeps_the_newest_by_count_and_age(make_store):
     policy = StorePolicy(label_delay_seconds=1e9, window_size=3, window_max_age_seconds=10 * 3600)
-    store = Store(":memory:", policy, clock=lambda: T0.timestamp())
+    store = make_store(policy, clock=lambda: T0.timestamp())
     feed = Feed(store)
     for i, hours in enumerate([0, 5, 1, 9, 8]):
         feed(
@@ -208,9 +196,9 @@ def test_state_survives_reopening(tmp_path):
     assert [s.study_uid for s in again.window("ptx")] == ["s1", "s2"]
 
 
-def test_refit_schedule_by_labels_and_by_time():
+def test_refit_schedule_by_labels_and_by_time(make_store):
     now = [T0.timestamp()]
-    store = Store(":memory:", StorePolicy(label_delay_seconds=DAY), clock=lambda: now[0])
+    store = make_store(StorePolicy(label_delay_seconds=DAY), clock=lambda: now[0])
     feed = Feed(store)
     for i in range(5):
         feed(inf(f"i{i}", f"s{i}"), lab(f"l{i}", f"s{i}"))
