@@ -41,6 +41,7 @@ REASONS = (
     "orphan_report",
     "unknown_class",
     "unreadable_image",
+    "image_refused",
     "conflicting_inference",
     "late_label",
     "late_report",
