@@ -132,6 +132,7 @@ def good(root: Path) -> Path:
 def test_a_good_image_under_the_root_reads(access, good):
     out, elapsed = _timed(lambda: read_pixels(good, size=32, access=access))
     assert isinstance(out, np.ndarray) and out.shape == (32, 32) and out.max() > 0.5
+    assert elapsed < access.time_limit_seconds
     assert read_header(good, access=access)["Modality"] == "CR"
     assert read_pixels(good.as_uri(), size=32, access=access).shape == (32, 32)
 
@@ -201,8 +202,7 @@ def test_the_rle_bomb_is_refused_from_its_header(access, root):
     assert bomb.stat().st_size < 5 * 2**20
     header = pydicom.dcmread(bomb, stop_before_pixels=True)
     assert pixel_bits(header) == 16384 * 16384 * 8 > access.max_pixel_bits
-    _, elapsed = _timed(lambda: pytest.raises(ImageRefusedError, read_pixels, bomb, access=access))
-    assert elapsed < 1.0
+    assert _refused(lambda: read_pixels(bomb, access=access)) < 1.0
     assert read_header(bomb, access=access)["Modality"] == "CR"  # the header alone is harmless
 
 
@@ -244,6 +244,7 @@ def test_a_16_bit_strip_reads_without_a_huge_canvas(access, root):
     path = _write(_dataset(2, 30_000), root / "strip.dcm", strip)
     out, elapsed = _timed(lambda: read_pixels(path, size=64, access=access))
     assert isinstance(out, np.ndarray) and out.shape == (64, 64) and out.dtype == np.float32
+    assert elapsed < access.time_limit_seconds
     assert out[:31].max() == 0 and out[33:].max() == 0 and out[31:33].max() > 0.5  # centred, thin
 
 
