@@ -185,6 +185,21 @@ class ExporterSettings(BaseModel):
     label_backlog_threshold: int = Field(
         10_000, ge=1, description="label backlog alerts when more studies than this wait for a label"
     )
+    max_models: int = Field(
+        20, ge=1, description="models with series at most: configured ones always, others first come"
+    )
+    models: tuple[str, ...] = Field(
+        (), description="models always exported, whatever else comes in (they take no max_models slot)"
+    )
+    consumer_lag_threshold: int = Field(
+        50_000, ge=1, description="consumer lag alerts when a topic lags by more messages than this"
+    )
+    unembedded_age_threshold_seconds: float = Field(
+        1800.0, gt=0, description="the embedder counts as stuck when a sample waits longer than this"
+    )
+    unsent_dead_letters_threshold: int = Field(
+        1000, ge=1, description="the dead-letter outbox alerts when more letters than this are unsent"
+    )
 
 
 class SummarySettings(BaseModel):
