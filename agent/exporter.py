@@ -18,7 +18,7 @@ alert in PromQL.
 Every label is bounded: ``model`` (at most ``max_models`` models besides the configured ones,
 first come, each keeping its slot until :meth:`Exporter.forget_model` releases it) and
 ``target_class`` (at most ``max_series_keys`` pairs, each value a short identifier-like string),
-``topic`` (at most eight), ``waiting`` (inference, label), ``family`` (the metric families),
+``family`` (the metric families of the overflow counter),
 ``slice_rank`` (``"1"`` to ``"5"``), ``event_type`` (the three
 event types), ``modality`` (image, report, metadata) and ``reason`` (:data:`agent.events.REASONS`).
 A label value that is invalid or beyond a bound is not exported; it is counted in
@@ -80,10 +80,8 @@ EVENT_TYPES = ("inference", "label", "report")
 MODALITIES = ("image", "report", "metadata")
 #: Slice ranks that may be exported (``AuditSettings.n_slices`` is at most 5).
 RANKS = ("1", "2", "3", "4", "5")
-#: What waits in the join, for ``slice_agent_join_waiting_events``.
+#: What waits in the join, for ``slice_agent_join_waiting_events{event_type}``.
 WAITING = ("inference", "label")
-#: Topics with a consumer-lag series at most (the agent reads three).
-MAX_TOPICS = 8
 
 _KEY = ("model", "target_class")
 _SLICE = ("model", "target_class", "slice_rank")
@@ -314,15 +312,15 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         "slice_agent_consumer_lag_messages",
         "gauge",
         "agent",
-        "Messages between the consumer's position and the end of the log, by topic.",
-        ("topic",),
+        "Messages between the consumer's position and the end of the log, by the topic's event type.",
+        ("event_type",),
     ),
     MetricSpec(
         "slice_agent_join_waiting_events",
         "gauge",
         "agent",
         "Events held by the join: inferences waiting for a label, labels waiting for an inference.",
-        ("waiting",),
+        ("event_type",),
     ),
     MetricSpec(
         "slice_agent_dead_letters_unsent",
@@ -674,9 +672,10 @@ class AgentMetrics:
         for spec in METRICS.values():
             if spec.labels and spec.source != "threshold":
                 self._overflowed.labels(spec.family)
+        for event_type in EVENT_TYPES:
+            self._lag.labels(event_type)
         for waiting in WAITING:
             self._waiting.labels(waiting)
-        self._topics: set[str] = set()
         for event_type in EVENT_TYPES:
             self._consumed.labels(event_type)
         for reason in REASONS:
@@ -759,14 +758,9 @@ class AgentMetrics:
             self._drift.labels(*key).inc()
             self._keys.add(key)
 
-    def set_consumer_lag(self, topic: str, messages: int) -> None:
-        """Set how many messages of ``topic`` lie between the consumer's position and the log's end."""
-        t = safe_label_value(topic)
-        if t is None or (t not in self._topics and len(self._topics) >= MAX_TOPICS):
-            self.overflow("slice_agent_consumer_lag_messages")
-            return
-        self._topics.add(t)
-        self._lag.labels(t).set(max(messages, 0))
+    def set_consumer_lag(self, event_type: str, messages: int) -> None:
+        """Set the lag, in messages, of the topic that carries ``event_type`` (summed over partitions)."""
+        self._lag.labels(self._one_of(event_type, EVENT_TYPES, "event type")).set(max(messages, 0))
 
     def set_join_waiting(self, *, inferences: int, labels: int) -> None:
         """Set how many inferences wait for a label, and how many labels wait for an inference."""
