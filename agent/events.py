@@ -219,7 +219,7 @@ def decode_event(
         raise EventError(
             f"expected type 'inference', 'label' or 'report', got {kind!r}", reason="unknown_type"
         )
-    _check_fields(obj, kind, limits)
+    _check_fields(obj, str(kind), limits)
     try:
         event = cls.model_validate(obj)
     except ValidationError as err:
