@@ -10,13 +10,14 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from agent.config import Settings
 from agent.embed.base import Embedder
-from agent.errors import AgentError, FitError
+from agent.errors import AgentError, FitError, ImageRefusedError
 from agent.events import ClassLabel
 from agent.explain import TokenSpace, r_attr, scrub, tokens
 from agent.fuse import MODALITIES, fuse
@@ -24,6 +25,9 @@ from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.sample import Problem, Sample
 from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover_slices
+
+if TYPE_CHECKING:
+    from agent.images import ImageAccess
 
 __all__ = [
     "Embedded",
@@ -82,8 +86,13 @@ def embed_samples(
     batch_size: int = 32,
     image_size: int = 224,
     progress: bool = False,
+    images: ImageAccess | None = None,
 ) -> Embedded:
-    """Embed what each case carries; unreadable images are problems, not crashes."""
+    """Embed what each case carries; unreadable images are problems, not crashes.
+
+    Image files are read only through ``images`` (:class:`~agent.images.ImageAccess`, from the
+    ``images`` settings); without it every image path is refused as ``image_refused``.
+    """
     from agent import dicom
 
     n = len(samples)
@@ -96,9 +105,11 @@ def embed_samples(
         if s.image and ("image" in modalities or not meta):
             try:
                 if not meta:
-                    meta = dict(dicom.read_header(s.image))
+                    meta = dict(dicom.read_header(s.image, access=images))
                 if "image" in modalities:
-                    image = dicom.read_pixels(s.image, size=image_size)
+                    image = dicom.read_pixels(s.image, size=image_size, access=images)
+            except ImageRefusedError as err:
+                problems.append(Problem(f"study {s.study_uid}", err.reason, str(err)))
             except (AgentError, OSError) as err:
                 problems.append(Problem(f"study {s.study_uid}", "unreadable_image", str(err)))
         metadata.append(meta)
@@ -132,6 +143,12 @@ def embed_samples(
     vocabulary = frozenset(w for sentence in set(sentences) for w in tokens(sentence))
     texts = [f"{r}\n{m}" for r, m in zip(reports, sentences, strict=True)]
     return Embedded(blocks, texts, reports, vocabulary, problems)
+
+
+def _image_access(settings: Settings) -> ImageAccess:
+    from agent.images import ImageAccess  # here: a text-only audit does not import pydicom
+
+    return ImageAccess.from_settings(settings.images)
 
 
 def _make_slicer(settings: Settings, n_components: int) -> Callable[[int], Slicer]:
@@ -220,6 +237,7 @@ def run_audit(
         batch_size=settings.embed.batch_size,
         image_size=settings.embed.image_size,
         progress=progress,
+        images=_image_access(settings),
     )
     dims, components = window_capacity(settings, len(samples))
     if (dims, components) != (a.pca_components, a.n_components) and a.slicer == "error_aware":

@@ -51,7 +51,10 @@ def _build_embedder(settings: Settings, store: Store | None = None) -> Embedder:
     from agent.store import VectorCache
 
     inner = make_embedder(
-        settings.embed.spec, device=settings.embed.device, batch_size=settings.embed.batch_size
+        settings.embed.spec,
+        device=settings.embed.device,
+        batch_size=settings.embed.batch_size,
+        allow_random_weights=settings.embed.allow_random_weights,
     )
     path = settings.embed.cache_path
     cache: EmbeddingCache
@@ -136,6 +139,12 @@ def audit(
         float | None,
         typer.Option(help="seconds an inference waits for its label, in event time (default: no limit)"),
     ] = None,
+    allow_random_weights: Annotated[
+        bool,
+        typer.Option(
+            help="let open_clip:NAME build random weights (plumbing tests only; slices meaningless)"
+        ),
+    ] = False,
 ) -> None:
     """Audit a finite event file: find, test and explain the error slices of one model.
 
@@ -150,8 +159,11 @@ def audit(
     from agent.stream.replay import load_file
 
     overrides: dict[str, object] = {}
-    if embedder:
-        overrides["embed"] = {"spec": embedder}
+    if embedder or allow_random_weights:
+        overrides["embed"] = {
+            **({"spec": embedder} if embedder else {}),
+            **({"allow_random_weights": True} if allow_random_weights else {}),
+        }
     if slicer:
         overrides["audit"] = {"slicer": slicer}
     if modalities:
@@ -173,6 +185,7 @@ def audit(
                 store,
                 max_report_chars=settings.audit.max_report_chars,
                 naive=settings.stream.naive_timestamps,
+                limits=settings.events,
             )
             problems = _dead_letter_problems(store)
             unlabeled = store.sizes()["pending"]
@@ -463,6 +476,7 @@ def summary(
                 arrays[current.stem] = (np.load(before / current.name), np.load(current))
     built = build_summary(week, timed, drift_events=drifts, embeddings=arrays, settings=settings.summary)
     if events is not None and settings.summary.examples_per_slice > 0:
+        from agent.images import ImageAccess
         from agent.ingest import read_jsonl
 
         decoded, _ = read_jsonl(events)
@@ -472,6 +486,7 @@ def summary(
             images,
             per_slice=settings.summary.examples_per_slice,
             size=settings.summary.thumbnail_size,
+            access=ImageAccess.from_settings(settings.images),
         )
         built = build_summary(
             week, timed, drift_events=drifts, embeddings=arrays, thumbnails=thumbs, settings=settings.summary

@@ -20,7 +20,9 @@ from agent.errors import ConfigError
 __all__ = [
     "AuditSettings",
     "EmbedSettings",
+    "EventSettings",
     "ExporterSettings",
+    "ImageSettings",
     "Settings",
     "StreamSettings",
     "SummarySettings",
@@ -67,6 +69,39 @@ class EmbedSettings(BaseModel):
     batch_size: int = Field(32, ge=1)
     cache_path: Path | None = Field(None, description="SQLite embedding cache; in memory when unset")
     image_size: int = Field(224, ge=32)
+    allow_random_weights: bool = Field(
+        False, description="let open_clip:NAME run without a checkpoint (random weights; tests only)"
+    )
+
+
+class ImageSettings(BaseModel):
+    """Where image files may be read from, and how much one image may cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roots: tuple[Path, ...] = Field(
+        (), description="folders image paths must resolve under; none configured refuses every path"
+    )
+    max_file_bytes: int = Field(256 * 2**20, ge=1024, description="larger image files are refused")
+    max_pixel_bits: int = Field(
+        2**30, ge=1, description="rows x columns x frames x samples x bits allocated, at most"
+    )
+    time_limit_seconds: float = Field(10.0, gt=0, description="one image's read and decode, at most")
+
+
+class EventSettings(BaseModel):
+    """Size limits of one input message and of its fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_message_bytes: int = Field(2**20, ge=1024, description="larger messages are refused unparsed")
+    max_depth: int = Field(8, ge=2, description="nesting of objects and arrays, at most")
+    max_id_chars: int = Field(256, ge=16, description="event_id, study_uid, model, model_version, image_uid")
+    max_label_chars: int = Field(128, ge=1, description="a class label (prediction or label)")
+    max_image_chars: int = Field(4096, ge=64, description="the image path or URI")
+    max_metadata_keys: int = Field(64, ge=1)
+    max_metadata_key_chars: int = Field(64, ge=8)
+    max_metadata_value_chars: int = Field(1024, ge=8, description="one metadata value, as JSON text")
 
 
 class StreamSettings(BaseModel):
@@ -166,6 +201,21 @@ class ExporterSettings(BaseModel):
     label_backlog_threshold: int = Field(
         10_000, ge=1, description="label backlog alerts when more studies than this wait for a label"
     )
+    max_models: int = Field(
+        20, ge=1, description="models with series at most: configured ones always, others first come"
+    )
+    models: tuple[str, ...] = Field(
+        (), description="models always exported, whatever else comes in (they take no max_models slot)"
+    )
+    consumer_lag_threshold: int = Field(
+        50_000, ge=1, description="consumer lag alerts when a topic lags by more messages than this"
+    )
+    unembedded_age_threshold_seconds: float = Field(
+        1800.0, gt=0, description="the embedder counts as stuck when a sample waits longer than this"
+    )
+    unsent_dead_letters_threshold: int = Field(
+        1000, ge=1, description="the dead-letter outbox alerts when more letters than this are unsent"
+    )
 
 
 class SummarySettings(BaseModel):
@@ -196,6 +246,8 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     exporter: ExporterSettings = ExporterSettings()
     summary: SummarySettings = SummarySettings()
+    images: ImageSettings = ImageSettings()
+    events: EventSettings = EventSettings()
     modalities: tuple[Modality, ...] | None = Field(
         None, description="modalities to fuse; by default those the stream carries"
     )

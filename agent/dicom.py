@@ -10,8 +10,12 @@ Two jobs sit here, both at the edge of the agent:
   looks as it would on a reading-room display: modality LUT, then VOI LUT or window, then
   MONOCHROME1 inversion.
 
-Errors are :class:`agent.errors.DicomError`; their messages name the file by its base name
-only, never by its directory or by anything read from the header.
+Files are opened only through the image access boundary (:mod:`agent.images`): pass an
+:class:`~agent.images.ImageAccess` with the configured roots and caps. Every failure to read a
+path is one uniform :class:`agent.errors.ImageRefusedError` (reason ``image_refused``) that does
+not tell whether the file exists. Other errors are :class:`agent.errors.DicomError`; their
+messages name the source by its base name only, never by its directory or by anything read from
+the header.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeAlias
+from typing import BinaryIO, TypeAlias
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -36,7 +40,8 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
 from pydicom.pixels.utils import pixel_array
 
-from agent.errors import DicomError
+from agent.errors import DicomError, ImageRefusedError
+from agent.images import Deadline, ImageAccess, check_file_meta, refuse
 
 __all__ = [
     "SAFE_TAGS",
@@ -201,33 +206,14 @@ def _as_path(source: str | os.PathLike[str]) -> str:
     return path
 
 
-def _read(source: DicomSource, *, header_only: bool) -> Dataset:
-    """Parse ``source``; raise :class:`DicomError` on anything that is not a usable DICOM file."""
-    if isinstance(source, Dataset):
-        return source
-    if not isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
-        raise DicomError(f"expected a path, bytes or pydicom Dataset, got {type(source).__name__}")
-    name = _source_name(source)
-    target: str | io.BytesIO
-    if isinstance(source, bytes | bytearray | memoryview):
-        target = io.BytesIO(bytes(source))
-    else:
-        target = _as_path(source)
-        if re.match(r"^[a-z][a-z0-9+.-]*://", target, re.IGNORECASE):
-            raise DicomError(
-                f"{name}: expected a local path or file:// URI, got a remote URL; "
-                "fetch the instance before reading it"
-            )
+def _parse(target: BinaryIO, name: str, *, header_only: bool) -> Dataset:
+    """Parse an open DICOM file; raise :class:`DicomError` on anything that is not usable DICOM."""
     try:
         ds = pydicom.dcmread(target, stop_before_pixels=header_only)
     except InvalidDicomError as err:
         raise DicomError(
             f"{name}: not a DICOM file (expected a 128-byte preamble, 'DICM' and file meta information)"
         ) from err
-    except FileNotFoundError as err:
-        raise DicomError(f"{name}: no such file") from err
-    except OSError as err:
-        raise DicomError(f"{name}: cannot open the file ({err.strerror or type(err).__name__})") from err
     except Exception as err:  # pydicom raises a zoo of types on corrupt input
         raise DicomError(
             f"{name}: cannot parse the DICOM data set ({type(err).__name__}); "
@@ -240,6 +226,53 @@ def _read(source: DicomSource, *, header_only: bool) -> Dataset:
     if len(ds) == 0:
         raise DicomError(f"{name}: no data set after the file meta information; the file is truncated")
     return ds
+
+
+def _parse_bounded(
+    fh: BinaryIO, name: str, access: ImageAccess, deadline: Deadline, *, header_only: bool
+) -> Dataset:
+    """The file meta, then the header, checked against the caps before the pixel data is read."""
+    check_file_meta(fh)
+    head = _parse(fh, name, header_only=True)
+    if header_only:
+        return head
+    access.check_header(head)
+    deadline.check("header")
+    fh.seek(0)
+    ds = _parse(fh, name, header_only=False)
+    deadline.check("data set")
+    return ds
+
+
+def _read(
+    source: DicomSource, access: ImageAccess | None, deadline: Deadline | None = None, *, header_only: bool
+) -> Dataset:
+    """Parse ``source`` through the image access boundary.
+
+    A path is opened only through ``access`` (no roots: refused), and every failure to read it
+    becomes the one uniform :class:`ImageRefusedError`. Bytes are checked against the same caps.
+    """
+    if isinstance(source, Dataset):
+        return source
+    if not isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
+        raise DicomError(f"expected a path, bytes or pydicom Dataset, got {type(source).__name__}")
+    policy = access if access is not None else ImageAccess()
+    deadline = deadline if deadline is not None else policy.deadline()
+    name = _source_name(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        policy.check_size(len(data))
+        return _parse_bounded(io.BytesIO(data), name, policy, deadline, header_only=header_only)
+    target = _as_path(source)
+    if re.match(r"^[a-z][a-z0-9+.-]*://", target, re.IGNORECASE):
+        refuse("a remote URL is never followed; fetch the instance through the PACS client")
+    try:
+        with policy.open(target) as fh:
+            return _parse_bounded(fh, name, policy, deadline, header_only=header_only)
+    except ImageRefusedError:
+        raise
+    except (DicomError, OSError) as err:
+        refuse(str(err) if isinstance(err, DicomError) else type(err).__name__)
 
 
 def _text(value: object) -> str | None:
@@ -261,7 +294,7 @@ def _is_portable(texts: list[str]) -> bool:
     return any(_PORTABLE_HINT.search(t.upper()) for t in texts)
 
 
-def read_header(source: DicomSource) -> dict[str, str]:
+def read_header(source: DicomSource, *, access: ImageAccess | None = None) -> dict[str, str]:
     """Read the safe acquisition tags of a DICOM file, without its pixel data.
 
     Parameters
@@ -269,6 +302,9 @@ def read_header(source: DicomSource) -> dict[str, str]:
     source
         A path or ``file://`` URI, the bytes of a DICOM Part 10 file, or a parsed
         :class:`pydicom.dataset.Dataset`.
+    access
+        The image access boundary a path is opened through (roots and caps); without it every
+        path is refused, and bytes are held to the default caps.
 
     Returns
     -------
@@ -280,12 +316,14 @@ def read_header(source: DicomSource) -> dict[str, str]:
 
     Raises
     ------
+    ImageRefusedError
+        For a path that is outside the roots, not a regular file, over a cap, or not readable
+        DICOM: one uniform message, whatever the cause.
     DicomError
-        If the file cannot be opened, is not DICOM, or is cut short inside its file meta
-        information. A file cut inside its pixel data has a complete header and reads here;
-        :func:`read_pixels` rejects it.
+        If the source is not a path, bytes or dataset. A file cut inside its pixel data has a
+        complete header and reads here; :func:`read_pixels` refuses it.
     """
-    ds = _read(source, header_only=True)
+    ds = _read(source, access, header_only=True)
     out: dict[str, str] = {}
     for keyword in SAFE_TAGS:
         text = _text(ds.get(keyword))
@@ -369,25 +407,33 @@ def _to_display(frame: np.ndarray, ds: Dataset) -> npt.NDArray[np.float64]:
 
 
 def _square(grey: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float32]:
-    """Pad to a centred square with black, then resize to ``size`` (bilinear, antialiased)."""
+    """Resize so that the longer side is ``size`` (bilinear, antialiased), then centre on black.
+
+    Resizing comes first, so that a long thin strip never becomes a huge square canvas: memory
+    stays proportional to the image and to ``size**2``.
+    """
     rows, cols = grey.shape
     side = max(rows, cols)
-    top, left = (side - rows) // 2, (side - cols) // 2
-    canvas = np.zeros((side, side), dtype=np.float32)
+    if side == size and rows == cols:
+        return np.asarray(grey, dtype=np.float32)
+    if side != size:
+        import torch  # imported here: reading headers must not pay for torch
+        import torch.nn.functional as F
+
+        shape = (max(1, round(rows * size / side)), max(1, round(cols * size / side)))
+        tensor = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]
+        resized = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=True)
+        grey = np.clip(resized[0, 0].numpy(), 0.0, 1.0)
+        rows, cols = shape
+    top, left = (size - rows) // 2, (size - cols) // 2
+    canvas = np.zeros((size, size), dtype=np.float32)
     canvas[top : top + rows, left : left + cols] = grey
-    if side == size:
-        return canvas
-
-    import torch  # imported here: reading headers must not pay for torch
-    import torch.nn.functional as F
-
-    tensor = torch.from_numpy(canvas)[None, None]
-    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    out: npt.NDArray[np.float32] = resized[0, 0].numpy()
-    return np.clip(out, 0.0, 1.0)
+    return canvas
 
 
-def read_pixels(source: DicomSource, size: int = 224) -> npt.NDArray[np.float32]:
+def read_pixels(
+    source: DicomSource, size: int = 224, *, access: ImageAccess | None = None
+) -> npt.NDArray[np.float32]:
     """Read the first frame of a DICOM image as a square, display-ready grey image.
 
     The processing follows the DICOM grayscale pipeline, in order:
@@ -412,6 +458,9 @@ def read_pixels(source: DicomSource, size: int = 224) -> npt.NDArray[np.float32]
         that includes its pixel data and file meta information.
     size
         Side of the square output, in pixels.
+    access
+        The image access boundary (roots, file and pixel caps, time limit); without it every
+        path is refused, and bytes and datasets are held to the default caps.
 
     Returns
     -------
@@ -420,18 +469,37 @@ def read_pixels(source: DicomSource, size: int = 224) -> npt.NDArray[np.float32]
 
     Raises
     ------
+    ImageRefusedError
+        For a path, on any failure (outside the roots, not a regular file, over a cap or the
+        time limit, not DICOM, no pixel data, undecodable): one uniform message.
     DicomError
-        If the file is not DICOM, has no pixel data, is truncated, or is compressed with a
-        transfer syntax for which no decoder is installed.
+        If bytes or a dataset have no pixel data, are truncated, or are compressed with a
+        transfer syntax for which no decoder is installed (bytes that are not DICOM, or over a
+        cap, raise :class:`ImageRefusedError`).
     ValueError
         If ``size`` is smaller than 1.
     """
     if size < 1:
         raise ValueError(f"expected size >= 1, got {size}")
-    ds = _read(source, header_only=False)
-    name = _source_name(source)
+    policy = access if access is not None else ImageAccess()
+    deadline = policy.deadline()
+    ds = _read(source, policy, deadline, header_only=False)
+    if not isinstance(source, str | os.PathLike):
+        return _decode(ds, _source_name(source), size, policy, deadline)
+    try:
+        return _decode(ds, _source_name(source), size, policy, deadline)
+    except ImageRefusedError:
+        raise
+    except DicomError as err:
+        refuse(str(err))
+
+
+def _decode(
+    ds: Dataset, name: str, size: int, access: ImageAccess, deadline: Deadline
+) -> npt.NDArray[np.float32]:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomError(f"{name}: no pixel data (modality {_text(ds.get('Modality')) or 'unknown'})")
+    access.check_header(ds)
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if not tsyntax:
         raise DicomError(f"{name}: cannot decode pixel data without a Transfer Syntax UID in the file meta")
@@ -440,10 +508,14 @@ def read_pixels(source: DicomSource, size: int = 224) -> npt.NDArray[np.float32]
     except NotImplementedError as err:
         raise DicomError(f"{name}: cannot decode pixel data: unsupported transfer syntax {tsyntax}") from err
     if not decoder.is_available:
+        log.warning("cannot decode '%s' pixel data; %s", tsyntax.name, _INSTALL_HINT)
         raise DicomError(f"{name}: cannot decode '{tsyntax.name}' pixel data; {_INSTALL_HINT}")
     try:
         frame = pixel_array(ds, index=0)
+        deadline.check("decoding")
         grey = _to_display(frame, ds)
+    except ImageRefusedError:
+        raise
     except Exception as err:  # decoders and LUT code raise many types on corrupt data
         raise DicomError(
             f"{name}: cannot decode '{tsyntax.name}' pixel data ({type(err).__name__}: {str(err)[:200]}); "
@@ -451,7 +523,9 @@ def read_pixels(source: DicomSource, size: int = 224) -> npt.NDArray[np.float32]
         ) from err
     if grey.ndim != 2 or grey.size == 0:
         raise DicomError(f"{name}: expected a 2-D frame after decoding, got shape {grey.shape}")
-    return _square(grey, size)
+    out = _square(grey, size)
+    deadline.check("display")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ text

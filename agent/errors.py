@@ -14,6 +14,7 @@ __all__ = [
     "EmbedderError",
     "EventError",
     "FitError",
+    "ImageRefusedError",
     "ModelFilesMissingError",
 ]
 
@@ -40,6 +41,18 @@ class EventError(AgentError, ValueError):
 
 class DicomError(AgentError, ValueError):
     """A DICOM file cannot be read or has no usable pixel data."""
+
+
+class ImageRefusedError(DicomError):
+    """An image file is outside the configured roots, not a regular file, or over a limit.
+
+    ``reason`` is always ``"image_refused"`` and the message is the same for every cause, so that
+    a refusal never tells whether the file exists.
+    """
+
+    def __init__(self, message: str, *, reason: str = "image_refused") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class EmbedderError(AgentError, RuntimeError):

@@ -12,11 +12,13 @@ read as UTC (``naive="utc"``, the default) or rejected as ``wrong_type`` (``naiv
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from agent.config import EventSettings
 from agent.errors import EventError
 
 __all__ = [
@@ -45,6 +47,9 @@ REASONS = (
     "orphan_report",
     "unknown_class",
     "unreadable_image",
+    "image_refused",
+    "oversized_event",
+    "oversized_field",
     "conflicting_inference",
     "late_label",
     "late_report",
@@ -97,10 +102,86 @@ _BY_TYPE: dict[str, type[_Event]] = {
 }
 
 
+_DEFAULT_LIMITS = EventSettings()
+_ID_FIELDS = ("event_id", "study_uid", "model", "model_version", "image_uid")
+_LABEL_FIELDS = ("prediction", "label")
+
+
+def _raw_size(raw: bytes | str, limit: int) -> int:
+    """Bytes of ``raw`` (UTF-8 for text); a text already longer than ``limit`` is not encoded."""
+    if isinstance(raw, str):
+        return len(raw) if len(raw) > limit or raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))
+    return len(raw)
+
+
+def _too_deep(value: object, depth: int) -> bool:
+    """Whether ``value`` nests objects or arrays deeper than ``depth`` levels."""
+    if not isinstance(value, dict | list):
+        return False
+    if depth <= 0:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    return any(_too_deep(child, depth - 1) for child in children)
+
+
+def _check_fields(obj: Mapping[str, Any], kind: str, limits: EventSettings) -> None:
+    """Refuse a field over its size limit, naming the field and the limit, never the value."""
+
+    def over(field: str, what: str, limit: int, setting: str) -> EventError:
+        return EventError(
+            f"field '{field}' of {kind} event: expected {what} at most {limit} ({setting}), got more",
+            reason="oversized_field",
+        )
+
+    for field in _ID_FIELDS:
+        value = obj.get(field)
+        if isinstance(value, str) and len(value) > limits.max_id_chars:
+            raise over(field, "characters", limits.max_id_chars, "events.max_id_chars")
+    for field in _LABEL_FIELDS:
+        value = obj.get(field)
+        if isinstance(value, str) and len(value) > limits.max_label_chars:
+            raise over(field, "characters", limits.max_label_chars, "events.max_label_chars")
+    image = obj.get("image")
+    if isinstance(image, str) and len(image) > limits.max_image_chars:
+        raise over("image", "characters", limits.max_image_chars, "events.max_image_chars")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return
+    if len(metadata) > limits.max_metadata_keys:
+        raise over("metadata", "keys", limits.max_metadata_keys, "events.max_metadata_keys")
+    for key, value in metadata.items():
+        if isinstance(key, str) and len(key) > limits.max_metadata_key_chars:
+            raise over(
+                "metadata",
+                "characters per key",
+                limits.max_metadata_key_chars,
+                "events.max_metadata_key_chars",
+            )
+        if _too_deep(value, limits.max_depth - 2):
+            raise over("metadata", "nesting levels", limits.max_depth, "events.max_depth")
+        text = value if isinstance(value, str) else json.dumps(value)
+        if len(text) > limits.max_metadata_value_chars:
+            raise over(
+                "metadata",
+                "characters per value",
+                limits.max_metadata_value_chars,
+                "events.max_metadata_value_chars",
+            )
+
+
 def decode_event(
-    raw: bytes | str | dict[str, Any], *, max_report_chars: int = 20_000, naive: str = "utc"
+    raw: bytes | str | dict[str, Any],
+    *,
+    max_report_chars: int = 20_000,
+    limits: EventSettings | None = None,
+    naive: str = "utc",
 ) -> Event:
     """Parse one message or JSONL line into a typed event.
+
+    The size of the whole message is checked before it is parsed (``oversized_event``), and the
+    size of each field before it is validated (``oversized_field``): ids, labels, the image path,
+    and the metadata's key count, key and value lengths and nesting (``limits``, the ``events``
+    settings; their defaults when None). The report text is bounded by ``max_report_chars``.
 
     Raises
     ------
@@ -121,9 +202,17 @@ def decode_event(
     ...
     agent.errors.EventError: missing field 'event_id' in label event
     """
+    limits = limits if limits is not None else _DEFAULT_LIMITS
     if isinstance(raw, dict):
         obj: Any = raw
     else:
+        size = _raw_size(raw, limits.max_message_bytes)
+        if size > limits.max_message_bytes:
+            raise EventError(
+                f"expected a message of at most {limits.max_message_bytes} bytes "
+                f"(events.max_message_bytes), got {size}",
+                reason="oversized_event",
+            )
         try:
             obj = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
@@ -138,6 +227,7 @@ def decode_event(
         raise EventError(
             f"expected type 'inference', 'label' or 'report', got {kind!r}", reason="unknown_type"
         )
+    _check_fields(obj, str(kind), limits)
     try:
         event = cls.model_validate(obj)
     except ValidationError as err:

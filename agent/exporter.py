@@ -15,10 +15,15 @@ The thresholds the alert rules compare against are exported too (``slice_agent_a
 the rules in ``deploy/prometheus/`` hold no magic numbers: export the statistic and its threshold,
 alert in PromQL.
 
-Every label is bounded: ``model`` and ``target_class`` (at most ``max_series_keys`` pairs, each
-value a short identifier-like string), ``slice_rank`` (``"1"`` to ``"5"``), ``event_type`` (the three
+Every label is bounded: ``model`` (at most ``max_models`` models besides the configured ones,
+first come, each keeping its slot until :meth:`Exporter.forget_model` releases it) and
+``target_class`` (at most ``max_series_keys`` pairs, each value a short identifier-like string),
+``family`` (the metric families of the overflow counter),
+``slice_rank`` (``"1"`` to ``"5"``), ``event_type`` (the three
 event types), ``modality`` (image, report, metadata) and ``reason`` (:data:`agent.events.REASONS`).
-No study, patient or slice id, and no free text, is ever a label value. Tokens are re-checked to be
+A label value that is invalid or beyond a bound is not exported; it is counted in
+``slice_agent_label_overflow_total{family}``. No study, patient or slice id, and no free text, is
+ever a label value. Tokens are re-checked to be
 short lower-case alphabetic words before they are exported.
 """
 
@@ -29,7 +34,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, NamedTuple
@@ -55,10 +60,12 @@ __all__ = [
     "EVENT_TYPES",
     "METRICS",
     "MODALITIES",
+    "WAITING",
     "AgentMetrics",
     "Exporter",
     "MetricSpec",
     "MetricsServer",
+    "ModelBudget",
     "SliceCollector",
     "SliceTracking",
     "safe_label_value",
@@ -73,6 +80,8 @@ EVENT_TYPES = ("inference", "label", "report")
 MODALITIES = ("image", "report", "metadata")
 #: Slice ranks that may be exported (``AuditSettings.n_slices`` is at most 5).
 RANKS = ("1", "2", "3", "4", "5")
+#: What waits in the join, for ``slice_agent_join_waiting_events{event_type}``.
+WAITING = ("inference", "label")
 
 _KEY = ("model", "target_class")
 _SLICE = ("model", "target_class", "slice_rank")
@@ -224,6 +233,24 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         "threshold",
         "Label backlog alerts when more studies than this wait for their label.",
     ),
+    MetricSpec(
+        "slice_agent_alert_consumer_lag_threshold",
+        "gauge",
+        "threshold",
+        "Consumer lag alerts when a topic lags by more messages than this.",
+    ),
+    MetricSpec(
+        "slice_agent_alert_unembedded_age_threshold_seconds",
+        "gauge",
+        "threshold",
+        "The embedder counts as stuck when the oldest unembedded sample is older than this.",
+    ),
+    MetricSpec(
+        "slice_agent_alert_unsent_dead_letters_threshold",
+        "gauge",
+        "threshold",
+        "The dead-letter outbox alerts when more letters than this wait to be sent.",
+    ),
     # what the running agent does: AgentMetrics
     MetricSpec(
         "slice_agent_events_consumed_total",
@@ -281,7 +308,84 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         "Unix time at which the last refit completed.",
         _KEY,
     ),
+    MetricSpec(
+        "slice_agent_consumer_lag_messages",
+        "gauge",
+        "agent",
+        "Messages between the consumer's position and the end of the log, by the topic's event type.",
+        ("event_type",),
+    ),
+    MetricSpec(
+        "slice_agent_join_waiting_events",
+        "gauge",
+        "agent",
+        "Events held by the join: inferences waiting for a label, labels waiting for an inference.",
+        ("event_type",),
+    ),
+    MetricSpec(
+        "slice_agent_dead_letters_unsent",
+        "gauge",
+        "agent",
+        "Dead letters in the outbox not yet acknowledged by the broker.",
+    ),
+    MetricSpec(
+        "slice_agent_oldest_unembedded_age_seconds",
+        "gauge",
+        "agent",
+        "Age of the oldest sample waiting to be embedded (0 when none); grows while the embedder is stuck.",
+    ),
+    MetricSpec(
+        "slice_agent_label_overflow_total",
+        "counter",
+        "agent",
+        "Label values refused (invalid, or beyond the model, topic or pair bounds), by metric family.",
+        ("family",),
+    ),
 )
+
+
+class ModelBudget:
+    """Which models may have series: configured ones always, others first come, up to a bound.
+
+    A model keeps its slot until it is released (:meth:`Exporter.forget_model`, called for models
+    that left the window), so junk names arriving later cannot push a real model out, and junk
+    names that stop arriving free their slots. Names that are not short identifiers never get one.
+
+    >>> budget = ModelBudget(max_models=1, reserved=("cxr",))
+    >>> budget.admit("junk-1"), budget.admit("junk-2"), budget.admit("cxr"), budget.admit("Jane Doe")
+    ('junk-1', None, 'cxr', None)
+    >>> budget.release("junk-1"); budget.admit("junk-2")
+    'junk-2'
+    """
+
+    def __init__(self, max_models: int = 20, reserved: Iterable[str] = ()) -> None:
+        self.max_models = max_models
+        self.reserved = frozenset(m for m in reserved if safe_label_value(m) is not None)
+        self._admitted: set[str] = set()
+        self._lock = threading.Lock()
+
+    def admit(self, model: object) -> str | None:
+        """The model's label value when it has (or now gets) a slot, else None."""
+        m = safe_label_value(model)
+        if m is None or m in self.reserved:
+            return m
+        with self._lock:
+            if m in self._admitted:
+                return m
+            if len(self._admitted) >= self.max_models:
+                return None
+            self._admitted.add(m)
+            return m
+
+    def release(self, model: object) -> None:
+        """Give the model's slot back (its series are gone)."""
+        with self._lock:
+            self._admitted.discard(str(model))
+
+    @property
+    def admitted(self) -> frozenset[str]:
+        """The models holding a slot now (reserved ones not included)."""
+        return frozenset(self._admitted)
 
 
 class SliceTracking(NamedTuple):
@@ -357,11 +461,29 @@ class SliceCollector(Collector):
     0.1
     """
 
-    def __init__(self, *, min_slice_size: int = 10, max_series_keys: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        min_slice_size: int = 10,
+        max_series_keys: int = 50,
+        budget: ModelBudget | None = None,
+        on_overflow: Callable[[str], None] | None = None,
+    ) -> None:
         self.min_slice_size = min_slice_size
         self.max_series_keys = max_series_keys
+        self.budget = budget if budget is not None else ModelBudget(max_models=max_series_keys)
+        self.on_overflow = on_overflow
+        self._warned = False
         self._snapshot = _EMPTY
         self._lock = threading.Lock()
+
+    def _overflow(self, why: str) -> None:
+        # One WARNING per collector; later ones at DEBUG: 2,000 junk names must not flood the log.
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        log.log(level, "report not exported: %s; counted in slice_agent_label_overflow_total", why)
+        if self.on_overflow is not None:
+            self.on_overflow("slice_agent_window_samples")
 
     def publish(
         self,
@@ -397,13 +519,13 @@ class SliceCollector(Collector):
         """A new snapshot: ``old`` with ``report`` in place of its key's previous one."""
         key = self._key(report)
         if key is None:
+            self._overflow("model or target class is not a short identifier")
+            return old
+        if self.budget.admit(key[0]) is None:
+            self._overflow(f"already {self.budget.max_models} models (max_models)")
             return old
         if key not in old.reports and len(old.reports) >= self.max_series_keys:
-            log.warning(
-                "report not exported: already %d (model, target class) pairs, max_series_keys=%d",
-                len(old.reports),
-                self.max_series_keys,
-            )
+            self._overflow(f"already {len(old.reports)} pairs (max_series_keys={self.max_series_keys})")
             return old
         given = tracking or {}
         states = {
@@ -426,6 +548,16 @@ class SliceCollector(Collector):
                 MappingProxyType({k: v for k, v in old.tracking.items() if k != key}),
             )
 
+    def forget_model(self, model: str) -> None:
+        """Stop exporting every target class of ``model`` (it left the window)."""
+        m = str(model)
+        with self._lock:
+            old = self._snapshot
+            self._snapshot = _Snapshot(
+                MappingProxyType({k: v for k, v in old.reports.items() if k[0] != m}),
+                MappingProxyType({k: v for k, v in old.tracking.items() if k[0] != m}),
+            )
+
     @property
     def reports(self) -> Mapping[tuple[str, str], SliceReport]:
         """The reports exported now, by ``(model, str(target_class))``."""
@@ -435,10 +567,6 @@ class SliceCollector(Collector):
     def _key(report: SliceReport) -> tuple[str, str] | None:
         model, target = safe_label_value(report.model), safe_label_value(report.target_class)
         if model is None or target is None:
-            log.warning(
-                "report not exported: model or target class is not a short identifier "
-                "(letters, digits, '_.:+-', at most 64 characters)"
-            )
             return None
         return model, target
 
@@ -505,7 +633,16 @@ class AgentMetrics:
     0.0
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        budget: ModelBudget | None = None,
+        max_series_keys: int = 50,
+    ) -> None:
+        self.budget = budget if budget is not None else ModelBudget()
+        self.max_series_keys = max_series_keys
+
         def counter(name: str) -> Counter:
             spec = METRICS[name]
             return Counter(spec.family, spec.help, spec.labels, registry=registry)
@@ -527,6 +664,18 @@ class AgentMetrics:
         self._refits = counter("slice_agent_refits_total")
         self._drift = counter("slice_agent_drift_detections_total")
         self._last_refit = gauge("slice_agent_last_refit_timestamp_seconds")
+        self._lag = gauge("slice_agent_consumer_lag_messages")
+        self._waiting = gauge("slice_agent_join_waiting_events")
+        self._unsent = gauge("slice_agent_dead_letters_unsent")
+        self._unembedded = gauge("slice_agent_oldest_unembedded_age_seconds")
+        self._overflowed = counter("slice_agent_label_overflow_total")
+        for spec in METRICS.values():
+            if spec.labels and spec.source != "threshold":
+                self._overflowed.labels(spec.family)
+        for event_type in EVENT_TYPES:
+            self._lag.labels(event_type)
+        for waiting in WAITING:
+            self._waiting.labels(waiting)
         for event_type in EVENT_TYPES:
             self._consumed.labels(event_type)
         for reason in REASONS:
@@ -542,12 +691,31 @@ class AgentMetrics:
             raise ValueError(f"expected {what} in {allowed}, got {value!r}")
         return value
 
-    def _model(self, model: str) -> str | None:
-        return safe_label_value(model)
+    def overflow(self, family: str) -> None:
+        """Count one label set refused for ``family`` (a metric family name)."""
+        spec = METRICS.get(family) or next((m for m in METRICS.values() if m.family == family), None)
+        if spec is None:
+            raise ValueError(f"expected a metric family of METRICS, got {family!r}")
+        self._overflowed.labels(spec.family).inc()
 
-    def _key(self, model: str, target_class: str | int) -> tuple[str, str] | None:
-        m, t = safe_label_value(model), safe_label_value(target_class)
-        return None if m is None or t is None else (m, t)
+    def _model(self, model: str, family: str) -> str | None:
+        m = self.budget.admit(model)
+        if m is None:
+            self.overflow(family)
+        return m
+
+    def _key(self, model: str, target_class: str | int, family: str) -> tuple[str, str] | None:
+        t = safe_label_value(target_class)
+        m = self._model(model, family) if t is not None else None
+        if m is None or t is None:
+            if t is None:
+                self.overflow(family)
+            return None
+        key = (m, t)
+        if key not in self._keys and len(self._keys) >= self.max_series_keys:
+            self.overflow(family)
+            return None
+        return key
 
     def consumed(self, event_type: str, n: int = 1) -> None:
         """Count ``n`` events of one type (``inference``, ``label`` or ``report``) consumed."""
@@ -559,13 +727,13 @@ class AgentMetrics:
 
     def set_join_backlog(self, model: str, studies: int) -> None:
         """Set how many of a model's studies wait for their label."""
-        if (m := self._model(model)) is not None:
+        if (m := self._model(model, "slice_agent_join_backlog")) is not None:
             self._backlog.labels(m).set(studies)
             self._models.add(m)
 
     def observe_label_delay(self, model: str, seconds: float) -> None:
         """Record the delay between one inference and its confirmed label."""
-        if (m := self._model(model)) is not None:
+        if (m := self._model(model, "slice_agent_label_delay_seconds")) is not None:
             self._delay.labels(m).observe(max(seconds, 0.0))
             self._models.add(m)
 
@@ -577,7 +745,7 @@ class AgentMetrics:
         self, model: str, target_class: str | int, seconds: float, *, at: float | None = None
     ) -> None:
         """Record one completed refit: its duration, the count, and the time it completed."""
-        if (key := self._key(model, target_class)) is None:
+        if (key := self._key(model, target_class, "slice_agent_refit_duration_seconds")) is None:
             return
         self._refit.labels(*key).observe(seconds)
         self._refits.labels(*key).inc()
@@ -586,13 +754,30 @@ class AgentMetrics:
 
     def drift_detected(self, model: str, target_class: str | int) -> None:
         """Count one error-rate drift found by the stream's detector."""
-        if (key := self._key(model, target_class)) is not None:
+        if (key := self._key(model, target_class, "slice_agent_drift_detections")) is not None:
             self._drift.labels(*key).inc()
             self._keys.add(key)
 
+    def set_consumer_lag(self, event_type: str, messages: int) -> None:
+        """Set the lag, in messages, of the topic that carries ``event_type`` (summed over partitions)."""
+        self._lag.labels(self._one_of(event_type, EVENT_TYPES, "event type")).set(max(messages, 0))
+
+    def set_join_waiting(self, *, inferences: int, labels: int) -> None:
+        """Set how many inferences wait for a label, and how many labels wait for an inference."""
+        self._waiting.labels("inference").set(max(inferences, 0))
+        self._waiting.labels("label").set(max(labels, 0))
+
+    def set_unsent_dead_letters(self, letters: int) -> None:
+        """Set how many dead letters the outbox holds that the broker has not acknowledged."""
+        self._unsent.set(max(letters, 0))
+
+    def set_oldest_unembedded_age(self, seconds: float) -> None:
+        """Set the age of the oldest sample waiting to be embedded (0 when none waits)."""
+        self._unembedded.set(max(seconds, 0.0))
+
     def forget(self, model: str, target_class: str | int | None = None) -> None:
         """Remove the label sets of a model (or of one of its target classes) that is gone."""
-        m = self._model(model)
+        m = safe_label_value(model)
         if m is None:
             return
         for key in [
@@ -648,11 +833,17 @@ class Exporter:
     ) -> None:
         self.settings = settings or ExporterSettings()
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.budget = ModelBudget(self.settings.max_models, reserved=self.settings.models)
+        self.agent = AgentMetrics(
+            self.registry, budget=self.budget, max_series_keys=self.settings.max_series_keys
+        )
         self.slices = SliceCollector(
-            min_slice_size=self.settings.min_slice_size, max_series_keys=self.settings.max_series_keys
+            min_slice_size=self.settings.min_slice_size,
+            max_series_keys=self.settings.max_series_keys,
+            budget=self.budget,
+            on_overflow=self.agent.overflow,
         )
         self.registry.register(self.slices)
-        self.agent = AgentMetrics(self.registry)
         s = self.settings
         for name, value in (
             ("slice_agent_alert_p_value_threshold", s.p_value_threshold),
@@ -660,6 +851,9 @@ class Exporter:
             ("slice_agent_alert_dead_letter_threshold_ratio", s.dead_letter_threshold),
             ("slice_agent_alert_refit_stale_threshold_seconds", s.refit_stale_seconds),
             ("slice_agent_alert_label_backlog_threshold", s.label_backlog_threshold),
+            ("slice_agent_alert_consumer_lag_threshold", s.consumer_lag_threshold),
+            ("slice_agent_alert_unembedded_age_threshold_seconds", s.unembedded_age_threshold_seconds),
+            ("slice_agent_alert_unsent_dead_letters_threshold", s.unsent_dead_letters_threshold),
         ):
             Gauge(name, METRICS[name].help, registry=self.registry).set(value)
         if process:
@@ -672,6 +866,12 @@ class Exporter:
     ) -> None:
         """Export one refit's report (and its slices' tracking state) from now on."""
         self.slices.publish(report, tracking)
+
+    def forget_model(self, model: str) -> None:
+        """Remove every series of ``model`` (it left the window) and free its slot for another."""
+        self.slices.forget_model(model)
+        self.agent.forget(model)
+        self.budget.release(model)
 
     def serve(self, host: str | None = None, port: int | None = None) -> MetricsServer:
         """Serve ``/metrics`` over HTTP in a background thread (settings' address by default)."""

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.dates import DateFormatter, DayLocator, date2num
@@ -38,6 +39,9 @@ from agent.config import SummarySettings
 from agent.errors import AgentError
 from agent.exporter import safe_label_value, safe_tokens
 from agent.report import SliceReport, SliceResult
+
+if TYPE_CHECKING:
+    from agent.images import ImageAccess
 
 __all__ = [
     "DriftEvent",
@@ -293,12 +297,14 @@ def member_thumbnails(
     *,
     per_slice: int = 3,
     size: int = 96,
+    access: ImageAccess | None = None,
 ) -> dict[SliceKey, tuple[np.ndarray, ...]]:
     """Small grey images of each slice's most probable members, where the study has an image.
 
     ``images`` maps study uid to a DICOM path or URI (from the inference events). Images whose
     header says ``BurnedInAnnotation`` is ``YES`` are skipped: burned-in text can carry a name.
-    Unreadable images are skipped too.
+    Unreadable images are skipped too. Files are read only through ``access`` (the image roots
+    and caps); without it no image is read.
     """
     from agent import dicom
 
@@ -310,10 +316,12 @@ def member_thumbnails(
                 if len(found) >= per_slice:
                     break
                 source = images.get(m.study_uid)
-                if not source or _burned_in(source):
+                if not source or _burned_in(source, access):
                     continue
                 try:
-                    found.append(np.asarray(dicom.read_pixels(source, size=size), dtype=np.float32))
+                    found.append(
+                        np.asarray(dicom.read_pixels(source, size=size, access=access), dtype=np.float32)
+                    )
                 except (AgentError, OSError) as err:
                     log.debug("thumbnail skipped: %s", type(err).__name__)
             if found:
@@ -321,12 +329,20 @@ def member_thumbnails(
     return out
 
 
-def _burned_in(source: str) -> bool:
+def _burned_in(source: str, access: ImageAccess | None) -> bool:
+    """Whether the header says ``BurnedInAnnotation`` is ``YES``; read through the image boundary."""
     import pydicom
+
+    from agent.errors import ImageRefusedError
+    from agent.images import ImageAccess, check_file_meta
 
     path = source[len("file://") :] if source.startswith("file://") else source
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with (access or ImageAccess()).open(path) as fh:
+            check_file_meta(fh)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    except ImageRefusedError:
+        return False  # read_pixels refuses it too
     except Exception:  # unreadable here means read_pixels will refuse it too
         return False
     return str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"

@@ -601,6 +601,63 @@ def health() -> Json:
         ),
         timeseries(
             lay,
+            "Consumer lag vs threshold",
+            [
+                target(
+                    f"sum by (event_type) (slice_agent_consumer_lag_messages{{{INST}}})", "{{event_type}}"
+                ),
+                target(f"max(slice_agent_alert_consumer_lag_threshold{{{INST}}})", "threshold", ref="B"),
+            ],
+            unit="short",
+        ),
+        timeseries(
+            lay,
+            "Join: events waiting for their other half",
+            [
+                target(
+                    f"sum by (event_type) (slice_agent_join_waiting_events{{{INST}}})",
+                    "{{event_type}} waiting",
+                )
+            ],
+            unit="short",
+        ),
+        timeseries(
+            lay,
+            "Oldest unembedded sample vs threshold",
+            [
+                target(f"max(slice_agent_oldest_unembedded_age_seconds{{{INST}}})", "oldest unembedded"),
+                target(
+                    f"max(slice_agent_alert_unembedded_age_threshold_seconds{{{INST}}})",
+                    "threshold",
+                    ref="B",
+                ),
+            ],
+            unit="s",
+        ),
+        timeseries(
+            lay,
+            "Unsent dead letters vs threshold",
+            [
+                target(f"sum(slice_agent_dead_letters_unsent{{{INST}}})", "unsent"),
+                target(
+                    f"max(slice_agent_alert_unsent_dead_letters_threshold{{{INST}}})", "threshold", ref="B"
+                ),
+            ],
+            unit="short",
+        ),
+        timeseries(
+            lay,
+            "Label values refused (bounds)",
+            [
+                target(
+                    f"sum by (family) (increase(slice_agent_label_overflow_total{{{INST}}}[1h])) > 0",
+                    "{{family}}",
+                )
+            ],
+            unit="short",
+        ),
+        timeseries(
+            lay,
             "Process",
             [
                 target(f"process_resident_memory_bytes{{{INST}}}", "resident memory {{instance}}"),

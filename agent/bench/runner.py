@@ -48,6 +48,7 @@ from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.explain import TokenSpace
 from agent.fuse import MODALITIES, fuse
+from agent.images import ImageAccess
 from agent.metrics import precision_at_k
 from agent.sample import Sample
 from agent.simulate.images import Case, ImageSpec, Population, case_report, draw_cases, render, write_dicom
@@ -268,7 +269,7 @@ def _samples(
         report = case.report if isinstance(case, IndianaCase) else case_report(case)
         metadata = case.metadata if isinstance(case, IndianaCase) else None
         if paths is not None:
-            metadata = dict(read_header(paths[i]))
+            metadata = dict(read_header(paths[i], access=ImageAccess(roots=(paths[i].parent.resolve(),))))
         out.append(
             Sample(
                 study_uid=case.uid,
@@ -572,6 +573,10 @@ def run_bench(
     finished test set.
     """
     started = time.perf_counter()
+    # The bench writes its DICOM files under workdir: the one folder its images are read from.
+    roots = (*settings.images.roots, workdir.resolve())
+    settings = settings.model_copy(update={"images": settings.images.model_copy(update={"roots": roots})})
+    access = ImageAccess.from_settings(settings.images)
     result = BenchResult(config)
     say = progress or (lambda line: None)
     modes = [m for m in MODES if m.key in config.modes]
@@ -596,7 +601,7 @@ def run_bench(
                     assert pool is not None
                     trials = _indiana_trials(mode, index, iteration, config, pool)
                 t_train = time.perf_counter() - t0
-                emb = embed_samples(trials[0].samples, modalities, embedder)
+                emb = embed_samples(trials[0].samples, modalities, embedder, images=access)
                 space = TokenSpace(
                     min_df=settings.audit.token_min_df, metadata_vocabulary=emb.metadata_words
                 ).fit(emb.texts, reports=emb.reports)

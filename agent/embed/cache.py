@@ -302,7 +302,7 @@ class CachedEmbedder(WrappedEmbedder):
     Examples
     --------
     >>> from agent.embed import OpenClipEmbedder
-    >>> emb = CachedEmbedder(OpenClipEmbedder("ViT-S-32-alt"), MemoryCache())
+    >>> emb = CachedEmbedder(OpenClipEmbedder("ViT-S-32-alt", allow_random_weights=True), MemoryCache())
     >>> _ = emb.embed_texts(["effusion", "effusion"])
     >>> emb.hits, emb.misses
     (0, 2)

@@ -70,19 +70,25 @@ def parse_spec(spec: str) -> EmbedderSpec:
     return EmbedderSpec("open_clip", name, checkpoint or None)
 
 
-def make_embedder(spec: str, *, device: str = "cpu", batch_size: int = 32) -> Embedder:
+def make_embedder(
+    spec: str, *, device: str = "cpu", batch_size: int = 32, allow_random_weights: bool = False
+) -> Embedder:
     """Build the embedder a spec names.
 
     Parameters
     ----------
     spec
         ``"default"`` (EfficientNet-Lite0 + all-MiniLM-L6-v2, offline, two separate spaces),
-        ``"open_clip:NAME"`` (random weights: plumbing only) or ``"open_clip:NAME@CHECKPOINT"``
-        (a local checkpoint file, or a local directory for ``hf-hub:`` names).
+        ``"open_clip:NAME@CHECKPOINT"`` (a local checkpoint file, or a local directory for
+        ``hf-hub:`` names) or ``"open_clip:NAME"`` (``hf-hub:`` names from the local Hugging
+        Face cache; built-in names only with ``allow_random_weights``).
     device
         Torch device to run on.
     batch_size
         Images or texts per forward pass.
+    allow_random_weights
+        Let ``"open_clip:NAME"`` without a checkpoint build random weights (plumbing tests
+        only; settings ``embed.allow_random_weights``). Refused otherwise.
 
     Returns
     -------
@@ -92,7 +98,8 @@ def make_embedder(spec: str, *, device: str = "cpu", batch_size: int = 32) -> Em
     Raises
     ------
     ConfigError
-        If the spec is malformed or names an unknown model.
+        If the spec is malformed, names an unknown model, or names a built-in model without a
+        checkpoint while ``allow_random_weights`` is False.
     ModelFilesMissingError
         If the files an open_clip model needs are not on local disk.
 
@@ -105,4 +112,10 @@ def make_embedder(spec: str, *, device: str = "cpu", batch_size: int = 32) -> Em
     if kind == "default" or name is None:
         return DefaultEmbedder(device=device, batch_size=batch_size)
     log.debug("building open_clip embedder %s (checkpoint %s)", name, checkpoint)
-    return OpenClipEmbedder(name, checkpoint=checkpoint, device=device, batch_size=batch_size)
+    return OpenClipEmbedder(
+        name,
+        checkpoint=checkpoint,
+        device=device,
+        batch_size=batch_size,
+        allow_random_weights=allow_random_weights,
+    )

@@ -334,9 +334,11 @@ class OpenClipEmbedder:
         layout, holding ``open_clip_config.json``, ``open_clip_pytorch_model.bin`` (or
         ``.safetensors``) and the text tower's tokenizer files, plus the text tower's
         ``config.json`` when that is not in the Hugging Face cache; None reads the same files
-        from the Hugging Face cache. For a built-in name, None builds the model with random
-        weights: that is for plumbing tests only, its results are meaningless, it logs a
-        warning and sets :attr:`random_weights`.
+        from the Hugging Face cache. For a built-in name, None is refused unless
+        ``allow_random_weights`` is set.
+    allow_random_weights
+        Build a built-in model without a checkpoint, with random weights. For plumbing tests
+        only: its slices are meaningless. It logs a warning and sets :attr:`random_weights`.
     device
         Torch device to run on.
     batch_size
@@ -347,7 +349,8 @@ class OpenClipEmbedder:
     ModelFilesMissingError
         If a file the model needs is not on local disk; the message lists what to provide.
     ConfigError
-        If the model name is not a known config.
+        If the model name is not a known config, or no checkpoint is given for a built-in name
+        and ``allow_random_weights`` is not set.
 
     Notes
     -----
@@ -359,7 +362,7 @@ class OpenClipEmbedder:
 
     Examples
     --------
-    >>> emb = OpenClipEmbedder("ViT-S-32-alt")  # random weights: plumbing only
+    >>> emb = OpenClipEmbedder("ViT-S-32-alt", allow_random_weights=True)  # plumbing only
     >>> emb.random_weights, emb.shared_space, emb.image_dim
     (True, True, 256)
     """
@@ -371,12 +374,20 @@ class OpenClipEmbedder:
         checkpoint: str | None = None,
         device: str = "cpu",
         batch_size: int = 32,
+        allow_random_weights: bool = False,
     ) -> None:
         self.model_name = model_name
         self.checkpoint = checkpoint
         self.device = device
         self.batch_size = check_batch_size(batch_size)
         self._source = _resolve(model_name, checkpoint)
+        if self._source.random_weights and not allow_random_weights:
+            raise ConfigError(
+                f"expected a checkpoint for open_clip model {model_name!r}, got none: give a local "
+                f"weights file as 'open_clip:{model_name}@/path/to/checkpoint.pt' (settings "
+                "embed.spec), or set embed.allow_random_weights (--allow-random-weights) to run with "
+                "random weights, for plumbing tests only: their slices are meaningless"
+            )
         self._lock = threading.Lock()
         self._model: Any = None
         self._preprocess: Any = None

@@ -19,6 +19,7 @@ import numpy as np
 from agent.audit import embed_samples
 from agent.embed.base import Embedder, WrappedEmbedder
 from agent.fuse import MODALITIES
+from agent.images import ImageAccess
 from agent.store import EmbedWork, Store
 
 __all__ = ["ArrivalEmbedder", "SerialEmbedder"]
@@ -65,6 +66,8 @@ class ArrivalEmbedder:
         unreadable image) after it was dead-lettered in the store.
     on_batch
         Called with ``(modality, seconds)`` after each embedded batch (for metrics).
+    images
+        Where image files may be read from (:class:`~agent.images.ImageAccess`; None refuses all).
     claim_seconds
         Claim the rows taken for that long, so that workers sharing a store split them (None: one
         worker, no claims).
@@ -81,6 +84,7 @@ class ArrivalEmbedder:
         on_problem: Callable[[str, str, str], None] | None = None,
         on_batch: Callable[[str, float], None] | None = None,
         claim_seconds: float | None = None,
+        images: ImageAccess | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -90,6 +94,7 @@ class ArrivalEmbedder:
         self.on_problem = on_problem
         self.on_batch = on_batch
         self.claim_seconds = claim_seconds
+        self.images = images
         self.embedded = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -154,7 +159,12 @@ class ArrivalEmbedder:
         if "image" in modalities and not any(s.image for s in samples):
             modalities = [m for m in modalities if m != "image"]
         emb = embed_samples(
-            samples, modalities, self.embedder, batch_size=self.batch_size, image_size=self.image_size
+            samples,
+            modalities,
+            self.embedder,
+            batch_size=self.batch_size,
+            image_size=self.image_size,
+            images=self.images,
         )
         seconds = time.perf_counter() - started
         if self.on_batch is not None:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agent.config import EventSettings
 from agent.errors import EventError
 from agent.events import decode_event
 from agent.store import Incoming
@@ -28,7 +29,11 @@ class Message:
 
 
 def decode_messages(
-    messages: Iterable[Message], *, max_report_chars: int = 20_000, naive: str = "utc"
+    messages: Iterable[Message],
+    *,
+    max_report_chars: int = 20_000,
+    naive: str = "utc",
+    limits: EventSettings | None = None,
 ) -> list[Incoming]:
     """Decode each message; one that breaks the contract keeps its reason instead of an event.
 
@@ -44,7 +49,7 @@ def decode_messages(
             out.append(Incoming(message.source, b"", reason="invalid_json", message="empty message"))
             continue
         try:
-            event = decode_event(raw, max_report_chars=max_report_chars, naive=naive)
+            event = decode_event(raw, max_report_chars=max_report_chars, naive=naive, limits=limits)
         except EventError as err:
             out.append(Incoming(message.source, raw, reason=err.reason, message=str(err)))
             continue

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +26,8 @@ from agent.config import Settings
 from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
+from agent.images import ImageAccess
+from agent.paths import safe_component
 from agent.report import SliceReport
 from agent.sample import Sample
 from agent.store import Store
@@ -37,12 +38,11 @@ __all__ = ["RefitOutcome", "Refitter", "load_latest", "report_dir"]
 
 log = logging.getLogger(__name__)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
 
 def report_dir(reports_dir: Path, model: str, target: ClassLabel) -> Path:
-    """Where the reports of a (model, target class) are written."""
-    return reports_dir / (_UNSAFE.sub("_", model) or "_") / (_UNSAFE.sub("_", str(target)) or "_")
+    """Where the reports of a (model, target class) are written: one safe folder per name, whatever
+    the name (``..``, separators, thousands of characters)."""
+    return reports_dir / safe_component(model) / safe_component(str(target))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -221,7 +221,14 @@ class Refitter:
         """Mean of the members' unit vectors per modality, concatenated: a space refits share."""
         if not members:
             return None
-        emb = embed_samples(members, modalities, self.embedder, batch_size=self.settings.embed.batch_size)
+        emb = embed_samples(
+            members,
+            modalities,
+            self.embedder,
+            batch_size=self.settings.embed.batch_size,
+            image_size=self.settings.embed.image_size,
+            images=ImageAccess.from_settings(self.settings.images),
+        )
         parts = []
         for modality in modalities:
             block = np.asarray(emb.blocks[modality], dtype=np.float64)

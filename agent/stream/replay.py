@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config import EventSettings
 from agent.store import Store
 from agent.stream.ingest import Message, decode_messages
 from agent.stream.refit import RefitOutcome
@@ -90,13 +91,14 @@ def load_file(
     batch_size: int = 500,
     max_report_chars: int = 20_000,
     naive: str = "utc",
+    limits: EventSettings | None = None,
 ) -> ReplaySummary:
     """Apply a whole JSONL event file to a store (``slice-agent audit``'s way in: the same decoding and
     the same join as the streaming agent), then settle what still waits for a partner."""
     path = Path(path)
     summary = ReplaySummary()
     for messages, _ in _batches(path, 0, batch_size):
-        incoming = decode_messages(messages, max_report_chars=max_report_chars, naive=naive)
+        incoming = decode_messages(messages, max_report_chars=max_report_chars, naive=naive, limits=limits)
         result = store.apply(incoming)
         summary.lines += len(messages)
         summary.accepted.update(result.accepted)

@@ -139,6 +139,13 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
             except Exception:
                 log.exception("refit of %s failed", model)
 
+    @app.timer(interval=5.0)
+    async def refresh() -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sidecar.refresh)
+        except Exception as err:  # metrics lag a tick; the stream goes on
+            log.warning("metrics not refreshed from the store (%s)", type(err).__name__)
+
     @app.timer(interval=1.0)
     async def tick() -> None:
         try:

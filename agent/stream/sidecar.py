@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config import Settings
 from agent.drift import DriftMonitor
 from agent.embed.base import Embedder
+from agent.images import ImageAccess
 from agent.store import ApplyResult, Store
 from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
 from agent.stream.ingest import Message, decode_messages
@@ -84,10 +85,12 @@ class Sidecar:
             on_batch=self._on_embed_batch,
             # Several workers share a PostgreSQL store: each claims the rows it embeds.
             claim_seconds=s.embed_claim_seconds if self.store.postgres else None,
+            images=ImageAccess.from_settings(settings.images),
         )
         self.refitter = Refitter(self.store, self.embedder, settings, extras=self._extras, clock=clock)
         self.refits = 0
         self._started = False
+        self._published: dict[tuple[str, str], Any] = {}
 
     def __repr__(self) -> str:
         return f"Sidecar(store={self.store.describe()!r}, worker={self.worker!r})"
@@ -110,6 +113,7 @@ class Sidecar:
         )
         self.arrival.start()
         self.arrival.notify()
+        self.refresh()
 
     def close(self) -> None:
         """Stop the arrival worker and close the store."""
@@ -124,6 +128,7 @@ class Sidecar:
             messages,
             max_report_chars=self.settings.audit.max_report_chars,
             naive=self.settings.stream.naive_timestamps,
+            limits=self.settings.events,
         )
         result = self.store.apply(incoming, position=position)
         for joined in result.joined:
@@ -136,13 +141,43 @@ class Sidecar:
                 metrics.dead_lettered(reason, n)
             for joined in result.joined:
                 metrics.observe_label_delay(joined.model, joined.label_delay_seconds)
-            for model, waiting in self.store.backlog().items():
-                metrics.set_join_backlog(model, waiting)
         if result.to_embed:
             self.arrival.notify()
         if result.dead_lettered:
             log.debug("dead-lettered %s", dict(result.dead_lettered))
         return result
+
+    def refresh(self) -> None:
+        """Bring the exporter up to the store: the latest report of every model (refitted by this
+        worker or another, before a restart too, so dashboards never go blank in a quiet period),
+        the backlogs, and models that left (their series are forgotten). Called at start and on
+        the runtime's timer."""
+        if self.exporter is None:
+            return
+        from agent.report import SliceReport
+
+        models = set(self.store.models())
+        exported = dict(self.exporter.slices.reports)
+        for document in self.store.latest_reports():
+            key = (str(document.get("model")), str(document.get("target_class")))
+            if key in exported and self._published.get(key) == document.get("refit"):
+                continue
+            self._published[key] = document.get("refit")
+            tracking = {
+                s["id"]: (s.get("status") == "emerging", int(s.get("age_refits", 1)))
+                for s in document.get("slices", [])
+            }
+            self.exporter.publish(SliceReport.from_dict(document), tracking)
+        for model, _ in exported:
+            if model not in models or not self.store.window_size(model):
+                self.exporter.forget_model(model)
+        metrics = self.exporter.agent
+        sizes = self.store.sizes()
+        metrics.set_join_waiting(inferences=sizes["pending"], labels=sizes["labels"])
+        metrics.set_unsent_dead_letters(sizes["unsent"])
+        metrics.set_oldest_unembedded_age(self.store.oldest_unembedded_age() or 0.0)
+        for model, waiting in self.store.backlog().items():
+            metrics.set_join_backlog(model, waiting)
 
     def _update_drift(self, model: str, seq: int, label: Any, prediction: Any, ts: float) -> None:
         """Feed one outcome to the drift monitor; a new detection is recorded, logged and appended

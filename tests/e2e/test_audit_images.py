@@ -60,16 +60,21 @@ def test_image_audit_runs_on_real_dicom_with_a_shared_space_model(dicom_files, t
                 image=image,
             )
         )
-    settings = load_settings(overrides={"audit": {"pca_components": 16, "n_components": 8}})
+    settings = load_settings(
+        overrides={
+            "audit": {"pca_components": 16, "n_components": 8},
+            "images": {"roots": [str(dicom_files[0].parent), str(tmp_path)]},
+        }
+    )
     report, problems = run_audit(
         samples,
-        embedder=make_embedder("open_clip:ViT-S-32-alt"),
+        embedder=make_embedder("open_clip:ViT-S-32-alt", allow_random_weights=True),
         settings=settings,
         modalities=["image", "metadata"],
     )
     assert report.modalities == ("image", "metadata")
     assert report.r_attr_space == "image"
     assert "random-weights" in report.embedder
-    assert [(p.where, p.reason) for p in problems] == [(f"study {samples[5].study_uid}", "unreadable_image")]
+    assert [(p.where, p.reason) for p in problems] == [(f"study {samples[5].study_uid}", "image_refused")]
     assert any("lack the image modality" in note for note in report.notes)
     json.dumps(report.to_dict())  # serialisable, NaN-free

@@ -65,7 +65,7 @@ def default_embedder() -> DefaultEmbedder:
 
 @pytest.fixture(scope="module")
 def tiny_clip() -> OpenClipEmbedder:
-    emb = OpenClipEmbedder(TINY_CLIP)
+    emb = OpenClipEmbedder(TINY_CLIP, allow_random_weights=True)
     emb.load()
     return emb
 
@@ -211,7 +211,7 @@ def test_default_images_are_finite_deterministic_and_batch_independent(
 
 def test_open_clip_random_weights_plumbing_only_warns_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="agent.embed.openclip"):
-        emb = OpenClipEmbedder(TINY_CLIP)
+        emb = OpenClipEmbedder(TINY_CLIP, allow_random_weights=True)
     assert emb.random_weights is True
     assert "random" in emb.name
     assert any("plumbing only" in r.getMessage() for r in caplog.records)
@@ -234,7 +234,7 @@ def test_open_clip_random_weights_plumbing_only_shapes_and_unit_norm(tiny_clip: 
 def test_open_clip_random_weights_plumbing_only_are_reproducible_across_instances(
     tiny_clip: OpenClipEmbedder,
 ) -> None:
-    other = OpenClipEmbedder(TINY_CLIP, batch_size=1)
+    other = OpenClipEmbedder(TINY_CLIP, batch_size=1, allow_random_weights=True)
     texts = ["effusion", "cardiomegaly", "line tip in the svc"]
     np.testing.assert_allclose(other.embed_texts(texts), tiny_clip.embed_texts(texts), atol=1e-5)
 
@@ -270,9 +270,23 @@ def test_open_clip_download_tag_is_refused_with_a_hint() -> None:
         OpenClipEmbedder("ViT-B-32", checkpoint="openai")
 
 
+def test_open_clip_without_a_checkpoint_refuses_random_weights_unless_allowed() -> None:
+    for build in (
+        lambda: OpenClipEmbedder(TINY_CLIP),
+        lambda: make_embedder(f"open_clip:{TINY_CLIP}"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build()
+        message = str(info.value)
+        assert f"open_clip:{TINY_CLIP}@/path/to/checkpoint.pt" in message
+        assert "allow_random_weights" in message and "--allow-random-weights" in message
+    allowed = make_embedder(f"open_clip:{TINY_CLIP}", allow_random_weights=True)
+    assert isinstance(allowed, OpenClipEmbedder) and allowed.random_weights
+
+
 def test_open_clip_unknown_model_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="built-in open_clip config"):
-        OpenClipEmbedder("No-Such-Model-7")
+        OpenClipEmbedder("No-Such-Model-7", allow_random_weights=True)
 
 
 def test_open_clip_local_checkpoint_round_trip(tiny_clip: OpenClipEmbedder, tmp_path: Path) -> None:
@@ -515,7 +529,7 @@ def test_make_embedder_rejects_malformed_specs(spec: str) -> None:
 def test_make_embedder_builds_each_kind_without_loading_models() -> None:
     default = make_embedder("default", batch_size=8)
     assert isinstance(default, DefaultEmbedder) and default.batch_size == 8
-    clip = make_embedder(f"open_clip:{TINY_CLIP}", device="cpu", batch_size=4)
+    clip = make_embedder(f"open_clip:{TINY_CLIP}", device="cpu", batch_size=4, allow_random_weights=True)
     assert isinstance(clip, OpenClipEmbedder) and clip.random_weights and clip.batch_size == 4
     with pytest.raises(ConfigError, match="batch_size"):
         make_embedder("default", batch_size=0)

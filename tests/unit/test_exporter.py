@@ -27,7 +27,17 @@ from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules" / "slice-agent.rules.yml"
-ALLOWED_LABELS = {"model", "target_class", "slice_rank", "modality", "reason", "event_type", "tokens", "le"}
+ALLOWED_LABELS = {
+    "model",
+    "target_class",
+    "slice_rank",
+    "modality",
+    "reason",
+    "event_type",
+    "tokens",
+    "le",
+    "family",
+}
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
 TOKENS_VALUE = re.compile(r"^[a-z]{3,32}(, [a-z]{3,32}){0,4}$")
 
@@ -259,6 +269,10 @@ def full_exporter() -> Exporter:
     m.observe_label_delay("ptx", 60)
     m.refit_done("ptx", "pneumothorax", 1.0)
     m.drift_detected("ptx", "pneumothorax")
+    m.set_consumer_lag("label", 3)
+    m.set_join_waiting(inferences=2, labels=1)
+    m.set_unsent_dead_letters(0)
+    m.set_oldest_unembedded_age(0.0)
     return exporter
 
 
@@ -480,3 +494,110 @@ def test_grafana_alerts_mirror_the_prometheus_alerts():
         assert query["datasourceUid"] == uid
         assert " ".join(prom[name]["expr"].split()) in query["model"]["expr"]
         assert len(rule["uid"]) <= 40
+
+
+# --------------------------------------------------------------------------------- cardinality
+
+
+def _exposition(exporter: Exporter) -> str:
+    return generate_latest(exporter.registry).decode()
+
+
+def test_two_thousand_junk_model_names_give_a_bounded_exposition_and_real_models_stay():
+    exporter = Exporter(ExporterSettings(max_models=10, models=("cxr",)), process=False)
+    m = exporter.agent
+    exporter.publish(_report(_slice(1), model="ptx"))  # a real model that came first
+    m.set_join_backlog("ptx", 5)
+    baseline = len(_exposition(exporter).splitlines())
+    for i in range(2000):
+        junk = f"junk-{i:04d}"
+        m.set_join_backlog(junk, 1)
+        m.observe_label_delay(junk, 60)
+        m.refit_done(junk, "x", 1.0)
+        m.drift_detected(junk, f"class-{i}")
+        exporter.publish(_report(_slice(1), model=junk, target=f"c{i}"))
+    exporter.publish(_report(_slice(1), model="cxr"))  # configured: never crowded out
+    m.set_join_backlog("cxr", 2)
+    text = _exposition(exporter)
+    lines = text.splitlines()
+    assert len(lines) < baseline + 1200, len(lines)  # 64,111 lines before the bound
+    models = set(re.findall(r'model="([^"]+)"', text))
+    assert {"ptx", "cxr"} <= models and len(models) <= 10 + 1
+    reg = exporter.registry
+    assert reg.get_sample_value(
+        "slice_agent_window_samples", {"model": "ptx", "target_class": "pneumothorax"}
+    )
+    assert reg.get_sample_value(
+        "slice_agent_window_samples", {"model": "cxr", "target_class": "pneumothorax"}
+    )
+    assert reg.get_sample_value("slice_agent_join_backlog", {"model": "cxr"}) == 2
+    overflow = sum(
+        v
+        for fam in (
+            "slice_agent_join_backlog",
+            "slice_agent_window_samples",
+            "slice_agent_label_delay_seconds",
+        )
+        if (v := reg.get_sample_value("slice_agent_label_overflow_total", {"family": fam})) is not None
+    )
+    assert overflow >= 3 * (2000 - 9)
+
+
+def test_forget_model_removes_its_series_and_frees_its_slot():
+    exporter = Exporter(ExporterSettings(max_models=1), process=False)
+    m, reg = exporter.agent, exporter.registry
+    exporter.publish(_report(_slice(1), model="old"))
+    m.set_join_backlog("old", 3)
+    m.refit_done("old", "pneumothorax", 2.0)
+    m.set_join_backlog("new", 1)  # no slot
+    assert reg.get_sample_value("slice_agent_join_backlog", {"model": "new"}) is None
+    assert (
+        reg.get_sample_value("slice_agent_label_overflow_total", {"family": "slice_agent_join_backlog"}) == 1
+    )
+    exporter.forget_model("old")
+    text = _exposition(exporter)
+    assert 'model="old"' not in text
+    m.set_join_backlog("new", 1)
+    exporter.publish(_report(_slice(1), model="new"))
+    assert reg.get_sample_value("slice_agent_join_backlog", {"model": "new"}) == 1
+    assert reg.get_sample_value("slice_agent_slices", {"model": "new", "target_class": "pneumothorax"}) == 1
+
+
+def test_invalid_label_values_are_counted_not_exported():
+    exporter = Exporter(process=False)
+    exporter.agent.set_join_backlog("Jane Doe 12/03/1961", 1)
+    exporter.agent.refit_done("ptx", "MRN 0012345 / Doe", 1.0)
+    text = _exposition(exporter)
+    assert "Jane" not in text and "MRN" not in text
+    reg = exporter.registry
+    assert (
+        reg.get_sample_value("slice_agent_label_overflow_total", {"family": "slice_agent_join_backlog"}) == 1
+    )
+    assert (
+        reg.get_sample_value(
+            "slice_agent_label_overflow_total", {"family": "slice_agent_refit_duration_seconds"}
+        )
+        == 1
+    )
+    with pytest.raises(ValueError, match="metric family"):
+        exporter.agent.overflow("no_such_family")
+
+
+def test_backlog_gauges_the_stream_sets():
+    exporter = Exporter(process=False)
+    m, reg = exporter.agent, exporter.registry
+    assert reg.get_sample_value("slice_agent_consumer_lag_messages", {"event_type": "label"}) == 0
+    m.set_consumer_lag("label", 1234)
+    m.set_join_waiting(inferences=40, labels=7)
+    m.set_unsent_dead_letters(12)
+    m.set_oldest_unembedded_age(95.5)
+    assert reg.get_sample_value("slice_agent_consumer_lag_messages", {"event_type": "label"}) == 1234
+    assert reg.get_sample_value("slice_agent_join_waiting_events", {"event_type": "inference"}) == 40
+    assert reg.get_sample_value("slice_agent_join_waiting_events", {"event_type": "label"}) == 7
+    assert reg.get_sample_value("slice_agent_dead_letters_unsent") == 12
+    assert reg.get_sample_value("slice_agent_oldest_unembedded_age_seconds") == 95.5
+    m.set_oldest_unembedded_age(-3)
+    assert reg.get_sample_value("slice_agent_oldest_unembedded_age_seconds") == 0
+    with pytest.raises(ValueError, match="event type"):
+        m.set_consumer_lag("label-events-junk", 1)
+    assert reg.get_sample_value("slice_agent_alert_consumer_lag_threshold") == 50_000

@@ -10,6 +10,7 @@ import pytest
 
 from agent.dicom import metadata_sentence, read_header, read_pixels
 from agent.explain import tokens
+from agent.images import ImageAccess
 from agent.simulate.images import Case, ImageSpec, case_report, draw_case, draw_cases, render, write_dicom
 
 SPEC = ImageSpec(size=64)
@@ -96,7 +97,7 @@ def test_dicom_header_agrees_with_the_case_and_keeps_identifiers_out_of_the_safe
     assert "PORTABLE" in ds.SeriesDescription and str(ds.PatientName) == "Okafor^Priya"
     assert ds.SOPInstanceUID == case.uid
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
-    header = read_header(path)
+    header = read_header(path, access=ImageAccess(roots=(tmp_path,)))
     assert "PatientName" not in header and "PatientID" not in header
     sentence = metadata_sentence(header)
     assert "portable" in sentence and "frontal" in sentence and "sixties" in sentence
@@ -106,13 +107,17 @@ def test_dicom_header_agrees_with_the_case_and_keeps_identifiers_out_of_the_safe
 def test_read_pixels_gives_back_the_rendered_image(tmp_path):
     case = draw_case(np.random.default_rng(5), 0)
     pixels = render(case, SPEC)
-    grey = read_pixels(write_dicom(case, pixels, tmp_path / "b.dcm"), size=SPEC.size)
+    grey = read_pixels(
+        write_dicom(case, pixels, tmp_path / "b.dcm"), size=SPEC.size, access=ImageAccess(roots=(tmp_path,))
+    )
     assert np.allclose(grey, pixels / 4095, atol=2e-3)
 
 
 def test_lateral_header_reads_as_lateral(tmp_path):
     case = dataclasses.replace(draw_case(np.random.default_rng(6), 0), view="LL")
-    header = read_header(write_dicom(case, render(case, SPEC), tmp_path / "c.dcm"))
+    header = read_header(
+        write_dicom(case, render(case, SPEC), tmp_path / "c.dcm"), access=ImageAccess(roots=(tmp_path,))
+    )
     assert "lateral" in metadata_sentence(header) and "frontal" not in metadata_sentence(header)
 
 

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.config import SummarySettings
 from agent.errors import AgentError
+from agent.images import ImageAccess
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.summary import (
     DriftEvent,
@@ -274,7 +275,9 @@ def test_thumbnails_come_from_members_images_but_never_burned_in_ones(tmp_path):
         UIDS[2]: str(tmp_path / "missing.dcm"),
         UIDS[3]: _dicom(tmp_path / "d.dcm", burned_in=False).as_uri(),
     }
-    thumbs = member_thumbnails([_report(0.1)], images, per_slice=3, size=32)
+    assert member_thumbnails([_report(0.1)], images, per_slice=3, size=32) == {}  # no roots: none read
+    access = ImageAccess(roots=(tmp_path,))
+    thumbs = member_thumbnails([_report(0.1)], images, per_slice=3, size=32, access=access)
     (got,) = thumbs.values()
     assert len(got) == 2 and all(t.shape == (32, 32) for t in got)
     assert list(thumbs) == [("ptx", "pneumothorax", 1)]
@@ -346,7 +349,8 @@ def test_summary_command_shows_member_thumbnails_from_the_event_file(tmp_path):
         "--out",
         str(tmp_path / "out"),
     ]
-    result = CliRunner().invoke(app, [*args, "--events", str(tmp_path / "events.jsonl")])
+    env = {"SLICE_AGENT_IMAGES__ROOTS": json.dumps([str(tmp_path)])}
+    result = CliRunner().invoke(app, [*args, "--events", str(tmp_path / "events.jsonl")], env=env)
     assert result.exit_code == 0, result.output
     strip = Image.open(tmp_path / "out" / "2026-W48" / "members-ptx-pneumothorax-1.png")
     # square thumbnails side by side: two of them, the burned-in image left out
