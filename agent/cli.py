@@ -509,6 +509,10 @@ def _stream_settings(config: Path | None, overrides: dict[str, object] | None = 
     return settings
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
@@ -517,6 +521,11 @@ def run(
     ] = "kafka",
 ) -> None:
     """Run the streaming agent: consume the event topics (or replay a file), refit, write slice reports."""
+    import signal
+
+    # SIGTERM while starting (models loading, the store opening) is a clean stop too; the worker
+    # installs its own graceful shutdown once it runs.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     from agent.store import Store
     from agent.stream import Sidecar, replay_file, run_worker
 

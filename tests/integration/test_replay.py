@@ -94,3 +94,81 @@ def test_replay_writes_reports_dead_letters_and_resumes(embed_cache, tmp_path):
     third = _replay(config, stream)
     assert third.returncode == 0 and "replayed 0 line(s)" in third.stdout
     assert "refit " not in third.stdout
+
+
+def _mixed_zones(events: list[dict]) -> list[dict]:
+    """The same instants written three ways: UTC with Z, an offset, and no zone at all (read as UTC)."""
+    from datetime import datetime, timedelta, timezone
+
+    out = []
+    for i, e in enumerate(events):
+        e = dict(e)
+        if isinstance(e.get("timestamp"), str) and i % 3:
+            t = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
+            e["timestamp"] = (
+                t.astimezone(timezone(timedelta(hours=2))).isoformat()
+                if i % 3 == 1
+                else t.replace(tzinfo=None).isoformat()
+            )
+        out.append(e)
+    return out
+
+
+def test_audit_and_replay_are_one_join_and_find_the_same_slices(embed_cache, tmp_path):
+    events, _ = generate_stream(StreamSpec(n_studies=N_STUDIES, failure="devices", seed=3, slice_error=0.9))
+    path = tmp_path / "events.jsonl"
+    write_jsonl(_mixed_zones(events), path)
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "audit": {"pca_components": 32, "n_components": 8},
+                "embed": {"cache_path": str(embed_cache)},
+                "modalities": ["report", "metadata"],
+                "stream": {
+                    "store_path": str(tmp_path / "state.sqlite"),
+                    "reports_dir": str(tmp_path / "reports"),
+                    "dead_letter_path": str(tmp_path / "dead-letter.jsonl"),
+                    "label_delay_seconds": 10**9,
+                    "refit_every_labels": 10**6,
+                    "refit_every_seconds": 10**9,
+                },
+            }
+        )
+    )
+    audited = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "audit",
+            str(path),
+            "--out",
+            str(tmp_path / "report.json"),
+            "--config",
+            str(config),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert audited.returncode == 0, audited.stderr  # a file mixing zones and none is no crash
+    replayed = _replay(config, path)
+    assert replayed.returncode == 0, replayed.stderr
+    batch = json.loads((tmp_path / "report.json").read_text())
+    stream = load_latest(tmp_path / "reports", "pneumothorax", batch["target_class"])
+
+    def slices(report):
+        return [
+            (
+                [(m["study_uid"], round(m["probability"], 6)) for m in s["members"]],
+                f"{s['p_value']:.6e}",
+                [t["token"] for t in s["tokens"]],
+            )
+            for s in report["slices"]
+        ]
+
+    assert batch["window"] == stream["window"] and batch["window"]["n"] == N_STUDIES
+    assert batch["slices"] and slices(batch) == slices(stream)
