@@ -130,6 +130,9 @@ class StreamSettings(BaseModel):
     refit_lease_seconds: float = Field(
         60.0, gt=0, description="a refit's lease; another worker takes the model over this long after a crash"
     )
+    embed_on_arrival: bool = Field(
+        True, description="embed each event when it arrives (off: refits embed what they need)"
+    )
     embed_claim_seconds: float = Field(
         120.0, gt=0, description="rows a worker took to embed are retried by others after this long"
     )

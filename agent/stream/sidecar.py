@@ -111,8 +111,9 @@ class Sidecar:
             len(self.store.models()),
             n,
         )
-        self.arrival.start()
-        self.arrival.notify()
+        if self.settings.stream.embed_on_arrival:
+            self.arrival.start()
+            self.arrival.notify()
         self.refresh()
 
     def close(self) -> None:
