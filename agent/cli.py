@@ -44,8 +44,9 @@ def _match_class(given: str, seen: set[ClassLabel]) -> ClassLabel:
 
 
 def _build_embedder(settings: Settings, store: Store | None = None) -> Embedder:
-    """The configured model behind a cache: ``embed.cache_path``, else the store's vectors (shared by
-    the workers of a group), else memory."""
+    """The configured model behind a cache: ``embed.cache_path``, else the store's own vectors (the
+    streaming agent's default: bounded by ``keep_vectors``, shared by the workers of a group), else
+    memory."""
     from agent.embed import CachedEmbedder, MemoryCache, SqliteCache, make_embedder
     from agent.embed.cache import EmbeddingCache
     from agent.store import VectorCache
@@ -498,17 +499,6 @@ def summary(
     )
 
 
-def _stream_settings(config: Path | None, overrides: dict[str, object] | None = None) -> Settings:
-    """Settings for the streaming commands; on SQLite the embedding cache defaults to a file by the
-    store (a PostgreSQL store keeps the vectors itself)."""
-    settings = load_settings(config, overrides=overrides)
-    if settings.embed.cache_path is None and settings.stream.store_url is None:
-        store = settings.stream.store_path
-        cache = store.with_name(f"{store.stem}-embeddings.sqlite")
-        settings = load_settings(config, overrides={**(overrides or {}), "embed": {"cache_path": str(cache)}})
-    return settings
-
-
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -529,7 +519,7 @@ def run(
     from agent.store import Store
     from agent.stream import Sidecar, replay_file, run_worker
 
-    settings = _stream_settings(config)
+    settings = load_settings(config)
     store = Store.from_settings(settings.stream)
     if source.startswith("replay:"):
         path = Path(source.removeprefix("replay:"))

@@ -67,7 +67,9 @@ class EmbedSettings(BaseModel):
     spec: str = Field("default", description="'default' or 'open_clip:NAME[@CHECKPOINT]'")
     device: str = "cpu"
     batch_size: int = Field(32, ge=1)
-    cache_path: Path | None = Field(None, description="SQLite embedding cache; in memory when unset")
+    cache_path: Path | None = Field(
+        None, description="SQLite embedding cache; unset: the agent's store (run), memory (audit)"
+    )
     image_size: int = Field(224, ge=32)
     allow_random_weights: bool = Field(
         False, description="let open_clip:NAME run without a checkpoint (random weights; tests only)"

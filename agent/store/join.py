@@ -516,6 +516,7 @@ class JoinMixin(Database):
                 log.debug("window of %s: %d sample(s) aged or pushed out", model, len(gone))
         counters.update(batch.counters)
         flush_counters(conn, counters)
+        self._drop_departed_models(conn)
         q(
             conn,
             "DELETE FROM seen WHERE event_id IN"
@@ -580,6 +581,25 @@ class JoinMixin(Database):
             conn, "DELETE FROM inferences WHERE study_uid = :s AND state = 'expired' AND ts < :f", s
         ).rowcount:
             self._drop_orphaned_report(conn, study)
+
+    def _drop_departed_models(self, conn: Connection) -> None:
+        """Forget models with nothing left in the store (every inference expired and forgotten: a
+        name sent once and never labeled, say), with their refit history, so that junk model
+        names cannot grow the tables without bound."""
+        gone = [
+            r[0]
+            for r in q(
+                conn,
+                "SELECT model FROM models m WHERE NOT EXISTS"
+                " (SELECT 1 FROM inferences i WHERE i.model = m.model) ORDER BY model",
+            )
+        ]
+        for model in gone:
+            for table in ("models", "refits", "slice_history", "trackers", "drift_events"):
+                q(conn, f"DELETE FROM {table} WHERE model = :m", {"m": model})
+            q(conn, "DELETE FROM leases WHERE name = :n", {"n": f"refit:{model}"})
+        if gone:
+            log.info("forgot %d model(s) with nothing left in the store", len(gone))
 
     def _drop_orphaned_report(self, conn: Connection, study: str) -> None:
         if not q(conn, "SELECT 1 FROM inferences WHERE study_uid = :s", {"s": study}).fetchone():

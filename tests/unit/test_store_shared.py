@@ -180,3 +180,13 @@ def test_claimed_rows_are_left_to_their_worker_until_the_claim_lapses(make_store
     assert store.unembedded(claim_seconds=60) == []
     now[0] += 61
     assert len(store.unembedded(claim_seconds=60)) == 2
+
+
+def test_junk_model_names_leave_the_store_when_their_inferences_do(make_store):
+    store = make_store(StorePolicy(label_delay_seconds=DAY), clock=lambda: T0.timestamp() + 30 * DAY)
+    feed = Feed(store)
+    feed(*[inf(f"j{i}", f"j{i}", model=f"junk-{i}") for i in range(50)], inf("i1", "s1"), lab("l1", "s1"))
+    assert len(store.models()) == 51
+    # Three label delays later (on every topic) the junk inferences expired and were forgotten.
+    feed(inf("i2", "s2", hours=80), lab("l2", "s2", hours=80), rep("r2", "s2", hours=80))
+    assert store.models() == ["ptx"] and store.window_size("ptx") == 2
