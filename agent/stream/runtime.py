@@ -86,14 +86,23 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
     async def deliver_dead_letters() -> None:
         async with delivering:
             while letters := sidecar.store.unsent_dead_letters():
-                for letter in letters:
-                    await dead_letter_topic.send(
-                        key=letter.reason.encode("utf-8"),
-                        value=dead_letter_payload(letter),
-                        headers=[("reason", letter.reason.encode("utf-8"))],
-                    )
-                await app.producer.flush()
-                sidecar.store.mark_dead_letters_sent([letter.id for letter in letters])
+                sent: list[int] = []
+                try:
+                    # Letters are acknowledged in order; whatever the broker took is marked sent
+                    # even when a later one fails, so a retry never sends a letter twice.
+                    pending = [
+                        await dead_letter_topic.send(
+                            key=letter.reason.encode("utf-8"),
+                            value=dead_letter_payload(letter),
+                            headers=[("reason", letter.reason.encode("utf-8"))],
+                        )
+                        for letter in letters
+                    ]
+                    for letter, acknowledged in zip(letters, pending, strict=True):
+                        await acknowledged
+                        sent.append(letter.id)
+                finally:
+                    sidecar.store.mark_dead_letters_sent(sent)
 
     async def handle(stream: Any, events: Sequence[Any]) -> None:
         messages = [
