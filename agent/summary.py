@@ -13,9 +13,10 @@ draws the plots and writes ``summary.html`` (PNG plots inlined as base64) and ``
 the PNG files.
 
 What the summary shows is aggregate: model and class names, counts, rates, p-values and scrubbed
-tokens (re-checked to be lower-case words). It never shows a study uid, a slice id (a hash of study
-uids), report text, header values or a calendar date of a case: the week is named by its ISO week
-and days by their weekday.
+tokens (re-checked to be lower-case words), read from each report's export form
+(:meth:`~agent.report.SliceReport.for_export`). It never shows a study uid, a slice id, report text,
+header values or a calendar date of a case: the week is named by its ISO week and days by their
+weekday.
 """
 
 from __future__ import annotations
@@ -581,7 +582,7 @@ def _sections(summary: WeeklySummary) -> list[_Section]:
             ("error-rate.png",),
         )
     )
-    for report in summary.latest:
+    for report in (r.for_export() for r in summary.latest):  # what is shown is the export form
         rows = []
         for s in report.slices:
             top = [m.probability for m in s.members[:10]]
