@@ -9,13 +9,14 @@ in any letter case (dictation systems often write sign-offs in capitals):
   ``read by``, ``attending``, ``radiologist`` (and their Spanish, German and French forms);
 - as the value of a header field that names a person (``Radiologist: …``, ``Referring physician: …``);
 - as a line made only of one to three capitalised words (``JOHN SMITH``, ``Jones``) among the
-  last three lines of a text, where sign-offs are: a *weak* context, since a heading such as
-  ``PORTABLE CHEST`` looks the same;
+  last three lines of a text and after its first sentence, where sign-offs are: a *weak*
+  context, since a heading such as ``PORTABLE CHEST`` looks the same;
 - in DICOM person-name fields (``PatientName``, ``ReferringPhysicianName``…, every keyword whose
   value representation is PN), wherever those names then appear.
 
-In a line written mostly in capitals a name word is any word; elsewhere it must start with a
-capital letter. A name runs for at most three words (four in a header value) and stops at
+In a line where case says nothing (mostly capitals, or capitals only where sentences start) a
+name word is any word; elsewhere it must start with a capital letter. A name runs for at most
+three words (four in a header value) and stops at
 punctuation, digits and small connecting words (``by``, ``at``, ``with``, ``por``, ``von``…).
 
 :class:`NameBlocklist` learns, over the whole corpus an audit sees, the words that must never be
@@ -69,8 +70,11 @@ _GAP = re.compile(r"[ \t]*[\^]?[ \t]*")
 _LONE_WORD = r"[^\W\d_](?:[^\W\d_]|['’.\-])*"
 _LINE = re.compile(rf"^[ \t]*((?:{_LONE_WORD}[ \t]+){{0,2}}{_LONE_WORD})[ \t]*[,.]?[ \t]*$", _FLAGS)
 _TAIL_LINES = 3
+_BODY_LINE = re.compile(r"[.!?]\s*$|(?:\S+\s+){3}\S")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _WITH_DIGIT = re.compile(r"\S*\d\S*")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;])[^\w]*$")
+_HEADER_GAP = re.compile(r"[ \t]*[\^,]?[ \t]*")
 
 #: Small words that end a name: English, Spanish, German and French connectors and articles.
 CONNECTORS = frozenset(
@@ -94,9 +98,16 @@ class NameSpan:
     strong: bool = True
 
 
-def _mostly_capitals(text: str) -> bool:
-    letters = [c for c in text if c.isalpha()]
-    return bool(letters) and sum(c.isupper() for c in letters) > 0.6 * len(letters)
+def _case_is_silent(line: str) -> bool:
+    """Whether letter case says nothing about names on this line: mostly capitals, or capitals
+    only where sentences start (``dictated by dr. okafor``)."""
+    letters = [c for c in line if c.isalpha()]
+    if not letters or sum(c.isupper() for c in letters) > 0.6 * len(letters):
+        return True
+    line = _TITLE.sub(lambda m: m.group().rstrip("."), line)  # "Prof. Haddad": no sentence starts
+    return not any(
+        m.group()[0].isupper() and not _SENTENCE_START.search(line[: m.start()]) for m in _WORD.finditer(line)
+    )
 
 
 def _is_name_word(word: str, any_case: bool) -> bool:
@@ -106,13 +117,15 @@ def _is_name_word(word: str, any_case: bool) -> bool:
     return any_case or bare[0].isupper()
 
 
-def _forward(text: str, pos: int, any_case: bool, max_words: int = _MAX_WORDS) -> tuple[int, int]:
+def _forward(
+    text: str, pos: int, any_case: bool, max_words: int = _MAX_WORDS, gap_re: re.Pattern[str] = _GAP
+) -> tuple[int, int]:
     """Start and end of the run of name words from ``pos`` (empty at ``pos`` when there is none)."""
     start = end = pos
     count = particles = 0
     i = pos
     while count < max_words:
-        gap = _GAP.match(text, i)
+        gap = gap_re.match(text, i)
         j = gap.end() if gap else i
         m = _NAME_WORD.match(text, j)
         if m is None:
@@ -180,12 +193,12 @@ def name_spans(text: str) -> list[NameSpan]:
     def any_case_at(pos: int) -> bool:
         start, end = _line_bounds(text, pos)
         if start not in caps_cache:
-            caps_cache[start] = _mostly_capitals(text[start:end])
+            caps_cache[start] = _case_is_silent(text[start:end])
         return caps_cache[start]
 
     def after(pos: int, max_words: int = _MAX_WORDS, any_case: bool | None = None) -> None:
         case = any_case_at(pos) if any_case is None else any_case
-        start, end = _forward(text, pos, case, max_words)
+        start, end = _forward(text, pos, case, max_words, _HEADER_GAP if max_words > _MAX_WORDS else _GAP)
         if start < end:
             found.append(NameSpan(start, end))
 
@@ -202,9 +215,11 @@ def name_spans(text: str) -> list[NameSpan]:
                 found.append(NameSpan(start, end))
     lines: list[tuple[int, str]] = []
     pos = 0
+    body = False  # lone lines before the first sentence are headings, not sign-offs
     for line in text.split("\n"):
-        if line.strip():
+        if line.strip() and body:
             lines.append((pos, line))
+        body = body or bool(_BODY_LINE.search(line))
         pos += len(line) + 1
     for pos, line in lines[-_TAIL_LINES:]:
         lone = _LINE.match(line)
@@ -282,11 +297,11 @@ class NameBlocklist:
     ----------
     weak_share
         A word seen only in weak contexts (a line of one to three capitalised words) is blocked
-        when at least this share of the studies that hold it show it in such a line.
+        when more than this share of the studies that hold it show it in such a line.
 
     Examples
     --------
-    >>> reports = ["Tube.\\nSIGNED BY JOHN SMITH, MD", "Tube.\\nKim Lee", "Chest tube.\\nChest Tube"]
+    >>> reports = ["Tube.\\nSIGNED BY JOHN SMITH, MD", "Chest tube.\\nKim Lee", "Chest tube.\\nChest Tube"]
     >>> sorted(NameBlocklist().fit(reports, [{"PatientName": "Roe^Ann"}]).words_)
     ['ann', 'john', 'kim', 'lee', 'roe', 'smith']
     """
@@ -313,7 +328,7 @@ class NameBlocklist:
         for meta in metadata:
             if meta:
                 fields |= person_name_words(meta)
-        lone = {x for x, n in weak.items() if n >= self.weak_share * seen[x]}
+        lone = {x for x, n in weak.items() if n > self.weak_share * seen[x]}
         self.context_words_ = frozenset(strong | lone)
         self.field_words_ = frozenset(fields)
         self.words_ = self.context_words_ | self.field_words_
