@@ -5,11 +5,11 @@ samples -> embed the chosen modalities -> fuse -> discover and test slices -> ex
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,13 +43,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Embedded:
-    """Per-case embeddings by modality (NaN rows where a case lacks one) and the text to score."""
+    """Per-case embeddings by modality (NaN rows where a case lacks one) and the text to score.
+
+    ``reports`` are scrubbed (what was embedded); ``raw_reports`` and ``metadata`` stay in memory
+    only so that the explainer can learn, over the whole window, which words name a person.
+    """
 
     blocks: dict[str, np.ndarray]
     texts: list[str]
     reports: list[str]
     metadata_words: frozenset[str]
     problems: list[Problem]
+    raw_reports: list[str] = field(default_factory=list)
+    metadata: list[dict[str, object]] = field(default_factory=list)
 
 
 def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
@@ -142,7 +148,8 @@ def embed_samples(
             blocks["metadata"] = embed_texts(sentences, "metadata")
     vocabulary = frozenset(w for sentence in set(sentences) for w in tokens(sentence))
     texts = [f"{r}\n{m}" for r, m in zip(reports, sentences, strict=True)]
-    return Embedded(blocks, texts, reports, vocabulary, problems)
+    raw = [s.report or "" for s in samples]
+    return Embedded(blocks, texts, reports, vocabulary, problems, raw, metadata)
 
 
 def _image_access(settings: Settings) -> ImageAccess:
@@ -176,9 +183,9 @@ def window_capacity(settings: Settings, n: int) -> tuple[int, int]:
     return dims, components
 
 
-def _slice_id(model: str, target: ClassLabel, members: Sequence[str]) -> str:
-    digest = hashlib.sha1(f"{model}|{target}|{'|'.join(sorted(members))}".encode()).hexdigest()
-    return f"s-{digest[:10]}"
+def _slice_id() -> str:
+    """A random slice id: nothing about the members can be read back from it (it shows in logs)."""
+    return f"s-{secrets.token_hex(5)}"
 
 
 def _unit_mean(blocks: Sequence[np.ndarray]) -> np.ndarray:
@@ -263,7 +270,7 @@ def run_audit(
     )
 
     space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
-    space.fit(emb.texts, reports=emb.reports)
+    space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata)
     shared = embedder.shared_space and "image" in emb.blocks
     case_vectors: np.ndarray | None
     if shared:
@@ -291,7 +298,7 @@ def run_audit(
         slices.append(
             SliceResult(
                 rank=len(slices) + 1,
-                id=_slice_id(model, target, [uids[i] for i in order[:10]]),
+                id=_slice_id(),
                 size=len(order),
                 error_rate=finding.error_rate,
                 rest_error_rate=finding.rest_error_rate,

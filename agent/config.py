@@ -234,6 +234,10 @@ class SummarySettings(BaseModel):
     )
     drift_permutations: int = Field(200, ge=20, description="permutations behind the drift threshold")
     drift_max_samples: int = Field(300, ge=10, description="embeddings per week compared at most")
+    thumbnails: bool = Field(
+        False,
+        description="show slice members' thumbnails (each checked for burned-in text on its pixels first)",
+    )
     examples_per_slice: int = Field(3, ge=0, le=10, description="member thumbnails per slice")
     thumbnail_size: int = Field(96, ge=16, le=256)
     seed: int = 0

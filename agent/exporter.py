@@ -534,7 +534,7 @@ class SliceCollector(Collector):
             if s.id in given
         }
         return _Snapshot(
-            MappingProxyType({**old.reports, key: report}),
+            MappingProxyType({**old.reports, key: report.for_export()}),  # no member uid is held
             MappingProxyType({**old.tracking, key: MappingProxyType(states)}),
         )
 

@@ -1,17 +1,29 @@
-"""The slice report: what an audit found, in the JSON contract of the design, and as a table."""
+"""The slice report: what an audit found, in the JSON contract of the design, and as a table.
+
+Two forms. The local report (:meth:`SliceReport.to_dict`, :meth:`SliceReport.write_json`) keeps
+each slice's member study uids, for a reviewer with access to the sidecar's volume; the file is
+private to the agent's user (0600). The export form (:meth:`SliceReport.for_export`,
+``to_dict(export=True)``) is what leaves the sidecar (Pushgateway, summary, a copy a user sends
+on): members are reduced to the probabilities of the ten most probable, with no study uid, and the
+window keeps its counts but not its first and last study times.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
 
-__all__ = ["Member", "SliceReport", "SliceResult", "TokenResult", "Window"]
+__all__ = ["EXPORT_MEMBERS", "Member", "SliceReport", "SliceResult", "TokenResult", "Window"]
+
+EXPORT_MEMBERS = 10
+"""Members whose probabilities the export form keeps (without their study uids)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,8 @@ class TokenResult:
 
 @dataclass(frozen=True)
 class Member:
+    """A study in a slice; ``study_uid`` is empty in the export form."""
+
     study_uid: str
     probability: float
 
@@ -86,7 +100,8 @@ class SliceReport:
                     error_precision_at_10=nan(s["error_precision_at_10"]),
                     n_tested=int(s.get("n_tested", 0)),
                     members=tuple(
-                        Member(m["study_uid"], float(m["probability"])) for m in s.get("members", ())
+                        Member(str(m.get("study_uid", "")), float(m["probability"]))
+                        for m in s.get("members", ())
                     ),
                     tokens=tokens(s.get("tokens", ())),
                     slice_class=s.get("slice_class"),
@@ -110,14 +125,41 @@ class SliceReport:
                 f"not a slice report: {err!r}; expected the JSON that `slice-agent audit` writes"
             ) from err
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+    def for_export(self) -> SliceReport:
+        """This report as it may leave the sidecar: no member study uid, no study time.
+
+        >>> r = SliceReport("m", 1, ("report",), Window(3, 1, "2026-11-23T08:00:00Z", None), (), ())
+        >>> s = SliceResult(1, "s-1", 2, 0.5, 0.1, 0.01, 0.5, 1, (Member("1.2.3", 0.9),), ())
+        >>> replace(r, slices=(s,)).for_export().slices[0].members, r.for_export().window.start
+        ((Member(study_uid='', probability=0.9),), None)
+        """
+        return replace(
+            self,
+            window=replace(self.window, start=None, end=None),
+            slices=tuple(
+                replace(s, members=tuple(Member("", m.probability) for m in s.members[:EXPORT_MEMBERS]))
+                for s in self.slices
+            ),
+        )
+
+    def to_dict(self, *, export: bool = False) -> dict[str, Any]:
+        """The JSON form: local (with members) or, with ``export``, the form that may leave."""
+        out = asdict(self.for_export() if export else self)
         out["modalities"] = list(self.modalities)
         out["notes"] = list(self.notes)
+        if export:
+            for s in out["slices"]:
+                s["members"] = [{"probability": m["probability"]} for m in s["members"]]
         return _finite(out)
 
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+    def write_json(self, path: str | Path, *, export: bool = False) -> None:
+        """Write the report, readable by the agent's user only (0600), replacing any older file."""
+        data = (json.dumps(self.to_dict(export=export), indent=2) + "\n").encode("utf-8")
+        path = Path(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, 0o600)  # an older file may have been created with wider permissions
+            fh.write(data)
 
     def table(self) -> str:
         """A fixed-width text table of the slices, for a terminal."""

@@ -6,16 +6,19 @@ Inputs are plain data, so the batch CLI and the streaming agent feed it the same
 - optionally, drift events (:class:`DriftEvent`) found by the stream's detector;
 - optionally, per modality, the embeddings of the previous and of this week, compared by a
   kernel two-sample statistic (MMD) against a permutation threshold (:func:`embedding_drift`);
-- optionally, thumbnails of slice members, where images exist (:func:`member_thumbnails`).
+- optionally, thumbnails of slice members, where images exist (:func:`member_thumbnails`); off
+  unless ``SummarySettings.thumbnails`` is set, and each image is first checked on its pixels for
+  burned-in text (:func:`burned_in_text`), whatever its ``BurnedInAnnotation`` tag says.
 
 :func:`build_summary` keeps the week's reports and computes the figures' data; :func:`write_summary`
 draws the plots and writes ``summary.html`` (PNG plots inlined as base64) and ``summary.md`` next to
 the PNG files.
 
 What the summary shows is aggregate: model and class names, counts, rates, p-values and scrubbed
-tokens (re-checked to be lower-case words). It never shows a study uid, a slice id (a hash of study
-uids), report text, header values or a calendar date of a case: the week is named by its ISO week
-and days by their weekday.
+tokens (re-checked to be lower-case words), read from each report's export form
+(:meth:`~agent.report.SliceReport.for_export`). It never shows a study uid, a slice id, report text,
+header values or a calendar date of a case: the week is named by its ISO week and days by their
+weekday.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ __all__ = [
     "TimedReport",
     "WeeklySummary",
     "build_summary",
+    "burned_in_text",
     "embedding_drift",
     "iso_week",
     "member_thumbnails",
@@ -301,10 +305,12 @@ def member_thumbnails(
 ) -> dict[SliceKey, tuple[np.ndarray, ...]]:
     """Small grey images of each slice's most probable members, where the study has an image.
 
-    ``images`` maps study uid to a DICOM path or URI (from the inference events). Images whose
-    header says ``BurnedInAnnotation`` is ``YES`` are skipped: burned-in text can carry a name.
-    Unreadable images are skipped too. Files are read only through ``access`` (the image roots
-    and caps); without it no image is read.
+    ``images`` maps study uid to a DICOM path or URI (from the inference events). An image is
+    shown only if its pixels show no burned-in text (:func:`burned_in_text`, on a 256-pixel
+    rendering); a ``BurnedInAnnotation`` of ``YES`` skips it without looking, but no tag value
+    lets an image through unchecked (many CR and DX devices never set it). Unreadable images are
+    skipped too. Files are read only through ``access`` (the image roots and caps); without it
+    no image is read.
     """
     from agent import dicom
 
@@ -316,9 +322,12 @@ def member_thumbnails(
                 if len(found) >= per_slice:
                     break
                 source = images.get(m.study_uid)
-                if not source or _burned_in(source, access):
+                if not source or _tagged_burned_in(source, access):
                     continue
                 try:
+                    if burned_in_text(dicom.read_pixels(source, size=_CHECK_SIZE, access=access)):
+                        log.debug("thumbnail skipped: text-like strokes at the image's edges")
+                        continue
                     found.append(
                         np.asarray(dicom.read_pixels(source, size=size, access=access), dtype=np.float32)
                     )
@@ -329,7 +338,7 @@ def member_thumbnails(
     return out
 
 
-def _burned_in(source: str, access: ImageAccess | None) -> bool:
+def _tagged_burned_in(source: str, access: ImageAccess | None) -> bool:
     """Whether the header says ``BurnedInAnnotation`` is ``YES``; read through the image boundary."""
     import pydicom
 
@@ -346,6 +355,59 @@ def _burned_in(source: str, access: ImageAccess | None) -> bool:
     except Exception:  # unreadable here means read_pixels will refuse it too
         return False
     return str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+
+
+_CHECK_SIZE = 256
+
+
+def burned_in_text(
+    pixels: np.ndarray,
+    *,
+    border: float = 0.2,
+    tile: int = 16,
+    contrast: float = 0.15,
+    min_transitions: int = 4,
+    min_rows: float = 0.25,
+) -> bool:
+    """Whether a grey image (values in [0, 1]) shows text-like strokes along its edges.
+
+    Burned-in annotations (names, ids, dates) sit in the corners and along the edges, as thin
+    strokes of high contrast. The bands within ``border`` of each edge are cut into square tiles
+    of ``tile`` pixels; along each row of a tile, a *transition* is a step of more than
+    ``contrast`` between neighbouring pixels. A line of characters crosses each row of its tiles
+    several times (on and off every stroke), where anatomy or a body's outline crosses once and a
+    wire or tube twice. A tile is text-like when at least ``min_rows`` of its rows have
+    ``min_transitions`` transitions or more, and so do ``min_rows`` of its columns; one such tile
+    is enough (an image wrongly held back costs a thumbnail, one wrongly shown may show a name).
+
+    Examples
+    --------
+    >>> smooth = np.tile(np.linspace(0.0, 1.0, 128), (128, 1))
+    >>> burned_in_text(smooth)
+    False
+    >>> marked = smooth.copy()
+    >>> marked[4:14, 4:60:3] = 1.0  # vertical strokes of a word
+    >>> marked[4:14:3, 4:60] = np.where(marked[4:14:3, 4:60] > 0.5, 0.0, 1.0)
+    >>> burned_in_text(marked)
+    True
+    """
+    img = np.asarray(pixels, dtype=np.float64)
+    if img.ndim != 2:
+        raise AgentError(f"expected a 2-D grey image, got shape {img.shape}")
+    h, w = img.shape
+    band_h, band_w = max(tile, int(h * border)), max(tile, int(w * border))
+    steps_x = np.abs(np.diff(img, axis=1)) > contrast
+    steps_y = np.abs(np.diff(img, axis=0)) > contrast
+    for y in range(0, h - tile + 1, tile // 2):
+        for x in range(0, w - tile + 1, tile // 2):
+            at_edge = y < band_h or y + tile > h - band_h or x < band_w or x + tile > w - band_w
+            if not at_edge:
+                continue
+            rows = steps_x[y : y + tile, x : x + tile - 1].sum(axis=1)
+            cols = steps_y[y : y + tile - 1, x : x + tile].sum(axis=0)
+            if np.mean(rows >= min_transitions) >= min_rows and np.mean(cols >= min_transitions) >= min_rows:
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------------------- summary
@@ -373,7 +435,8 @@ def build_summary(
     embeddings
         Per modality, ``(previous week, this week)`` embedding arrays ``(n, d)``.
     thumbnails
-        Member images per ``(model, target_class, rank)`` of the week's latest reports.
+        Member images per ``(model, target_class, rank)`` of the week's latest reports; dropped
+        unless ``settings.thumbnails`` is set.
     """
     settings = settings or SummarySettings()
     start, end = iso_week(week)
@@ -422,7 +485,11 @@ def build_summary(
         latest=tuple(latest[k] for k in sorted(latest)),
         drift_events=events,
         embedding_drift=tuple(drifts),
-        thumbnails={k: tuple(v)[: settings.examples_per_slice] for k, v in (thumbnails or {}).items()},
+        thumbnails={
+            k: tuple(v)[: settings.examples_per_slice]
+            for k, v in (thumbnails or {}).items()
+            if settings.thumbnails
+        },
         notes=tuple(notes),
     )
 
@@ -597,7 +664,7 @@ def _sections(summary: WeeklySummary) -> list[_Section]:
             ("error-rate.png",),
         )
     )
-    for report in summary.latest:
+    for report in (r.for_export() for r in summary.latest):  # what is shown is the export form
         rows = []
         for s in report.slices:
             top = [m.probability for m in s.members[:10]]

@@ -604,7 +604,7 @@ def run_bench(
                 emb = embed_samples(trials[0].samples, modalities, embedder, images=access)
                 space = TokenSpace(
                     min_df=settings.audit.token_min_df, metadata_vocabulary=emb.metadata_words
-                ).fit(emb.texts, reports=emb.reports)
+                ).fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata)
                 for trial in trials:
                     if trial.valid:
                         result.records += _audit_trial(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -187,9 +188,9 @@ class SqliteCache:
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
-        if self.path != ":memory:":
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.path != ":memory:":
+                _private_file(Path(self.path).expanduser())
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 str(Path(self.path).expanduser()) if self.path != ":memory:" else self.path,
                 timeout=timeout,
@@ -201,7 +202,7 @@ class SqliteCache:
                 "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vec BLOB NOT NULL)"
             )
             self._conn.commit()
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             raise EmbedderError(
                 f"expected a usable SQLite embedding cache at {self.path}, got: {err}"
             ) from err
@@ -383,3 +384,17 @@ class CachedEmbedder(WrappedEmbedder):
                     out[i] = by_key[key]
             log.debug("embedded %d distinct new %s(s) for a call of %d", len(first), kind, len(keys))
         return out
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only (0600), in a folder made 0700 if it is made here.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions. A folder that
+    already exists is left as it is: it may be shared (the working directory).
+    """
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)

@@ -10,12 +10,13 @@ metadata text when it does not (the text-space analogue; the report says which w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from agent.explain.names import NameBlocklist
 from agent.explain.scrub import ProperNouns, tokens
 
 __all__ = ["TokenScore", "TokenSpace", "r_attr"]
@@ -29,7 +30,14 @@ class TokenScore:
 
 
 class TokenSpace:
-    """TF-IDF over the scrubbed text of every case in a window.
+    """TF-IDF over the scrubbed text of every case in a window, with a vocabulary that cannot name.
+
+    A token is scored only if it occurs in at least ``min_df`` studies and is not in the
+    window's block-list, learnt over the whole window before anything is scored: words used as
+    proper nouns (capitalised inside sentences, never in lower case), words seen in any name
+    context of any report in any letter case, and words of DICOM person-name fields
+    (:class:`~agent.explain.names.NameBlocklist`). So a word that occurs only as a person's name
+    never becomes a token, however it is written.
 
     Parameters
     ----------
@@ -37,7 +45,8 @@ class TokenSpace:
         A token must occur in at least this many cases (documents) to be scored.
     metadata_vocabulary
         Words that come from the agent's own metadata sentences: known safe, so exempt from
-        the proper-noun filter (a manufacturer's name is an attribute, not a patient's).
+        the proper-noun filter (a manufacturer's name is an attribute, not a patient's). They
+        are not exempt from the name contexts or the person-name fields.
 
     Examples
     --------
@@ -50,11 +59,30 @@ class TokenSpace:
         self.min_df = min_df
         self.metadata_vocabulary = metadata_vocabulary
 
-    def fit(self, texts: Sequence[str], *, reports: Sequence[str] | None = None) -> TokenSpace:
-        """Learn proper nouns from ``reports`` (default: ``texts``) and TF-IDF over ``texts``."""
-        nouns = ProperNouns().fit(reports if reports is not None else texts).words_
+    def fit(
+        self,
+        texts: Sequence[str],
+        *,
+        reports: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, object] | None] = (),
+    ) -> TokenSpace:
+        """Learn the block-list and TF-IDF over ``texts`` (one per study).
+
+        Parameters
+        ----------
+        texts
+            What is tokenised and scored: the scrubbed report and metadata sentence of each study.
+        reports
+            The raw, unscrubbed reports, where names are seen in their context (default: ``texts``).
+        metadata
+            Each study's metadata, whose person-name fields are blocked wherever they appear.
+        """
+        raw = [r for r in (reports if reports is not None else texts) if r]
+        nouns = ProperNouns().fit(raw).words_
         self.proper_nouns_ = nouns - self.metadata_vocabulary
-        docs = [tokens(t, self.proper_nouns_) for t in texts]
+        self.names_ = NameBlocklist().fit(raw, metadata).words_
+        self.blocked_ = self.proper_nouns_ | self.names_
+        docs = [tokens(t, self.blocked_) for t in texts]
         min_df = min(self.min_df, max(len(docs), 1))
         self.vectorizer_ = TfidfVectorizer(
             analyzer=lambda doc: doc, min_df=min_df, lowercase=False, norm="l2", sublinear_tf=True

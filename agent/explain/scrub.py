@@ -2,17 +2,21 @@
 
 Report headers carry names, record numbers, dates and the referring doctor; when those
 happen to correlate with an error slice, a ranking of raw words puts them at the top. So
-scrubbing happens before TF-IDF, in four layers:
+scrubbing happens before embedding and TF-IDF, in four layers:
 
 1. header lines whose key names an identifier (``Patient:``, ``MRN:``, ``Referring physician:``…)
-   are dropped whole;
-2. e-mail addresses, URLs, titles with the names after them (``Dr. A. Smith``) and every run
-   of characters holding a digit (dates, times, ids, accession numbers, measurements) are removed;
-3. tokens are lower-case alphabetic words of three letters or more, not stop words, not
-   de-identification placeholders (``XXXX``);
-4. across the corpus, a word that occurs capitalised inside sentences and never in lower case
-   is taken for a proper noun and dropped (a name), and a word must occur in ``min_df``
-   studies to be scored at all (the vectoriser's job), so one patient's identifiers cannot rank.
+   are dropped whole, in any letter case;
+2. e-mail addresses, URLs and every run of characters holding a digit (dates, times, ids,
+   accession numbers, phone numbers, measurements) are removed;
+3. names found by their context (:mod:`agent.explain.names`: after a title, before a degree,
+   after a sign-off phrase such as ``SIGNED BY`` or ``discussed with``, a name alone on one of
+   the last lines), in any letter case, are removed with the titles;
+4. tokens are lower-case alphabetic words of three letters or more, not stop words, not
+   de-identification placeholders (``XXXX``), and not in the corpus's block-list: words used as
+   proper nouns (:class:`ProperNouns`) or in any name context or person-name field anywhere in
+   the corpus (:class:`~agent.explain.names.NameBlocklist`). A word must also occur in
+   ``min_df`` studies to be scored at all (the vectoriser's job), so one patient's identifiers
+   cannot rank.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from agent.explain.names import name_spans
 
 __all__ = ["STOP_WORDS", "ProperNouns", "scrub", "tokens"]
 
@@ -34,7 +40,9 @@ _ID_KEYS = (
 _HEADER = re.compile(rf"^[ \t]*(?:{_ID_KEYS})[^:\n]{{0,40}}:[^\n]*$", re.IGNORECASE | re.MULTILINE)
 _EMAIL = re.compile(r"\S+@\S+")
 _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
-_TITLE_NAME = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sr|Nurse)\b\.?\s+(?:[A-Z][\w'’-]*\.?\s*){1,3}")
+_TITLE = re.compile(
+    r"(?<![\w.])(?:dr|dra|drs|prof|profa|mr|mrs|ms|mx|mme|mlle|sr|sra|srta)\b\.?", re.IGNORECASE
+)
 _WITH_DIGIT = re.compile(r"\S*\d\S*")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLACEHOLDER = re.compile(r"^x{2,}$", re.IGNORECASE)
@@ -70,16 +78,20 @@ STOP_WORDS = frozenset(ENGLISH_STOP_WORDS) | {
 
 
 def scrub(text: str) -> str:
-    """Remove identifier lines, addresses, names after titles and everything with a digit.
+    """Remove identifier lines, addresses, everything with a digit, and names found by context.
 
     >>> scrub("Patient: Jane Doe\\nMRN: 12345\\nFINDINGS: Chest tube in place, seen 12/03/2024 by Dr. Smith.")
-    'FINDINGS: Chest tube in place, seen  by'
+    'FINDINGS: Chest tube in place, seen  by  .'
+    >>> scrub("NO PNEUMOTHORAX. DISCUSSED WITH DR JONES. ELECTRONICALLY SIGNED BY JOHN SMITH, MD")
+    'NO PNEUMOTHORAX. DISCUSSED WITH  . ELECTRONICALLY SIGNED BY , MD'
     """
     text = _HEADER.sub("", text)
     text = _EMAIL.sub(" ", text)
     text = _URL.sub(" ", text)
-    text = _TITLE_NAME.sub("", text)
     text = _WITH_DIGIT.sub("", text)
+    for span in reversed(name_spans(text)):
+        text = text[: span.start] + text[span.end :]
+    text = _TITLE.sub("", text)
     return text.strip()
 
 
@@ -105,20 +117,21 @@ class ProperNouns:
         capital_inside: Counter[str] = Counter()
         lower: Counter[str] = Counter()
         for text in texts:
-            letters = [c for c in text if c.isalpha()]
-            if not letters or sum(c.isupper() for c in letters) > 0.6 * len(letters):
-                continue  # all-caps text says nothing about proper nouns
-            for word, at_start in _words_with_position(text):
-                if word.islower():
-                    lower[word] += 1
-                elif word[0].isupper() and word[1:].islower() and not at_start:
-                    capital_inside[word.lower()] += 1
+            for line in text.splitlines():
+                letters = [c for c in line if c.isalpha()]
+                if not letters or sum(c.isupper() for c in letters) > 0.6 * len(letters):
+                    continue  # an all-caps line says nothing about proper nouns
+                for word, at_start in _words_with_position(line):
+                    if word.islower():
+                        lower[word] += 1
+                    elif word[0].isupper() and word[1:].islower() and not at_start:
+                        capital_inside[word.lower()] += 1
         self.words_ = frozenset(w for w in capital_inside if lower[w] == 0)
         return self
 
 
-def tokens(text: str, proper_nouns: frozenset[str] = frozenset()) -> list[str]:
-    """Scrubbed lower-case tokens of one text, ready for TF-IDF.
+def tokens(text: str, blocked: frozenset[str] = frozenset()) -> list[str]:
+    """Scrubbed lower-case tokens of one text, ready for TF-IDF, without the ``blocked`` words.
 
     >>> tokens("MRN: 998877\\nLeft chest tube; 2 lines. Reviewed by Dr. Who on 2024-01-02.")
     ['left', 'chest', 'tube', 'lines', 'reviewed']
@@ -126,7 +139,7 @@ def tokens(text: str, proper_nouns: frozenset[str] = frozenset()) -> list[str]:
     out = []
     for word in _WORD.findall(scrub(text)):
         low = word.lower()
-        if len(low) < 3 or low in STOP_WORDS or _PLACEHOLDER.match(low) or low in proper_nouns:
+        if len(low) < 3 or low in STOP_WORDS or _PLACEHOLDER.match(low) or low in blocked:
             continue
         out.append(low)
     return out

@@ -14,6 +14,14 @@ The planted failures follow the paper's three modes:
 ``lateral``   rare-slice undertraining: positive lateral views are missed;
 ``portable``  noisy labels on frontal portable AP films: positives there are missed.
 
+With ``signoffs=True`` each report also ends with a radiologist's sign-off, written the way
+dictation systems do (all capitals or mixed case; ``Dr``, ``Dr.``, ``MD``, ``M.D.``, ``DO``;
+``signed by``, ``dictated by``, ``discussed with``, ``read by``; a name alone on a line), with
+a date of birth, a phone number and an accession number in the header; the planted group's
+studies are nearly all signed by one radiologist (:data:`SHARED_SIGNER`, whose dictation system
+writes in capitals), so that the name correlates with the error slice. The sign-offs come from
+a random stream of their own: the rest of the stream is the same as without them.
+
 :func:`radiology_report` writes the same kind of report for a case with several findings
 (pneumothorax, cardiomegaly, pleural effusion), named support devices and sides; the
 simulated image source (:mod:`agent.simulate.images`) uses it so that its reports describe
@@ -31,7 +39,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEVICE_KINDS", "FAILURES", "StreamSpec", "generate_stream", "radiology_report", "write_jsonl"]
+__all__ = [
+    "DEVICE_KINDS",
+    "FAILURES",
+    "REFERRERS",
+    "SHARED_SIGNER",
+    "SIGNERS",
+    "StreamSpec",
+    "generate_stream",
+    "radiology_report",
+    "write_jsonl",
+]
 
 FAILURES = ("devices", "lateral", "portable")
 
@@ -39,6 +57,19 @@ _FIRST = ["Jane", "John", "Maria", "Wei", "Amir", "Olga", "Kwame", "Priya", "Lar
 _LAST = ["Doe", "Okafor", "Larsen", "Nguyen", "Schmidt", "Haddad", "Kowalski", "Tanaka", "Moreau", "Silva"]
 _DOCTORS = ["Whitfield", "Ramanathan", "Castellano", "Brennan", "Oyelaran", "Lindqvist"]
 _SCANNERS = ["Philips", "Siemens", "Carestream", "Agfa", "Fujifilm"]
+#: The radiologist who signs (nearly) every study of the planted group when ``signoffs`` is on.
+SHARED_SIGNER = ("Thaddeus", "Quenneville")
+#: The other signing radiologists.
+SIGNERS = (
+    ("Ingrid", "Achterberg"),
+    ("Rafael", "Oyarzun"),
+    ("Siobhan", "Nkemelu"),
+    ("Dmitri", "Volkonsky"),
+    ("Marisol", "Fairbrother"),
+    ("Kenji", "Halvorsen"),
+)
+#: Referring doctors named in "discussed with" sentences of the sign-offs.
+REFERRERS = ("Okwuosa", "Delacroix", "Pemberton", "Zubiri")
 
 _DEVICES = [
     "Right-sided chest tube in place.",
@@ -175,6 +206,7 @@ class StreamSpec:
     seed: int = 0
     bad_lines: bool = False
     start: datetime = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    signoffs: bool = False
 
 
 def _iso(t: datetime) -> str:
@@ -216,6 +248,43 @@ def _report(rng: np.random.Generator, view: str, devices: bool, positive: bool, 
     if rng.random() < 0.3:
         body.append(f"Findings discussed with Dr. {_pick(rng, _DOCTORS)} at {rng.integers(0, 24):02d}:15.")
     return "\n".join([*header, " ".join(b for b in body if b)])
+
+
+def _phone(rng: np.random.Generator) -> str:
+    return f"({rng.integers(200, 999)}) {rng.integers(200, 999)}-{rng.integers(1000, 9999)}"
+
+
+def _date(rng: np.random.Generator, years: tuple[int, int]) -> tuple[int, int, int]:
+    return int(rng.integers(*years)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
+
+
+def _signoff(rng: np.random.Generator, report: str, signer: tuple[str, str], *, capitals: bool) -> str:
+    """``report`` with identifying header lines added and a sign-off in one of several styles.
+
+    With ``capitals``, only the styles in capitals (one dictation system's).
+    """
+    first, last = signer
+    referrer = _pick(rng, REFERRERS)
+    phone = _phone(rng)
+    y, m, d = _date(rng, (1930, 2005))
+    sy, sm, sd = _date(rng, (2026, 2027))
+    us, eu = f"{sm:02d}/{sd:02d}/{sy}", f"{sd:02d}.{sm:02d}.{sy}"
+    header = [f"DOB: {m:02d}/{d:02d}/{y}", f"Phone: {phone}", f"Accession No. {rng.integers(10**8, 10**9)}"]
+    style = int(rng.choice([0, 5, 7])) if capitals else int(rng.integers(9))
+    signoff = [
+        f"FINDINGS DISCUSSED WITH DR {referrer} BY TELEPHONE AT {phone}. "
+        f"ELECTRONICALLY SIGNED BY {first} {last}, MD {us}".upper(),
+        f"Electronically signed by {first} {last}, MD on {us} at {rng.integers(0, 24):02d}:40",
+        f"Dictated by: Dr. {last}\nDate: {eu}",
+        f"{first} {last}, DO",
+        f"Signed by\n{first} {last}\n{us}",
+        f"SIGNED BY:\n{first} {last}".upper(),
+        f"Discussed with Dr {referrer} at {phone}.\nReviewed by {first} {last} MD {eu}",
+        f"READ BY: {first} {last}, M.D. {us}".upper(),
+        f"Attending radiologist: {last}, {first}\nDr. {last} {us}",
+    ][style]
+    lines = report.split("\n")
+    return "\n".join([*lines[:-1], *header, lines[-1], signoff])
 
 
 def _sided(rng: np.random.Generator, templates: Sequence[str], side: str) -> str:
@@ -317,6 +386,7 @@ def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, b
     if spec.failure is not None and spec.failure not in FAILURES:
         raise ValueError(f"expected failure in {FAILURES} or None, got {spec.failure!r}")
     rng = np.random.default_rng(spec.seed)
+    phi = np.random.default_rng([spec.seed, 10])  # sign-offs only: the main stream is unchanged
     positive_class, negative_class = spec.model, f"no_{spec.model}"
     timed: list[tuple[datetime, int, dict[str, Any]]] = []
     planted: dict[str, bool] = {}
@@ -369,6 +439,11 @@ def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, b
             )
         )
         t1 = t0 + timedelta(minutes=int(rng.integers(10, 240)))
+        text = _report(rng, view, devices, positive, name.replace("^", " "))
+        if spec.signoffs:
+            shared = phi.random() < (0.95 if in_group else 0.03)
+            signer = SHARED_SIGNER if shared else SIGNERS[int(phi.integers(len(SIGNERS)))]
+            text = _signoff(phi, text, signer, capitals=shared)
         timed.append(
             (
                 t1,
@@ -378,7 +453,7 @@ def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, b
                     "event_id": f"rep-{spec.seed}-{i}",
                     "study_uid": study,
                     "timestamp": _iso(t1),
-                    "text": _report(rng, view, devices, positive, name.replace("^", " ")),
+                    "text": text,
                 },
             )
         )

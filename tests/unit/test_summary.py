@@ -24,10 +24,12 @@ from agent.config import SummarySettings
 from agent.errors import AgentError
 from agent.images import ImageAccess
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
+from agent.simulate.images import draw_cases, render
 from agent.summary import (
     DriftEvent,
     TimedReport,
     build_summary,
+    burned_in_text,
     embedding_drift,
     iso_week,
     member_thumbnails,
@@ -175,7 +177,7 @@ def written(tmp_path_factory) -> tuple[Path, list[TimedReport]]:
         drift_events=[DriftEvent(MONDAY + timedelta(days=3), "ptx", "pneumothorax", 0.2, 0.1)],
         embeddings=embeddings,
         thumbnails=thumbs,
-        settings=SummarySettings(drift_permutations=50),
+        settings=SummarySettings(drift_permutations=50, thumbnails=True),
     )
     files = write_summary(summary, tmp_path_factory.mktemp("summary"))
     return files.html, reports
@@ -250,7 +252,7 @@ def test_chromium_renders_the_page_with_its_plots(written, tmp_path):
 # --------------------------------------------------------------------------------------- thumbnails
 
 
-def _dicom(path: Path, *, burned_in: bool) -> Path:
+def _dicom(path: Path, *, burned_in: bool, pixels: np.ndarray | None = None) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -260,10 +262,12 @@ def _dicom(path: Path, *, burned_in: bool) -> Path:
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.PatientName = "CR", "Doe^Jane"
     ds.BurnedInAnnotation = "YES" if burned_in else "NO"
-    ds.Rows = ds.Columns = 64
+    if pixels is None:
+        pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096
+    ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096).tobytes()
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -281,6 +285,63 @@ def test_thumbnails_come_from_members_images_but_never_burned_in_ones(tmp_path):
     (got,) = thumbs.values()
     assert len(got) == 2 and all(t.shape == (32, 32) for t in got)
     assert list(thumbs) == [("ptx", "pneumothorax", 1)]
+
+
+def _with_text(
+    pixels: np.ndarray, rng: np.random.Generator, text: str = "DOE^JANE MRN 1234567"
+) -> np.ndarray:
+    """``pixels`` (12-bit) with ``text`` burned in white at a random corner, as devices do."""
+    from PIL import ImageDraw, ImageFont
+
+    span = np.ptp(pixels) or 1.0
+    grey = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8))
+    size = max(10, grey.width // 40)
+    font = ImageFont.load_default(size=size)
+    w, h = grey.size
+    x = int(rng.choice([0.03 * w, 0.55 * w]))
+    y = int(rng.choice([0.03 * h, 0.93 * h - size]))
+    ImageDraw.Draw(grey).text((x, y), text, fill=255, font=font)
+    return np.asarray(grey, dtype=np.float64) * 16
+
+
+def _grey(pixels: np.ndarray, size: int = 256) -> np.ndarray:
+    """As the summary sees an image without a window: scaled by its own range, 256 pixels square."""
+    span = np.ptp(pixels) or 1.0
+    img = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8)).resize((size, size))
+    return np.asarray(img, dtype=np.float64) / 255
+
+
+def test_burned_in_text_is_found_on_the_pixels_and_anatomy_is_not_text():
+    rng = np.random.default_rng(7)
+    cases = draw_cases(rng, 20)
+    plain = [render(c).astype(np.float64) for c in cases]
+    assert not any(burned_in_text(_grey(p)) for p in plain)  # lungs, ribs, devices, outlines
+    found = [burned_in_text(_grey(_with_text(p, rng))) for p in plain]
+    assert sum(found) >= 18, found
+
+
+def test_burned_in_text_needs_a_grey_image():
+    with pytest.raises(AgentError, match="2-D"):
+        burned_in_text(np.zeros((4, 4, 3)))
+
+
+def test_thumbnails_hold_back_images_with_text_whatever_their_tag_says(tmp_path):
+    rng = np.random.default_rng(3)
+    (case,) = draw_cases(rng, 1)
+    clean = render(case)
+    images = {
+        UIDS[0]: str(_dicom(tmp_path / "a.dcm", burned_in=False, pixels=_with_text(clean, rng))),
+        UIDS[1]: str(_dicom(tmp_path / "b.dcm", burned_in=False, pixels=clean)),
+    }
+    (got,) = member_thumbnails([_report(0.1)], images, per_slice=3, size=32).values()
+    assert len(got) == 1  # the untagged image with a name burned in is not shown
+
+
+def test_thumbnails_are_off_unless_turned_on():
+    thumbs = {("ptx", "pneumothorax", 1): [np.zeros((8, 8))]}
+    assert build_summary("2026-W48", _week(), thumbnails=thumbs).thumbnails == {}
+    on = build_summary("2026-W48", _week(), thumbnails=thumbs, settings=SummarySettings(thumbnails=True))
+    assert list(on.thumbnails) == [("ptx", "pneumothorax", 1)]
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -351,6 +412,11 @@ def test_summary_command_shows_member_thumbnails_from_the_event_file(tmp_path):
     ]
     env = {"SLICE_AGENT_IMAGES__ROOTS": json.dumps([str(tmp_path)])}
     result = CliRunner().invoke(app, [*args, "--events", str(tmp_path / "events.jsonl")], env=env)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "out" / "2026-W48" / "members-ptx-pneumothorax-1.png").exists()  # off by default
+    (tmp_path / "on.yaml").write_text("summary:\n  thumbnails: true\n")
+    on = ["--config", str(tmp_path / "on.yaml"), "--events", str(tmp_path / "events.jsonl")]
+    result = CliRunner().invoke(app, [*args, *on])
     assert result.exit_code == 0, result.output
     strip = Image.open(tmp_path / "out" / "2026-W48" / "members-ptx-pneumothorax-1.png")
     # square thumbnails side by side: two of them, the burned-in image left out
