@@ -333,7 +333,8 @@ def test_thumbnails_hold_back_images_with_text_whatever_their_tag_says(tmp_path)
         UIDS[0]: str(_dicom(tmp_path / "a.dcm", burned_in=False, pixels=_with_text(clean, rng))),
         UIDS[1]: str(_dicom(tmp_path / "b.dcm", burned_in=False, pixels=clean)),
     }
-    (got,) = member_thumbnails([_report(0.1)], images, per_slice=3, size=32).values()
+    access = ImageAccess(roots=(tmp_path,))
+    (got,) = member_thumbnails([_report(0.1)], images, per_slice=3, size=32, access=access).values()
     assert len(got) == 1  # the untagged image with a name burned in is not shown
 
 
@@ -416,7 +417,7 @@ def test_summary_command_shows_member_thumbnails_from_the_event_file(tmp_path):
     assert not (tmp_path / "out" / "2026-W48" / "members-ptx-pneumothorax-1.png").exists()  # off by default
     (tmp_path / "on.yaml").write_text("summary:\n  thumbnails: true\n")
     on = ["--config", str(tmp_path / "on.yaml"), "--events", str(tmp_path / "events.jsonl")]
-    result = CliRunner().invoke(app, [*args, *on])
+    result = CliRunner().invoke(app, [*args, *on], env=env)
     assert result.exit_code == 0, result.output
     strip = Image.open(tmp_path / "out" / "2026-W48" / "members-ptx-pneumothorax-1.png")
     # square thumbnails side by side: two of them, the burned-in image left out
