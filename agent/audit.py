@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -203,8 +203,12 @@ def run_audit(
     target_class: ClassLabel | None = None,
     modalities: Sequence[str] | None = None,
     progress: bool = False,
+    known_names: Callable[[Collection[str]], Collection[str]] | None = None,
 ) -> tuple[SliceReport, list[Problem]]:
-    """Audit one model's labeled samples for one target class (binary: target vs rest)."""
+    """Audit one model's labeled samples for one target class (binary: target vs rest).
+
+    ``known_names`` tells which candidate token words are names known from elsewhere (the store's
+    person-name digests); they never become tokens."""
     a = settings.audit
     if not samples:
         raise FitError("no labeled samples: nothing to audit")
@@ -270,7 +274,7 @@ def run_audit(
     )
 
     space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
-    space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata)
+    space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata, known_names=known_names)
     shared = embedder.shared_space and "image" in emb.blocks
     case_vectors: np.ndarray | None
     if shared:

@@ -191,22 +191,23 @@ def audit(
             problems = _dead_letter_problems(store)
             unlabeled = store.sizes()["pending"]
             samples = _select_model({m: store.window(m) for m in store.models()}, model)
+            labels_seen = {s.label for s in samples}
+            target = _match_class(target_class, labels_seen) if target_class is not None else None
+            typer.echo(
+                f"read {loaded.lines} events: {len(samples)} labeled studies, "
+                f"{unlabeled} still unlabeled, {len(problems)} problem(s)",
+                err=True,
+            )
+            report, embed_problems = run_audit(
+                samples,
+                embedder=_build_embedder(settings),
+                settings=settings,
+                target_class=target,
+                progress=sys.stderr.isatty(),
+                known_names=store.known_names,
+            )
         finally:
             store.close()
-    labels_seen = {s.label for s in samples}
-    target = _match_class(target_class, labels_seen) if target_class is not None else None
-    typer.echo(
-        f"read {loaded.lines} events: {len(samples)} labeled studies, "
-        f"{unlabeled} still unlabeled, {len(problems)} problem(s)",
-        err=True,
-    )
-    report, embed_problems = run_audit(
-        samples,
-        embedder=_build_embedder(settings),
-        settings=settings,
-        target_class=target,
-        progress=sys.stderr.isatty(),
-    )
     problems += embed_problems
     _write_problems(problems, problems_out)
     report.write_json(out)

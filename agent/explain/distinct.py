@@ -10,7 +10,7 @@ metadata text when it does not (the text-space analogue; the report says which w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +65,7 @@ class TokenSpace:
         *,
         reports: Sequence[str | None] | None = None,
         metadata: Sequence[Mapping[str, object] | None] = (),
+        known_names: Callable[[Collection[str]], Collection[str]] | None = None,
     ) -> TokenSpace:
         """Learn the block-list and TF-IDF over ``texts`` (one per study).
 
@@ -76,11 +77,18 @@ class TokenSpace:
             The raw, unscrubbed reports, where names are seen in their context (default: ``texts``).
         metadata
             Each study's metadata, whose person-name fields are blocked wherever they appear.
+        known_names
+            Given the candidate words, returns those known as names from elsewhere (the streaming
+            store keeps digests of the words of person-name fields seen at ingest, where the
+            metadata itself is reduced to non-identifying tags); blocked like the others.
         """
         raw = [r for r in (reports if reports is not None else texts) if r]
         nouns = ProperNouns().fit(raw).words_
         self.proper_nouns_ = nouns - self.metadata_vocabulary
         self.names_ = NameBlocklist().fit(raw, metadata).words_
+        if known_names is not None:
+            candidates = {w for t in texts for w in tokens(t)}
+            self.names_ = self.names_ | frozenset(known_names(candidates))
         self.blocked_ = self.proper_nouns_ | self.names_
         docs = [tokens(t, self.blocked_) for t in texts]
         min_df = min(self.min_df, max(len(docs), 1))

@@ -90,6 +90,7 @@ class Store(HistoryMixin, WindowMixin):
         self.policy = policy or StorePolicy()
         self._clock = clock
         super().__init__(location)
+        self._open_name_key()
 
     @classmethod
     def from_settings(cls, s: StreamSettings, *, clock: Callable[[], float] = time.time) -> Store:

@@ -32,10 +32,12 @@ worker at a time, on the studies they lock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+import secrets
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +46,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from agent.dicom import safe_metadata
 from agent.events import ClassLabel, Event, InferenceEvent, LabelEvent, ReportEvent
+from agent.explain.names import person_name_words
 from agent.store.db import Database, bump, flush_counters, q
 from agent.store.records import ApplyResult, Incoming, JoinedSample, StorePolicy, excerpt, withheld
 
@@ -82,6 +85,7 @@ class JoinMixin(Database):
 
     policy: StorePolicy
     _clock: Any
+    _name_key: bytes
 
     # ------------------------------------------------------------------ batches
 
@@ -261,6 +265,15 @@ class JoinMixin(Database):
             )
             return
         batch.predicted.setdefault(event.model, set()).add(event.prediction)
+        if event.metadata:
+            # Only the whitelisted tags are stored; the words of person-name fields are kept as
+            # keyed digests, so the explainer can block those names wherever they appear.
+            for digest in sorted({self._digest(w) for w in person_name_words(event.metadata)}):
+                q(
+                    conn,
+                    "INSERT INTO name_digests (digest, at) VALUES (:d, :at) ON CONFLICT (digest) DO NOTHING",
+                    {"d": digest, "at": ts},
+                )
         metadata = safe_metadata(event.metadata) if event.metadata is not None else None
         q(
             conn,
@@ -433,6 +446,39 @@ class JoinMixin(Database):
         )
         return 1
 
+    def _open_name_key(self) -> None:
+        """Load the store's secret key for name digests, made on first use (kept in ``meta``)."""
+
+        def work(conn: Connection) -> str:
+            q(
+                conn,
+                "INSERT INTO meta (key, value) VALUES ('name_key', :v) ON CONFLICT (key) DO NOTHING",
+                {"v": secrets.token_hex(32)},
+            )
+            return str(q(conn, "SELECT value FROM meta WHERE key = 'name_key'").scalar())
+
+        self._name_key = bytes.fromhex(self._run(work))
+
+    def _digest(self, word: str) -> str:
+        return hashlib.blake2b(word.lower().encode("utf-8"), key=self._name_key, digest_size=16).hexdigest()
+
+    def known_names(self, words: Collection[str]) -> set[str]:
+        """The words among ``words`` seen in a DICOM person-name field of any stored inference."""
+        by_digest = {self._digest(w): w for w in words}
+        found: set[str] = set()
+        digests = sorted(by_digest)
+        with self._read() as conn:
+            for start in range(0, len(digests), 500):
+                chunk = digests[start : start + 500]
+                marks = ", ".join(f":d{i}" for i in range(len(chunk)))
+                rows = q(
+                    conn,
+                    f"SELECT digest FROM name_digests WHERE digest IN ({marks})",
+                    {f"d{i}": d for i, d in enumerate(chunk)},
+                )
+                found.update(by_digest[r[0]] for r in rows)
+        return found
+
     # ------------------------------------------------------------------ expiry and pruning
 
     def watermarks(self) -> dict[str, float]:
@@ -517,6 +563,12 @@ class JoinMixin(Database):
         counters.update(batch.counters)
         flush_counters(conn, counters)
         self._drop_departed_models(conn)
+        # Names stay blocked as long as reports that may carry them can be in a window.
+        q(
+            conn,
+            "DELETE FROM name_digests WHERE at < :old",
+            {"old": forget - self.policy.window_max_age_seconds},
+        )
         q(
             conn,
             "DELETE FROM seen WHERE event_id IN"

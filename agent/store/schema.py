@@ -224,6 +224,13 @@ Table(
     Column("expires_at", Double, nullable=False),
     Column("generation", BigInteger, nullable=False, server_default="1"),
 )
+Table(
+    "name_digests",
+    metadata,
+    Column("digest", Text, primary_key=True),
+    Column("at", Double, nullable=False),
+    Index("name_digests_at", "at"),
+)
 _vectors = Table(
     "vectors",
     metadata,
@@ -236,7 +243,7 @@ _vectors = Table(
 
 def _v1_to_v2(conn: Connection) -> None:
     """Version 1 (one SQLite worker) to 2: embedding claims, the worker of an assignment; the new
-    tables (leases, vectors) are created with the rest."""
+    tables (leases, vectors, name digests) are created with the rest."""
     columns = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("inferences", "reports")}
     for table in ("inferences", "reports"):
         if "claimed_at" not in columns[table]:

@@ -157,7 +157,11 @@ class Refitter:
         started = time.perf_counter()
         s = self.settings.stream
         report, problems = run_audit(
-            samples, embedder=self.embedder, settings=self.settings, target_class=target
+            samples,
+            embedder=self.embedder,
+            settings=self.settings,
+            target_class=target,
+            known_names=self.store.known_names,
         )
         for problem in problems:
             log.debug("refit of %s: %s: %s", model, problem.reason, problem.message)

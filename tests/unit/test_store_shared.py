@@ -190,3 +190,19 @@ def test_junk_model_names_leave_the_store_when_their_inferences_do(make_store):
     # Three label delays later (on every topic) the junk inferences expired and were forgotten.
     feed(inf("i2", "s2", hours=80), lab("l2", "s2", hours=80), rep("r2", "s2", hours=80))
     assert store.models() == ["ptx"] and store.window_size("ptx") == 2
+
+
+def test_person_names_are_kept_as_digests_and_recognised(make_store):
+    store = make_store(StorePolicy(label_delay_seconds=DAY))
+    meta = {"ViewPosition": "AP", "PatientName": "QUENNEVILLE^THADDEUS", "ReferringPhysicianName": "Roe^Ann"}
+    Feed(store)(inf("i1", "s1", metadata=meta), lab("l1", "s1"))
+    assert store.window("ptx")[0].metadata == {"ViewPosition": "AP"}  # nothing else is stored
+    assert store.known_names({"thaddeus", "Quenneville", "roe", "tube", "ann"}) == {
+        "thaddeus",
+        "Quenneville",
+        "roe",
+        "ann",
+    }
+    again = Store(store.url if store.postgres else ":memory:")
+    assert again.known_names({"thaddeus"}) == (set() if not store.postgres else {"thaddeus"})
+    again.close()
