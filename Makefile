@@ -52,6 +52,10 @@ bench-stream: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/stream_throughput.py all --studies 2000 --latency-studies 600 \
 		--windows 10000 50000 --out docs/bench/stream_throughput.json
 
+# Workers sharing PostgreSQL (1, 2, 3) against one on SQLite, and refit failover; needs postgresql-15.
+bench-shared: install
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/shared_store.py --studies 3000 --out docs/bench/shared_store.json
+
 # torchxrayvision only carries the Indiana text: without its dependencies, which would replace torch.
 bench-table1: install
 	$(BIN)/pip install --quiet --no-deps torchxrayvision==1.5.7
