@@ -132,6 +132,9 @@ class StreamSettings(BaseModel):
     refit_lease_seconds: float = Field(
         60.0, gt=0, description="a refit's lease; another worker takes the model over this long after a crash"
     )
+    maintenance_interval_seconds: float = Field(
+        1.0, ge=0, description="expire and prune windows at most this often (a replay does it every batch)"
+    )
     embed_on_arrival: bool = Field(
         True, description="embed each event when it arrives (off: refits embed what they need)"
     )

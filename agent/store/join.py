@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import secrets
+import time
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -85,11 +86,18 @@ class JoinMixin(Database):
 
     policy: StorePolicy
     _clock: Any
+    _maintained: float = float("-inf")
     _name_key: bytes
 
     # ------------------------------------------------------------------ batches
 
-    def apply(self, items: Sequence[Incoming], *, position: tuple[str, int] | None = None) -> ApplyResult:
+    def apply(
+        self,
+        items: Sequence[Incoming],
+        *,
+        position: tuple[str, int] | None = None,
+        maintain: bool | None = None,
+    ) -> ApplyResult:
         """Apply a batch of inputs in one transaction, then expire and prune; return what changed.
 
         Parameters
@@ -99,20 +107,38 @@ class JoinMixin(Database):
         position
             ``(source, offset)`` to record with the batch (a replayed file's next line), so that
             reading can resume exactly where the durable state ends.
+        maintain
+            Expire and prune after this batch (True), or not (False); by default when
+            ``maintenance_interval_seconds`` have passed since the last time. Windows are read by
+            their rule whatever was pruned, so skipping only delays expiry.
         """
-        result: ApplyResult = self._run(self._apply_batch, items, position)
-        self.maintain(result)
+        try:
+            result: ApplyResult = self._run(self._apply_batch, items, position, False)
+        except _UNSTORABLE:
+            # Some input is valid by the contract but not storable: the batch again, one savepoint
+            # per input, so that only that input is dead-lettered.
+            result = self._run(self._apply_batch, items, position, True)
+        now = time.monotonic()
+        if maintain or (
+            maintain is None and now - self._maintained >= self.policy.maintenance_interval_seconds
+        ):
+            self._maintained = now
+            self.maintain(result)
         return result
 
     def _apply_batch(
-        self, conn: Connection, items: Sequence[Incoming], position: tuple[str, int] | None
+        self, conn: Connection, items: Sequence[Incoming], position: tuple[str, int] | None, careful: bool
     ) -> ApplyResult:
         batch = _Batch(ApplyResult())
         self._lock_names(conn, (f"study:{i.event.study_uid}" for i in items if i.event is not None))
-        for item in items:
+        fresh = None if careful else self._claim_event_ids(conn, items)
+        for index, item in enumerate(items):
+            if fresh is not None:
+                self._apply_one(conn, item, batch, index in fresh)
+                continue
             savepoint = conn.begin_nested()
             try:
-                self._apply_one(conn, item, batch)
+                self._apply_one(conn, item, batch, None)
                 savepoint.commit()
             except _UNSTORABLE as err:
                 # Valid by the contract but not storable: dead-lettered, the batch goes on.
@@ -184,7 +210,37 @@ class JoinMixin(Database):
                 flush_counters(conn, {f"dead_letter:{reason}": 1})
         return bool(inserted)
 
-    def _apply_one(self, conn: Connection, item: Incoming, batch: _Batch) -> None:
+    def _claim_event_ids(self, conn: Connection, items: Sequence[Incoming]) -> set[int]:
+        """Record the batch's event ids as seen, a few statements for the whole batch; return the
+        indices of the inputs applied for the first time (the first of a repeated id only)."""
+        first: dict[str, int] = {}
+        for index, item in enumerate(items):
+            if item.event is not None:
+                first.setdefault(item.event.event_id, index)
+        new: set[str] = set()
+        order = list(first.items())
+        for start in range(0, len(order), 200):
+            chunk = order[start : start + 200]
+            params: dict[str, Any] = {}
+            rows = []
+            for n, (event_id, index) in enumerate(chunk):
+                event = items[index].event
+                assert event is not None
+                params |= {f"e{n}": event_id, f"k{n}": event.type, f"s{n}": items[index].source}
+                params[f"t{n}"] = _epoch(event.timestamp)
+                rows.append(f"(:e{n}, :k{n}, :s{n}, :t{n})")
+            inserted = q(
+                conn,
+                f"INSERT INTO seen (event_id, kind, source, ts) VALUES {', '.join(rows)}"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                params,
+            )
+            new.update(r[0] for r in inserted)
+        return {index for event_id, index in first.items() if event_id in new}
+
+    def _apply_one(self, conn: Connection, item: Incoming, batch: _Batch, fresh: bool | None) -> None:
+        """Apply one input; ``fresh`` says whether its event id was just recorded as seen (None:
+        record it here)."""
         event = item.event
         result = batch.result
         if event is None:
@@ -195,12 +251,16 @@ class JoinMixin(Database):
         ts = _epoch(event.timestamp)
         if not math.isfinite(ts):
             raise ValueError("event time is not a finite number")
-        new = q(
-            conn,
-            "INSERT INTO seen (event_id, kind, source, ts) VALUES (:e, :k, :s, :ts)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            {"e": event.event_id, "k": event.type, "s": item.source, "ts": ts},
-        ).rowcount
+        new = fresh
+        if new is None:
+            new = bool(
+                q(
+                    conn,
+                    "INSERT INTO seen (event_id, kind, source, ts) VALUES (:e, :k, :s, :ts)"
+                    " ON CONFLICT (event_id) DO NOTHING",
+                    {"e": event.event_id, "k": event.type, "s": item.source, "ts": ts},
+                ).rowcount
+            )
         if not new:
             first = q(conn, "SELECT source FROM seen WHERE event_id = :e", {"e": event.event_id}).scalar()
             if first == item.source:

@@ -63,6 +63,8 @@ class StorePolicy:
     """Raw bytes of a malformed input kept in its dead letter, at most."""
     maintenance_chunk: int = 500
     """Studies one maintenance transaction expires or prunes, at most."""
+    maintenance_interval_seconds: float = 0.0
+    """Expire and prune at most this often (0: after every batch); see :meth:`Store.apply`."""
 
     @classmethod
     def from_settings(cls, s: StreamSettings) -> StorePolicy:
@@ -75,6 +77,7 @@ class StorePolicy:
             classes={m: tuple(c) for m, c in s.classes.items()},
             keep_refits=s.keep_refits,
             keep_vectors=s.keep_vectors,
+            maintenance_interval_seconds=s.maintenance_interval_seconds,
         )
 
 

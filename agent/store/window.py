@@ -9,6 +9,7 @@ from typing import Any
 from agent.events import ClassLabel
 from agent.sample import Sample
 from agent.store.db import Database, q
+from agent.store.records import StorePolicy
 
 __all__ = ["WindowMixin"]
 
@@ -16,20 +17,28 @@ __all__ = ["WindowMixin"]
 class WindowMixin(Database):
     """The model windows and the store's sizes and counters."""
 
+    policy: StorePolicy
+
     def window(self, model: str) -> list[Sample]:
         """The model's window, oldest first (by inference time, then study): what a refit audits."""
         with self._read() as conn:
             return self._window(conn, model)
 
+    def _oldest(self, conn: Any, model: str) -> float:
+        """The oldest event time the model's window may hold (``window_max_age`` before its newest)."""
+        newest = q(conn, "SELECT MAX(ts) FROM samples WHERE model = :m", {"m": model}).scalar()
+        return float("inf") if newest is None else float(newest) - self.policy.window_max_age_seconds
+
     def _window(self, conn: Any, model: str) -> list[Sample]:
+        # The window's rule is applied here as well as by pruning, which may lag a little behind.
         rows = q(
             conn,
             "SELECT s.study_uid, s.prediction, s.label, s.ts, i.score, i.metadata, i.image, i.event_id,"
             " r.text FROM samples s JOIN inferences i ON i.model = s.model AND i.study_uid = s.study_uid"
-            " LEFT JOIN reports r ON r.study_uid = s.study_uid WHERE s.model = :m"
-            " ORDER BY s.ts, s.study_uid",
-            {"m": model},
-        ).fetchall()
+            " LEFT JOIN reports r ON r.study_uid = s.study_uid WHERE s.model = :m AND s.ts >= :oldest"
+            " ORDER BY s.ts DESC, s.study_uid DESC LIMIT :n",
+            {"m": model, "oldest": self._oldest(conn, model), "n": self.policy.window_size},
+        ).fetchall()[::-1]
         return [
             Sample(
                 study_uid=study,
@@ -55,7 +64,12 @@ class WindowMixin(Database):
     def window_size(self, model: str) -> int:
         """How many samples the model's window holds."""
         with self._read() as conn:
-            return int(q(conn, "SELECT COUNT(*) FROM samples WHERE model = :m", {"m": model}).scalar())
+            n = q(
+                conn,
+                "SELECT COUNT(*) FROM samples WHERE model = :m AND ts >= :oldest",
+                {"m": model, "oldest": self._oldest(conn, model)},
+            ).scalar()
+        return min(int(n), self.policy.window_size)
 
     def models(self) -> list[str]:
         """Every model seen, sorted."""

@@ -99,7 +99,7 @@ def load_file(
     summary = ReplaySummary()
     for messages, _ in _batches(path, 0, batch_size):
         incoming = decode_messages(messages, max_report_chars=max_report_chars, naive=naive, limits=limits)
-        result = store.apply(incoming)
+        result = store.apply(incoming, maintain=True)
         summary.lines += len(messages)
         summary.accepted.update(result.accepted)
         summary.dead_lettered.update(result.dead_lettered)
@@ -119,7 +119,7 @@ def replay_file(path: str | Path, sidecar: Sidecar, *, final_refit: bool = True)
     if done:
         log.info("resuming the replay of %s after line %d", path.name, done)
     for messages, reached in _batches(path, done, sidecar.settings.stream.batch_size):
-        result = sidecar.ingest(messages, position=(key, reached))
+        result = sidecar.ingest(messages, position=(key, reached), maintain=True)
         summary.lines += len(messages)
         summary.accepted.update(result.accepted)
         summary.dead_lettered.update(result.dead_lettered)

@@ -22,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from agent.config import Settings
@@ -62,7 +65,12 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
     import faust
 
     s = settings.stream
-    datadir = s.store_path.expanduser().resolve().parent / f".faust-{s.group_id}"
+    # faust's own folder (it keeps nothing the agent needs): by the SQLite store, or one per
+    # process in the temporary folder when the state is shared, so that workers never share it.
+    if s.store_url is None:
+        datadir = s.store_path.expanduser().resolve().parent / f".faust-{s.group_id}"
+    else:
+        datadir = Path(tempfile.gettempdir()) / f"slice-agent-faust-{s.group_id}-{os.getpid()}"
     app = faust.App(
         s.group_id,
         broker=[f"kafka://{host.strip()}" for host in s.bootstrap_servers.split(",") if host.strip()],

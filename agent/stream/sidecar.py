@@ -123,15 +123,23 @@ class Sidecar:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, messages: Sequence[Message], *, position: tuple[str, int] | None = None) -> ApplyResult:
-        """Decode and apply one batch; durable when this returns (commit offsets after it)."""
+    def ingest(
+        self,
+        messages: Sequence[Message],
+        *,
+        position: tuple[str, int] | None = None,
+        maintain: bool | None = None,
+    ) -> ApplyResult:
+        """Decode and apply one batch; durable when this returns (commit offsets after it).
+        ``maintain`` as for :meth:`~agent.store.Store.apply` (a replay expires after every batch, so
+        that it behaves the same on every run)."""
         incoming = decode_messages(
             messages,
             max_report_chars=self.settings.audit.max_report_chars,
             naive=self.settings.stream.naive_timestamps,
             limits=self.settings.events,
         )
-        result = self.store.apply(incoming, position=position)
+        result = self.store.apply(incoming, position=position, maintain=maintain)
         for joined in result.joined:
             self._update_drift(joined.model, joined.seq, joined.label, joined.prediction, joined.timestamp)
         if self.exporter is not None:

@@ -206,3 +206,14 @@ def test_person_names_are_kept_as_digests_and_recognised(make_store):
     again = Store(store.url if store.postgres else ":memory:")
     assert again.known_names({"thaddeus"}) == (set() if not store.postgres else {"thaddeus"})
     again.close()
+
+
+def test_an_unstorable_input_is_dead_lettered_and_the_rest_of_its_batch_kept(postgres_url):
+    # PostgreSQL refuses NUL characters in text (SQLite stores them): the batch is applied again
+    # input by input, and only that one is dead-lettered.
+    store = Store(postgres_url, StorePolicy(label_delay_seconds=DAY), clock=lambda: T0.timestamp())
+    batch = [inf("i1", "s1"), inf("i2", "bad\x00study"), lab("l1", "s1")]
+    result = Feed(store)(*batch)
+    assert result.dead_lettered == {"unprocessable": 1} and len(result.joined) == 1
+    assert store.window_size("ptx") == 1
+    store.close()
