@@ -79,6 +79,7 @@ class _Batch:
         self.predicted: dict[str, set[ClassLabel]] = {}
         self.watermarks: dict[str, float] = {}
         self.stored_predictions: dict[str, list[ClassLabel]] = {}
+        self.inferred: set[str] = set()
 
 
 class JoinMixin(Database):
@@ -182,6 +183,15 @@ class JoinMixin(Database):
                 " CASE WHEN CAST(meta.value AS DOUBLE PRECISION) < CAST(excluded.value AS DOUBLE PRECISION)"
                 " THEN excluded.value ELSE meta.value END",
                 {"k": f"watermark:{kind}", "v": repr(batch.watermarks[kind])},
+            )
+        studies = sorted(batch.inferred)
+        for start in range(0, len(studies), 500):
+            chunk = studies[start : start + 500]
+            marks = ", ".join(f":s{i}" for i in range(len(chunk)))
+            q(
+                conn,
+                f"UPDATE reports SET matched = 1 WHERE matched = 0 AND study_uid IN ({marks})",
+                {f"s{i}": s for i, s in enumerate(chunk)},
             )
         flush_counters(conn, batch.counters)
 
@@ -305,40 +315,12 @@ class JoinMixin(Database):
         self, conn: Connection, item: Incoming, event: InferenceEvent, ts: float, batch: _Batch
     ) -> None:
         result = batch.result
-        existing = q(
-            conn,
-            "SELECT event_id FROM inferences WHERE model = :m AND study_uid = :s",
-            {"m": event.model, "s": event.study_uid},
-        ).scalar()
-        if existing is not None and existing == event.event_id:
-            # The same inference again, after its event id was forgotten: a duplicate.
-            self._duplicate(conn, item, event, batch)
-            return
-        if existing is not None:
-            self._dead_letter(
-                conn,
-                batch,
-                item.source,
-                "conflicting_inference",
-                "second inference for this study and model; ignored",
-                withheld(event),
-            )
-            return
-        batch.predicted.setdefault(event.model, set()).add(event.prediction)
-        if event.metadata:
-            # Only the whitelisted tags are stored; the words of person-name fields are kept as
-            # keyed digests, so the explainer can block those names wherever they appear.
-            for digest in sorted({self._digest(w) for w in person_name_words(event.metadata)}):
-                q(
-                    conn,
-                    "INSERT INTO name_digests (digest, at) VALUES (:d, :at) ON CONFLICT (digest) DO NOTHING",
-                    {"d": digest, "at": ts},
-                )
         metadata = safe_metadata(event.metadata) if event.metadata is not None else None
-        q(
+        stored = q(
             conn,
             "INSERT INTO inferences (model, study_uid, event_id, ts, prediction, score, metadata, image,"
-            " state) VALUES (:m, :s, :e, :ts, :p, :score, :meta, :image, 'pending')",
+            " state) VALUES (:m, :s, :e, :ts, :p, :score, :meta, :image, 'pending')"
+            " ON CONFLICT (model, study_uid) DO NOTHING RETURNING ts",
             {
                 "m": event.model,
                 "s": event.study_uid,
@@ -349,8 +331,31 @@ class JoinMixin(Database):
                 "meta": _dump(metadata) if metadata is not None else None,
                 "image": event.image,
             },
-        )
-        q(conn, "UPDATE reports SET matched = 1 WHERE study_uid = :s AND matched = 0", {"s": event.study_uid})
+        ).fetchone()
+        if stored is None:
+            existing = q(
+                conn,
+                "SELECT event_id FROM inferences WHERE model = :m AND study_uid = :s",
+                {"m": event.model, "s": event.study_uid},
+            ).scalar()
+            if existing == event.event_id:
+                # The same inference again, after its event id was forgotten: a duplicate.
+                self._duplicate(conn, item, event, batch)
+            else:
+                message = "second inference for this study and model; ignored"
+                self._dead_letter(conn, batch, item.source, "conflicting_inference", message, withheld(event))
+            return
+        batch.predicted.setdefault(event.model, set()).add(event.prediction)
+        batch.inferred.add(event.study_uid)
+        if event.metadata:
+            # Only the whitelisted tags are stored; the words of person-name fields are kept as
+            # keyed digests, so the explainer can block those names wherever they appear.
+            for digest in sorted({self._digest(w) for w in person_name_words(event.metadata)}):
+                q(
+                    conn,
+                    "INSERT INTO name_digests (digest, at) VALUES (:d, :at) ON CONFLICT (digest) DO NOTHING",
+                    {"d": digest, "at": ts},
+                )
         result.accepted["inference"] += 1
         result.to_embed += 1
         waiting = q(
@@ -411,7 +416,9 @@ class JoinMixin(Database):
         used = 0
         for model, state in rows:
             if state == "pending" and model in known:
-                used |= self._join(conn, model, event.study_uid, event.event_id, event.label, ts, batch)
+                used |= self._join(
+                    conn, model, event.study_uid, event.event_id, event.label, ts, batch, stored_label=False
+                )
         q(
             conn,
             "INSERT INTO labels (event_id, study_uid, model, label, ts, used, source, raw)"
@@ -446,13 +453,10 @@ class JoinMixin(Database):
             )
             return
         result.accepted["report"] += 1
-        if q(conn, "SELECT 1 FROM reports WHERE study_uid = :s", {"s": event.study_uid}).fetchone():
-            bump(batch.counters, "extra_report")
-            return
-        q(
+        stored = q(
             conn,
             "INSERT INTO reports (study_uid, event_id, ts, text, source, matched)"
-            " VALUES (:s, :e, :ts, :t, :src, :matched)",
+            " VALUES (:s, :e, :ts, :t, :src, :matched) ON CONFLICT (study_uid) DO NOTHING RETURNING ts",
             {
                 "s": event.study_uid,
                 "e": event.event_id,
@@ -461,7 +465,10 @@ class JoinMixin(Database):
                 "src": item.source,
                 "matched": int(bool(states)),
             },
-        )
+        ).fetchone()
+        if stored is None:  # the first report of a study wins
+            bump(batch.counters, "extra_report")
+            return
         result.to_embed += 1
 
     def _join(
@@ -473,8 +480,11 @@ class JoinMixin(Database):
         label: ClassLabel,
         label_ts: float,
         batch: _Batch,
+        *,
+        stored_label: bool = True,
     ) -> int:
-        """Turn a pending inference and its label into a sample; 1 when it did, 0 when it had gone."""
+        """Turn a pending inference and its label into a sample; 1 when it did, 0 when it had gone.
+        ``stored_label`` says whether the label already has its row (to mark used)."""
         claimed = q(
             conn,
             "UPDATE inferences SET state = 'joined' WHERE model = :m AND study_uid = :s AND state = 'pending'"
@@ -497,7 +507,8 @@ class JoinMixin(Database):
                 "ts": inf_ts,
             },
         ).scalar()
-        q(conn, "UPDATE labels SET used = 1 WHERE event_id = :e", {"e": label_event_id})
+        if stored_label:
+            q(conn, "UPDATE labels SET used = 1 WHERE event_id = :e", {"e": label_event_id})
         batch.labels[model] = batch.labels.get(model, 0) + 1
         bump(batch.counters, f"joined:{model}")
         batch.result.models.add(model)
