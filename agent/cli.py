@@ -598,10 +598,9 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(
-        level=os.environ.get("SLICE_AGENT_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from agent.logs import configure_logging
+
+    configure_logging(os.environ.get("SLICE_AGENT_LOG_LEVEL", "WARNING"))
     try:
         app()
     except AgentError as err:
