@@ -126,7 +126,9 @@ def bad_message(draw: Any, goods: list[dict[str, Any]]) -> tuple[bytes, set[str]
     fields = [f for f in fields if f != "label" or base["type"] == "label"]
     field = draw(st.sampled_from(fields))
     base[field] = draw(st.sampled_from(WRONG[field]))
-    return json.dumps(base).encode(), {"wrong_type"}
+    # A string over its field's size limit is refused by size before its type is checked.
+    too_long = isinstance(base[field], str) and len(base[field]) > 256
+    return json.dumps(base).encode(), {"oversized_field"} if too_long else {"wrong_type"}
 
 
 @st.composite

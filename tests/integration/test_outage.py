@@ -57,6 +57,10 @@ def test_broker_outage_agent_waits_reconnects_and_counts_right(tansu, agents, em
         what="the agent to rejoin its group",
         diagnose=agent.tail,
     )
+    outage = agent.log.read_text(errors="replace")[len(before_outage) :]
+    errors = [line for line in outage.splitlines() if " ERROR " in line and DISCONNECTED.search(line)]
+    # The clients' reconnect errors come once per interval per message, not tens a second.
+    assert 1 <= len(errors) <= 6, errors[:20]
     publish_file(path, settings, create_topics=False, start_line=split + 1)
     wait_for(
         lambda: store.sizes()["seen"] == len(events),
