@@ -70,6 +70,7 @@ def hostile_folder(root: Path, outside: Path) -> tuple[dict[str, Path | str], di
     """
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+
     def pixels(*shape: int, top: int = 4096) -> np.ndarray:
         return rng.integers(0, top, shape, dtype=np.uint16)
 
