@@ -56,6 +56,11 @@ class Embedded:
     problems: list[Problem]
     raw_reports: list[str] = field(default_factory=list)
     metadata: list[dict[str, object]] = field(default_factory=list)
+    image_keys: list[str | None] = field(default_factory=list)
+    """Per case, the cache key of its image vector (None without one): what the store keeps so
+    that later refits find the vector without decoding the file again."""
+    decoded: int = 0
+    """Image files decoded by this call (cases whose vector was found by key are not)."""
 
 
 def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
@@ -100,20 +105,33 @@ def embed_samples(
     ``images`` settings); without it every image path is refused as ``image_refused``.
     """
     from agent import dicom
+    from agent.embed.cache import cached_vectors, image_key
 
     n = len(samples)
     problems: list[Problem] = []
     metadata: list[dict[str, object]] = []
     pixels: list[np.ndarray | None] = []
-    for s in samples:
+    # A case whose image was embedded before (on arrival) keeps its vector's key: no decoding again.
+    known: dict[int, np.ndarray] = {}
+    if "image" in modalities:
+        keyed = [i for i, s in enumerate(samples) if s.image and s.image_key]
+        found = cached_vectors(embedder, [samples[i].image_key or "" for i in keyed])
+        known = {
+            i: v
+            for i, v in zip(keyed, found, strict=True)
+            if v is not None and v.shape == (embedder.image_dim,)
+        }
+    decoded = 0
+    for i, s in enumerate(samples):
         meta = dict(s.metadata or {})
         image = None
-        if s.image and ("image" in modalities or not meta):
+        if s.image and (("image" in modalities and i not in known) or not meta):
             try:
                 if not meta:
                     meta = dict(dicom.read_header(s.image, access=images))
-                if "image" in modalities:
+                if "image" in modalities and i not in known:
                     image = dicom.read_pixels(s.image, size=image_size, access=images)
+                    decoded += 1
             except ImageRefusedError as err:
                 problems.append(Problem(f"study {s.study_uid}", err.reason, str(err)))
             except (AgentError, OSError) as err:
@@ -138,6 +156,8 @@ def embed_samples(
     for modality in modalities:
         if modality == "image":
             out = np.full((n, embedder.image_dim), np.nan, dtype=np.float32)
+            for i, vector in known.items():
+                out[i] = vector
             rows = [i for i, p in enumerate(pixels) if p is not None]
             for start, chunk in _batched([pixels[i] for i in rows], batch_size, "images", progress):
                 out[rows[start : start + len(chunk)]] = embedder.embed_images(list(chunk))  # type: ignore[arg-type]
@@ -149,7 +169,11 @@ def embed_samples(
     vocabulary = frozenset(w for sentence in set(sentences) for w in tokens(sentence))
     texts = [f"{r}\n{m}" for r, m in zip(reports, sentences, strict=True)]
     raw = [s.report or "" for s in samples]
-    return Embedded(blocks, texts, reports, vocabulary, problems, raw, metadata)
+    keys = [
+        samples[i].image_key if i in known else image_key(embedder.name, p) if p is not None else None
+        for i, p in enumerate(pixels)
+    ]
+    return Embedded(blocks, texts, reports, vocabulary, problems, raw, metadata, keys, decoded)
 
 
 def _image_access(settings: Settings) -> ImageAccess:

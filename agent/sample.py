@@ -25,6 +25,8 @@ class Sample:
     metadata: dict[str, Any] | None = None
     image: str | None = None
     event_id: str = ""
+    image_key: str | None = None
+    """Cache key of the image's vector, once embedded: refits read it instead of the file."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,15 @@ from agent.embed.base import Embedder, WrappedEmbedder
 from agent.embed.default import check_texts
 from agent.errors import ConfigError, EmbedderError
 
-__all__ = ["CachedEmbedder", "EmbeddingCache", "MemoryCache", "SqliteCache", "image_key", "text_key"]
+__all__ = [
+    "CachedEmbedder",
+    "EmbeddingCache",
+    "MemoryCache",
+    "SqliteCache",
+    "cached_vectors",
+    "image_key",
+    "text_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +280,17 @@ class SqliteCache:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def cached_vectors(embedder: Embedder, keys: Sequence[str]) -> list[NDArray[np.float32] | None]:
+    """The vectors stored under ``keys`` in the cache of ``embedder`` or of an embedder it wraps
+    (None where missing, or all None when no cache is found)."""
+    current: object = embedder
+    while current is not None:
+        if isinstance(current, CachedEmbedder):
+            return current.cache.get_many(keys) if keys else []
+        current = getattr(current, "inner", None)
+    return [None] * len(keys)
 
 
 class CachedEmbedder(WrappedEmbedder):

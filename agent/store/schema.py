@@ -63,6 +63,7 @@ _inferences = Table(
     Column("state", Text, nullable=False),
     Column("embedded", Integer, nullable=False, server_default="0"),
     Column("claimed_at", Double),
+    Column("image_key", Text),
     PrimaryKeyConstraint("model", "study_uid"),
     Index("inferences_study", "study_uid"),
     Index("inferences_state_ts", "state", "ts"),
@@ -242,12 +243,15 @@ _vectors = Table(
 
 
 def _v1_to_v2(conn: Connection) -> None:
-    """Version 1 (one SQLite worker) to 2: embedding claims, the worker of an assignment; the new
+    """Version 1 (one SQLite worker) to 2: embedding claims, image vector keys, the worker of an
+    assignment; the new
     tables (leases, vectors, name digests) are created with the rest."""
     columns = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("inferences", "reports")}
     for table in ("inferences", "reports"):
         if "claimed_at" not in columns[table]:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN claimed_at DOUBLE PRECISION"))
+    if "image_key" not in columns["inferences"]:
+        conn.execute(text("ALTER TABLE inferences ADD COLUMN image_key TEXT"))
     if "worker" not in {c["name"] for c in inspect(conn).get_columns("assignments")}:
         conn.execute(text("ALTER TABLE assignments ADD COLUMN worker TEXT NOT NULL DEFAULT ''"))
 

@@ -34,7 +34,8 @@ class WindowMixin(Database):
         rows = q(
             conn,
             "SELECT s.study_uid, s.prediction, s.label, s.ts, i.score, i.metadata, i.image, i.event_id,"
-            " r.text FROM samples s JOIN inferences i ON i.model = s.model AND i.study_uid = s.study_uid"
+            " r.text, i.image_key FROM samples s"
+            " JOIN inferences i ON i.model = s.model AND i.study_uid = s.study_uid"
             " LEFT JOIN reports r ON r.study_uid = s.study_uid WHERE s.model = :m AND s.ts >= :oldest"
             " ORDER BY s.ts DESC, s.study_uid DESC LIMIT :n",
             {"m": model, "oldest": self._oldest(conn, model), "n": self.policy.window_size},
@@ -51,8 +52,9 @@ class WindowMixin(Database):
                 metadata=json.loads(metadata) if metadata is not None else None,
                 image=image,
                 event_id=event_id,
+                image_key=key,
             )
-            for study, prediction, label, ts, score, metadata, image, event_id, text in rows
+            for study, prediction, label, ts, score, metadata, image, event_id, text, key in rows
         ]
 
     def snapshot(self, model: str) -> tuple[list[Sample], int]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.dicom import safe_metadata
 from agent.sample import Sample
 from agent.store.db import Database, q
 from agent.store.outbox import OutboxMixin
@@ -89,6 +90,29 @@ class WorkMixin(OutboxMixin):
             for study, _, text, event_id in reps
         ]
         return out
+
+    def record_images(self, found: Mapping[tuple[str, str], tuple[str | None, Mapping[str, object]]]) -> None:
+        """Keep what embedding an inference's image found, by ``(model, study)``: the key of its
+        vector (so refits never decode the file again) and, where the event carried no metadata,
+        the whitelisted tags of the file's header."""
+
+        def run(conn: Any) -> None:
+            for (model, study), (key, header) in sorted(found.items()):
+                meta = safe_metadata(header) if header else None
+                q(
+                    conn,
+                    "UPDATE inferences SET image_key = COALESCE(:k, image_key),"
+                    " metadata = COALESCE(metadata, :meta) WHERE model = :m AND study_uid = :s",
+                    {
+                        "k": key,
+                        "meta": json.dumps(meta, sort_keys=True) if meta else None,
+                        "m": model,
+                        "s": study,
+                    },
+                )
+
+        if found:
+            self._run(run)
 
     def oldest_unembedded_age(self) -> float | None:
         """Seconds since the oldest row still waiting for its vectors was claimed or stored

@@ -170,6 +170,14 @@ class ArrivalEmbedder:
         if self.on_batch is not None:
             for modality in modalities:
                 self.on_batch(modality, seconds / len(modalities))
+        if "image" in modalities or "metadata" in modalities:
+            self.store.record_images(
+                {
+                    (s.model, s.study_uid): (key, meta if s.metadata is None and s.image else {})
+                    for s, key, meta in zip(samples, emb.image_keys, emb.metadata, strict=True)
+                    if key is not None or (s.metadata is None and s.image and meta)
+                }
+            )
         by_study = {f"study {s.study_uid}": s for s in samples}
         for problem in emb.problems:
             sample = by_study.get(problem.where)

@@ -237,7 +237,9 @@ def test_embed_samples_dead_letters_refused_images_as_image_refused(access, good
     assert IMAGE_REFUSED in REASONS
 
     class Zero:
+        name = "zero"
         image_dim = text_dim = 4
+        shared_space = False
 
         def embed_images(self, images):
             return np.zeros((len(images), 4), dtype=np.float32)
