@@ -1,4 +1,4 @@
-"""Model and class names made safe as single path components.
+"""Paths the agent writes: names made safe as path components, and files private to its user.
 
 Names come from events, so a name may be ``..``, hold a separator, be empty, or be longer than a
 file name may be. :func:`safe_component` turns any of them into one component that stays inside
@@ -8,10 +8,13 @@ the folder it is joined to, whatever the file system.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import unicodedata
+from pathlib import Path
+from typing import IO
 
-__all__ = ["MAX_COMPONENT_CHARS", "safe_component"]
+__all__ = ["MAX_COMPONENT_CHARS", "open_private", "private_folder", "safe_component"]
 
 #: Longest component returned, in characters (all ASCII, so also in bytes); file systems allow 255.
 MAX_COMPONENT_CHARS = 100
@@ -61,3 +64,21 @@ def safe_component(name: str, *, max_chars: int = MAX_COMPONENT_CHARS) -> str:
     stem = cleaned.rstrip("._") or "name"
     stem = stem[: max_chars - _DIGEST_CHARS - 1].rstrip("._-") or "name"
     return f"{stem}-{_digest(text)}"
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` and any missing parents readable by the agent's user only (0700); folders
+    that exist already are left as they are (they may be shared). Returns ``path``."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode is masked by the umask
+    return path
+
+
+def open_private(path: Path, mode: str = "a") -> IO[str]:
+    """Open a text file for writing (``"a"`` or ``"w"``), created 0600 in a private folder."""
+    private_folder(path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    return os.fdopen(fd, mode, encoding="utf-8")

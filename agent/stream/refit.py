@@ -27,7 +27,7 @@ from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
 from agent.images import ImageAccess
-from agent.paths import safe_component
+from agent.paths import open_private, safe_component
 from agent.report import SliceReport
 from agent.sample import Sample
 from agent.store import Store
@@ -46,9 +46,8 @@ def report_dir(reports_dir: Path, model: str, target: ClassLabel) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with open_private(tmp, "w") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

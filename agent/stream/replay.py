@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import EventSettings
+from agent.paths import open_private
 from agent.store import Store
 from agent.stream.ingest import Message, decode_messages
 from agent.stream.refit import RefitOutcome
@@ -49,8 +50,7 @@ def write_dead_letters(store: Store, path: Path) -> int:
     """
     written = 0
     while letters := store.unsent_dead_letters():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as fh:
+        with open_private(path, "a") as fh:
             for letter in letters:
                 record = {
                     "source": letter.source,

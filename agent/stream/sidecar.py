@@ -24,6 +24,7 @@ from agent.config import Settings
 from agent.drift import DriftMonitor
 from agent.embed.base import Embedder
 from agent.images import ImageAccess
+from agent.paths import open_private
 from agent.store import ApplyResult, Store
 from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
 from agent.stream.ingest import Message, decode_messages
@@ -214,8 +215,7 @@ class Sidecar:
             "threshold": None,
         }
         path = self.settings.stream.reports_dir / "drift-events.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as fh:
+        with open_private(path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.exporter is not None:
             self.exporter.agent.drift_detected(model, signal.cls)

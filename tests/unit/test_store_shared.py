@@ -217,3 +217,19 @@ def test_an_unstorable_input_is_dead_lettered_and_the_rest_of_its_batch_kept(pos
     assert result.dead_lettered == {"unprocessable": 1} and len(result.joined) == 1
     assert store.window_size("ptx") == 1
     store.close()
+
+
+def test_what_the_agent_writes_is_private_to_its_user(tmp_path):
+    from agent.paths import open_private
+    from agent.stream.refit import _write_atomic
+
+    _write_atomic(tmp_path / "reports" / "m" / "pos" / "refit-000001.json", "{}")
+    with open_private(tmp_path / "dl" / "dead-letter.jsonl") as fh:
+        fh.write("{}\n")
+    for path in (tmp_path / "reports", tmp_path / "reports" / "m" / "pos", tmp_path / "dl"):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    for path in (
+        tmp_path / "reports" / "m" / "pos" / "refit-000001.json",
+        tmp_path / "dl" / "dead-letter.jsonl",
+    ):
+        assert path.stat().st_mode & 0o777 == 0o600, path
