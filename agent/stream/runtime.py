@@ -156,12 +156,29 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
             except Exception:
                 log.exception("refit of %s failed", model)
 
+    kinds = {s.inference_topic: "inference", s.label_topic: "label", s.report_topic: "report"}
+
+    async def consumer_lag() -> dict[str, int]:
+        """Messages behind the partitions' high watermarks, by event type. The broker's high
+        watermark as last fetched: a lower bound on Tansu, which under-reports it after batches."""
+        lag = dict.fromkeys(kinds.values(), 0)
+        for tp in app.consumer.assignment():
+            kind = kinds.get(tp.topic)
+            position = await app.consumer.position(tp) if kind is not None else None
+            if kind is None or position is None:
+                continue
+            lag[kind] += max(0, app.consumer.highwater(tp) - position)
+        return lag
+
     @app.timer(interval=5.0)
     async def refresh() -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(None, sidecar.refresh)
+            if sidecar.exporter is not None:
+                for kind, behind in (await consumer_lag()).items():
+                    sidecar.exporter.agent.set_consumer_lag(kind, behind)
         except Exception as err:  # metrics lag a tick; the stream goes on
-            log.warning("metrics not refreshed from the store (%s)", type(err).__name__)
+            log.warning("metrics not refreshed (%s)", type(err).__name__)
 
     @app.timer(interval=1.0)
     async def tick() -> None:
