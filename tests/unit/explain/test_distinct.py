@@ -9,7 +9,7 @@ from agent.explain import TokenSpace, r_attr
 def test_ds_matches_hand_computed_tfidf():
     # Four one-line documents; min_df=1 so every token counts.
     texts = ["tube tube lung", "lung", "tube heart", "heart lung"]
-    space = TokenSpace(min_df=1).fit(texts)
+    space = TokenSpace(min_df=1, ngram_range=(1, 1)).fit(texts)
     vocab = list(space.vocabulary_)
     # Hand computation of scikit-learn's smoothed idf, sublinear tf and l2 norm.
     n = 4
