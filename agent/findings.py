@@ -6,11 +6,13 @@ Two slices belong to one finding when
 
 - their members overlap: ``|A ∩ B| / min(|A|, |B|) >= overlap`` (the overlap coefficient, as
   the tracker uses: the core of a failure and the failure with its surroundings are one); or
-- their validated names overlap: they share at least ``shared_names`` words among their
-  validated tokens (a bigram counts its two words). Validated names have passed a held-out
-  test of separating their own slice from the rest of its class, so a shared one says the two
-  slices are carved from one group (the demo's device failure comes out as one slice per
-  device kind, each named ``tip``, ``tube``, ``svc``... and barely overlapping in members).
+- their names overlap: at least ``shared_names`` words of one slice's validated tokens are
+  among the other's candidate names (its validated and rejected tokens: the words that most
+  set its errors apart on the fitting fold); a bigram counts its two words. A validated name
+  has passed a held-out test of separating its own slice from the rest of its class, so when
+  it also marks the other slice's errors the two are carved from one group (the demo's device
+  failure comes out as one slice per device kind, named ``tip``, ``tube``, ``svc``... and
+  barely overlapping in members).
   Slices of either class can share names: a failure that spans both classes is one finding.
 
 Findings are the connected groups of that relation. Within a finding, sub-slices are ranked by
@@ -35,8 +37,8 @@ def _coefficient(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / min(len(a), len(b))
 
 
-def _name_words(s: SliceResult) -> frozenset[str]:
-    return frozenset(w for t in s.tokens for w in t.token.split(" "))
+def _words(tokens: Sequence[TokenResult]) -> frozenset[str]:
+    return frozenset(w for t in tokens for w in t.token.split(" "))
 
 
 def _excess(s: SliceResult) -> float:
@@ -80,10 +82,14 @@ def group_slices(
         return i
 
     members = [frozenset(m.study_uid for m in s.members if m.study_uid) for s in slices]
-    words = [_name_words(s) for s in slices]
+    validated = [_words(s.tokens) for s in slices]
+    candidates = [_words((*s.tokens, *s.rejected_tokens)) for s in slices]
     for i in range(n):
         for j in range(i + 1, n):
-            if _coefficient(members[i], members[j]) >= overlap or len(words[i] & words[j]) >= shared_names:
+            if _coefficient(members[i], members[j]) >= overlap or (
+                len(validated[i] & candidates[j]) >= shared_names
+                or len(validated[j] & candidates[i]) >= shared_names
+            ):
                 parent[root(j)] = root(i)
 
     groups: dict[int, list[int]] = {}
