@@ -1,6 +1,10 @@
 """The one audit pipeline that the batch CLI and the streaming agent both call.
 
 samples -> embed the chosen modalities -> fuse -> discover and test slices -> explain -> report.
+
+Each slice is named on the fold whose slicer found it, and every name is checked on the held-out
+fold that tested the slice (:func:`validated_tokens`); slices that are one failure are grouped into
+findings (:func:`agent.findings.group_slices`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from agent.config import Settings
 from agent.embed.base import Embedder
 from agent.errors import AgentError, FitError, ImageRefusedError
 from agent.events import ClassLabel
-from agent.explain import TokenSpace, r_attr, scrub, tokens
+from agent.explain import TokenSpace, r_attr, scrub, separation, tokens
+from agent.findings import group_slices
 from agent.fuse import MODALITIES, fuse
 from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
@@ -35,6 +40,7 @@ __all__ = [
     "default_target_class",
     "embed_samples",
     "run_audit",
+    "validated_tokens",
     "window_capacity",
 ]
 
@@ -219,6 +225,31 @@ def _unit_mean(blocks: Sequence[np.ndarray]) -> np.ndarray:
     return np.nan_to_num(mean)
 
 
+def validated_tokens(
+    space: TokenSpace,
+    candidates: Sequence[TokenResult],
+    held_out_rows: np.ndarray,
+    in_slice: np.ndarray,
+    *,
+    alpha: float,
+) -> tuple[tuple[TokenResult, ...], tuple[TokenResult, ...]]:
+    """Check each candidate name on held-out cases; return those that pass and those that fail.
+
+    A token passes when its presence separates the held-out members of the slice
+    (``in_slice``, aligned with ``held_out_rows``) from the other held-out cases: AUROC above
+    0.5, and one-sided Mann-Whitney p-value, Bonferroni-adjusted over the candidates, at most
+    ``alpha``.
+    """
+    passed: list[TokenResult] = []
+    failed: list[TokenResult] = []
+    for t in candidates:
+        sep = separation(space.presence(t.token, held_out_rows), in_slice)
+        p = min(1.0, sep.p_value * len(candidates))
+        checked = TokenResult(t.token, t.ds, t.r_attr, sep.auroc, p)
+        (passed if sep.auroc > 0.5 and p <= alpha else failed).append(checked)
+    return tuple(passed), tuple(failed)
+
+
 def run_audit(
     samples: Sequence[Sample],
     *,
@@ -319,10 +350,20 @@ def run_audit(
 
     uids = [s.study_uid for s in samples]
     slices: list[SliceResult] = []
+    everyone = np.ones(len(samples), dtype=bool)
     for finding in findings:
         order = finding.ranking()
-        err_members = order[err[order]]
-        ref = np.flatnonzero(~err & (y == finding.slice_class) & ~finding.members)
+        held = finding.held_out if finding.held_out is not None else ~everyone
+        # Names are chosen on the cases that fitted the slicer and checked on those it never saw.
+        fitting = ~held
+        same_class = y == finding.slice_class
+        err_members = order[err[order] & fitting[order]]
+        chosen_on = err_members if len(err_members) else order[fitting[order]]
+        ref = np.flatnonzero(~err & same_class & ~finding.members & fitting)
+        check_rows = np.flatnonzero(held & same_class)
+        names, rejected = validated_tokens(
+            space, scored(chosen_on, ref), check_rows, finding.members[check_rows], alpha=a.alpha
+        )
         slices.append(
             SliceResult(
                 rank=len(slices) + 1,
@@ -334,8 +375,9 @@ def run_audit(
                 error_precision_at_10=error_precision_at_k(order, err, 10),
                 n_tested=finding.n_tested,
                 members=tuple(Member(uids[i], float(finding.probability[i])) for i in order),
-                tokens=scored(err_members if len(err_members) else order, ref),
+                tokens=names,
                 slice_class=target if finding.slice_class == 1 else "rest",
+                rejected_tokens=rejected,
             )
         )
     baseline = scored(np.flatnonzero(err), np.flatnonzero(~err))
@@ -351,6 +393,12 @@ def run_audit(
         r_attr_space=("image" if shared else "text") if case_vectors is not None else None,
         embedder=embedder.name,
         notes=tuple(notes),
+        findings=group_slices(slices, top_tokens=a.top_tokens),
     )
-    log.info("audit of %s done: %d significant slice(s)", model, len(slices))
+    log.info(
+        "audit of %s done: %d significant slice(s) in %d finding(s)",
+        model,
+        len(slices),
+        len(report.findings),
+    )
     return report, emb.problems

@@ -16,6 +16,7 @@ __all__ = [
     "FitError",
     "ImageRefusedError",
     "ModelFilesMissingError",
+    "NotFittedError",
 ]
 
 
@@ -65,3 +66,7 @@ class ModelFilesMissingError(EmbedderError, FileNotFoundError):
 
 class FitError(AgentError, ValueError):
     """A slicer cannot be fitted on the data it was given."""
+
+
+class NotFittedError(FitError, AttributeError):
+    """A slicer was asked to predict before it was fitted (scikit-learn's ``NotFittedError`` bases)."""

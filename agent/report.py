@@ -6,6 +6,13 @@ private to the agent's user (0600). The export form (:meth:`SliceReport.for_expo
 ``to_dict(export=True)``) is what leaves the sidecar (Pushgateway, summary, a copy a user sends
 on): members are reduced to the probabilities of the ten most probable, with no study uid, and the
 window keeps its counts but not its first and last study times.
+
+A slice's ``tokens`` are its validated names: each was chosen on the fold that fitted the slicer
+and checked on the held-out fold (``auroc``, ``p_value``: how well its presence separates the
+slice's members from the rest of their class). Those that failed are kept apart, in
+``rejected_tokens``. ``findings`` group the slices that are one failure (members or names
+overlap; :mod:`agent.findings`); ``slices`` stay as they were, each finding naming its
+``sub_slices`` by id.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 from agent.errors import AgentError
 
-__all__ = ["EXPORT_MEMBERS", "Member", "SliceReport", "SliceResult", "TokenResult", "Window"]
+__all__ = ["EXPORT_MEMBERS", "Finding", "Member", "SliceReport", "SliceResult", "TokenResult", "Window"]
 
 EXPORT_MEMBERS = 10
 """Members whose probabilities the export form keeps (without their study uids)."""
@@ -28,9 +35,18 @@ EXPORT_MEMBERS = 10
 
 @dataclass(frozen=True)
 class TokenResult:
+    """A word or bigram that sets a slice apart.
+
+    ``ds`` and ``r_attr`` are measured where the token was chosen; ``auroc`` and ``p_value``
+    (one-sided Mann-Whitney, Bonferroni-adjusted over the slice's candidate tokens) on the
+    held-out fold. Baseline tokens are not validated (None).
+    """
+
     token: str
     ds: float
     r_attr: float | None = None
+    auroc: float | None = None
+    p_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,26 @@ class SliceResult:
     members: tuple[Member, ...]
     tokens: tuple[TokenResult, ...]
     slice_class: str | int | None = None
+    rejected_tokens: tuple[TokenResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failure: slices whose members or validated names overlap, merged.
+
+    ``sub_slices`` are slice ids, ranked by size and effect; ``error_rate`` and ``p_value``
+    (Bonferroni already applied) are those of the finding's most significant sub-slice; ``size``
+    counts the distinct studies in all of them; ``tokens`` are their validated names, best
+    separation first.
+    """
+
+    rank: int
+    id: str
+    size: int
+    error_rate: float
+    p_value: float
+    tokens: tuple[TokenResult, ...]
+    sub_slices: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -76,13 +112,17 @@ class SliceReport:
     r_attr_space: str | None = None
     embedder: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    findings: tuple[Finding, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SliceReport:
         """Rebuild a :class:`SliceReport` from its JSON form (the inverse of ``SliceReport.to_dict``)."""
 
         def tokens(items: Sequence[Mapping[str, Any]]) -> tuple[TokenResult, ...]:
-            return tuple(TokenResult(t["token"], float(t["ds"]), t.get("r_attr")) for t in items)
+            return tuple(
+                TokenResult(t["token"], float(t["ds"]), t.get("r_attr"), t.get("auroc"), t.get("p_value"))
+                for t in items
+            )
 
         def nan(value: Any) -> float:
             return float("nan") if value is None else float(value)
@@ -105,8 +145,21 @@ class SliceReport:
                     ),
                     tokens=tokens(s.get("tokens", ())),
                     slice_class=s.get("slice_class"),
+                    rejected_tokens=tokens(s.get("rejected_tokens", ())),
                 )
                 for s in data["slices"]
+            )
+            findings = tuple(
+                Finding(
+                    rank=int(f["rank"]),
+                    id=str(f["id"]),
+                    size=int(f["size"]),
+                    error_rate=nan(f["error_rate"]),
+                    p_value=nan(f["p_value"]),
+                    tokens=tokens(f.get("tokens", ())),
+                    sub_slices=tuple(str(i) for i in f["sub_slices"]),
+                )
+                for f in data.get("findings", ())
             )
             return cls(
                 model=data["model"],
@@ -119,11 +172,37 @@ class SliceReport:
                 r_attr_space=data.get("r_attr_space"),
                 embedder=data.get("embedder", ""),
                 notes=tuple(data.get("notes", ())),
+                findings=findings,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise AgentError(
                 f"not a slice report: {err!r}; expected the JSON that `slice-agent audit` writes"
             ) from err
+
+    def with_slice_ids(self, ids: Sequence[str]) -> SliceReport:
+        """This report with its slices renamed (a tracker's ids), and its findings following them.
+
+        A finding's id follows its first sub-slice's, so it is as stable as that slice's track.
+
+        >>> s = SliceResult(1, "s-1", 2, 0.5, 0.1, 0.01, 0.5, 1, (), ())
+        >>> f = Finding(1, "f-1", 2, 0.5, 0.01, (), ("s-1",))
+        >>> r = SliceReport("m", 1, (), Window(3, 1, None, None), (s,), (), findings=(f,))
+        >>> r2 = r.with_slice_ids(["s-abc"])
+        >>> r2.slices[0].id, r2.findings[0].id, r2.findings[0].sub_slices
+        ('s-abc', 'f-abc', ('s-abc',))
+        """
+        if len(ids) != len(self.slices):
+            raise AgentError(f"expected {len(self.slices)} slice ids, got {len(ids)}")
+        rename = {s.id: new for s, new in zip(self.slices, ids, strict=True)}
+        findings = []
+        for f in self.findings:
+            subs = tuple(rename.get(i, i) for i in f.sub_slices)
+            findings.append(replace(f, id=finding_id(subs[0]) if subs else f.id, sub_slices=subs))
+        return replace(
+            self,
+            slices=tuple(replace(s, id=new) for s, new in zip(self.slices, ids, strict=True)),
+            findings=tuple(findings),
+        )
 
     def for_export(self) -> SliceReport:
         """This report as it may leave the sidecar: no member study uid, no study time.
@@ -178,8 +257,20 @@ class SliceReport:
             )
         if not self.slices:
             lines.append("no significant error slice")
+        for f in self.findings:
+            names = ", ".join(f"{t.token} ({t.auroc:.2f})" for t in f.tokens if t.auroc is not None) or "-"
+            ranks = [s.rank for s in self.slices if s.id in f.sub_slices]
+            lines.append(
+                f"finding {f.rank}: {f.size} studies, error {f.error_rate:.2f}, p {f.p_value:.1e}, "
+                f"slices {', '.join(map(str, ranks))}; names (held-out AUROC): {names}"
+            )
         lines.append("baseline (all errors): " + (", ".join(t.token for t in self.baseline_tokens) or "-"))
         return "\n".join(lines)
+
+
+def finding_id(slice_id: str) -> str:
+    """A finding's id from its first sub-slice's: ``s-…`` becomes ``f-…``."""
+    return "f-" + slice_id.removeprefix("s-")
 
 
 def _finite(value: Any) -> Any:

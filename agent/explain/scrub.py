@@ -29,7 +29,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from agent.explain.names import name_spans
 
-__all__ = ["STOP_WORDS", "ProperNouns", "scrub", "tokens"]
+__all__ = ["STOP_WORDS", "ProperNouns", "scrub", "terms", "tokens"]
 
 _ID_KEYS = (
     r"patient|name|mrn|medical\s+record|record\s+(?:no|number|#)|dob|date|birth|accession|acc\s*(?:no|#)?"
@@ -143,3 +143,32 @@ def tokens(text: str, blocked: frozenset[str] = frozenset()) -> list[str]:
             continue
         out.append(low)
     return out
+
+
+_JOIN = re.compile(r"[ \t]+")
+
+
+def terms(text: str, blocked: frozenset[str] = frozenset(), *, bigrams: bool = True) -> list[str]:
+    """The :func:`tokens` of one text and, with ``bigrams``, the pairs of kept words that stand side by side.
+
+    A pair is formed only by two words separated by spaces alone: a stop word, a short word, a
+    blocked word (a name), punctuation or a line break between them breaks it. So every word of
+    a bigram passes the same rules as a single token, and no bigram spans a removed name.
+
+    >>> terms("Right chest tube in place. Chest tube, Dr. Quill")
+    ['right', 'chest', 'tube', 'place', 'chest', 'tube', 'right chest', 'chest tube', 'chest tube']
+    """
+    clean = scrub(text)
+    words: list[str] = []
+    pairs: list[str] = []
+    previous: tuple[str, int] | None = None
+    for match in _WORD.finditer(clean):
+        low = match.group().lower()
+        if len(low) < 3 or low in STOP_WORDS or _PLACEHOLDER.match(low) or low in blocked:
+            previous = None
+            continue
+        words.append(low)
+        if bigrams and previous is not None and _JOIN.fullmatch(clean[previous[1] : match.start()]):
+            pairs.append(f"{previous[0]} {low}")
+        previous = (low, match.end())
+    return words + pairs

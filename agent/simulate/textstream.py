@@ -194,11 +194,15 @@ _IMPRESSION_NORMAL = ("No acute cardiopulmonary process.", "No acute abnormality
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """What to simulate. Rates are probabilities; ``failure`` is one of :data:`FAILURES` or None."""
+    """What to simulate. Rates are probabilities.
+
+    ``failure`` is one of :data:`FAILURES`, None, or a tuple of them (several failures planted
+    at once; a study in any of their groups errs at ``slice_error``).
+    """
 
     n_studies: int = 2000
     model: str = "pneumothorax"
-    failure: str | None = "devices"
+    failure: str | tuple[str, ...] | None = "devices"
     prevalence: float = 0.3
     base_error: float = 0.08
     slice_error: float = 0.7
@@ -383,8 +387,9 @@ def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, b
     >>> len(planted)
     20
     """
-    if spec.failure is not None and spec.failure not in FAILURES:
-        raise ValueError(f"expected failure in {FAILURES} or None, got {spec.failure!r}")
+    failures = (spec.failure,) if isinstance(spec.failure, str) else tuple(spec.failure or ())
+    if any(f not in FAILURES for f in failures):
+        raise ValueError(f"expected failure in {FAILURES}, a tuple of them or None, got {spec.failure!r}")
     rng = np.random.default_rng(spec.seed)
     phi = np.random.default_rng([spec.seed, 10])  # sign-offs only: the main stream is unchanged
     positive_class, negative_class = spec.model, f"no_{spec.model}"
@@ -398,12 +403,12 @@ def generate_stream(spec: StreamSpec) -> tuple[list[dict[str, Any]], dict[str, b
         sex = str(rng.choice(["F", "M"]))
         age = int(np.clip(rng.normal(60, 16), 18, 98))
         name = f"{_pick(rng, _LAST)}^{_pick(rng, _FIRST)}"
-        in_group = {
-            None: False,
+        groups = {
             "devices": devices and not positive,
             "lateral": view == "LL" and positive,
             "portable": view == "AP" and positive,
-        }[spec.failure]
+        }
+        in_group = any(groups[f] for f in failures)
         wrong = rng.random() < (spec.slice_error if in_group else spec.base_error)
         predicted_positive = positive != wrong
         planted[study] = in_group

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from agent.errors import FitError
+from agent.slicing.base import SlicerEstimator, as_binary, as_embedding
 
 __all__ = ["ErrorAwareMixture", "diag_gaussian_log_prob", "mahalanobis_sq"]
 
@@ -59,7 +62,7 @@ def _bernoulli_log_prob(target: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.outer(target, np.log(p)) + np.outer(1.0 - target, np.log1p(-p))
 
 
-class ErrorAwareMixture:
+class ErrorAwareMixture(SlicerEstimator):
     """Gaussian mixture over ``[embedding, label, prediction]`` with the label terms weighted by ``gamma``.
 
     Parameters
@@ -73,11 +76,13 @@ class ErrorAwareMixture:
     tol
         Convergence threshold on the change of the mean per-sample lower bound.
     reg_covar
-        Floor added to every variance; raise it when a fit collapses.
+        Floor added to every variance (positive); raise it when a fit collapses.
     init
         ``"confusion"`` seeds each component inside one cell of the confusion matrix
         ``(y, ŷ)`` (components shared equally over non-empty cells, then k-means++ within
         the cell); ``"random"`` draws random responsibilities.
+    min_init_size
+        Samples per component, at least, when ``"confusion"`` shares components among cells.
     random_state
         Seed or ``numpy.random.RandomState``.
 
@@ -91,6 +96,11 @@ class ErrorAwareMixture:
         Whether EM converged, the iterations run, and the final mean per-sample lower bound.
     lower_bounds_
         The mean lower bound after every iteration (non-decreasing up to rounding).
+    n_features_in_
+        Width of the embedding seen in ``fit``.
+
+    With ``gamma = 0`` the label terms weigh nothing and the fit is the EM of
+    ``GaussianMixture(covariance_type="diag")`` from the same starting point.
 
     Examples
     --------
@@ -103,7 +113,20 @@ class ErrorAwareMixture:
     (200, 4)
     >>> bool(np.allclose(m.predict_proba(X, y, y).sum(axis=1), 1.0))
     True
+    >>> m.predict(X, y, y).shape, m.score_samples(X).shape
+    ((200,), (200,))
     """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "gamma": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0, None, closed="neither")],
+        "init": [StrOptions({"confusion", "random"})],
+        "min_init_size": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,
@@ -130,17 +153,15 @@ class ErrorAwareMixture:
 
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> ErrorAwareMixture:
         """Fit by EM. ``y`` is 0/1; ``y_pred`` is 0/1 or the probability of the target class."""
+        self._check_params()
         X, y, y_pred = self._validate(X, y, y_pred)
         n = X.shape[0]
-        if self.n_components < 1:
-            raise FitError(f"n_components must be >= 1, got {self.n_components}")
         if n < self.n_components:
             raise FitError(
                 f"expected at least n_components={self.n_components} samples, got {n}; "
                 "lower n_components or widen the window"
             )
-        if self.init not in ("confusion", "random"):
-            raise FitError(f"init must be 'confusion' or 'random', got {self.init!r}")
+        self.n_features_in_ = X.shape[1]
         rng = check_random_state(self.random_state)
         resp = self._initial_resp(X, y, y_pred, rng)
         self._m_step(X, y, y_pred, resp)
@@ -167,22 +188,8 @@ class ErrorAwareMixture:
         return self
 
     def _validate(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64).ravel()
-        y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-        if X.ndim != 2:
-            raise FitError(f"expected a 2-D embedding array, got shape {X.shape}")
-        if not (len(y) == len(y_pred) == X.shape[0]):
-            raise FitError(
-                f"expected X, y and y_pred of one length, got {X.shape[0]}, {len(y)}, {len(y_pred)}"
-            )
-        if not np.all(np.isfinite(X)):
-            raise FitError("embeddings contain NaN or infinity; fill missing modalities before fitting")
-        if np.any((y != 0) & (y != 1)):
-            raise FitError("expected binary labels y in {0, 1}; reformulate as target class vs rest")
-        if np.any((y_pred < 0) | (y_pred > 1)):
-            raise FitError("expected y_pred as 0/1 or a probability in [0, 1]")
-        return X, y, y_pred
+        X = as_embedding(X)
+        return X, as_binary(y, len(X)), as_binary(y_pred, len(X), name="y_pred", soft=True)
 
     def _initial_resp(
         self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, rng: np.random.RandomState
@@ -222,17 +229,16 @@ class ErrorAwareMixture:
         # (X.T @ resp).T, not resp.T @ X: the same product, but OpenBLAS is tens of times
         # faster with the long dimension inside (measured in bench/mixture_fit.py).
         self.means_ = (X.T @ resp).T / nk[:, None]
-        second = ((X * X).T @ resp).T / nk[:, None]
-        self.variances_ = np.maximum(second - self.means_**2, 0.0) + self.reg_covar
+        self.variances_ = _weighted_variances(X, resp, self.means_, nk) + self.reg_covar
         self.y_probs_ = np.clip((resp.T @ y) / nk, _EPS, 1 - _EPS)
         self.y_pred_probs_ = np.clip((resp.T @ y_pred) / nk, _EPS, 1 - _EPS)
 
     def _joint_log_prob(self, X: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None) -> np.ndarray:
         out = np.log(self.weights_) + diag_gaussian_log_prob(X, self.means_, self.variances_)
-        if y is not None and y_pred is not None:
-            out = out + self.gamma * (
-                _bernoulli_log_prob(y, self.y_probs_) + _bernoulli_log_prob(y_pred, self.y_pred_probs_)
-            )
+        if y is not None:
+            out = out + self.gamma * _bernoulli_log_prob(y, self.y_probs_)
+        if y_pred is not None:
+            out = out + self.gamma * _bernoulli_log_prob(y_pred, self.y_pred_probs_)
         return out
 
     def _e_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, float]:
@@ -242,16 +248,33 @@ class ErrorAwareMixture:
 
     # -- prediction ------------------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "means_"):
-            raise FitError("this ErrorAwareMixture is not fitted yet; call fit first")
+    def _joint(self, X: Any, y: Any | None, y_pred: Any | None) -> np.ndarray:
+        self._check_fitted()
+        X = self._check_X(X)
+        yy = None if y is None else as_binary(y, len(X))
+        pp = None if y_pred is None else as_binary(y_pred, len(X), name="y_pred", soft=True)
+        return self._joint_log_prob(X, yy, pp)
 
     def predict_proba(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         """Slice membership given embedding, label and prediction (what Domino reports)."""
-        self._check_fitted()
-        X, y, y_pred = self._validate(X, y, y_pred)
-        log_resp, _ = self._e_step(X, y, y_pred)
-        return _exp_flushed(log_resp)
+        joint = self._joint(X, y, y_pred)
+        return _exp_flushed(joint - logsumexp(joint, axis=1)[:, None])
+
+    def predict(
+        self, X: np.ndarray, y: np.ndarray | None = None, y_pred: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The most probable component of each sample, given what is passed (embedding at least)."""
+        return np.asarray(np.argmax(self._joint(X, y, y_pred), axis=1))
+
+    def score_samples(
+        self, X: np.ndarray, y: np.ndarray | None = None, y_pred: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Per-sample log-likelihood under the mixture, of the embedding and of ``y``, ``y_pred`` if given.
+
+        The label terms are weighted by ``gamma`` (so with ``gamma != 1`` this is an
+        unnormalised log-density); with ``gamma = 0`` it is the diagonal Gaussian mixture's.
+        """
+        return np.asarray(logsumexp(self._joint(X, y, y_pred), axis=1))
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Slice membership blind to predictions: from the embedding, and the label when given.
@@ -259,13 +282,7 @@ class ErrorAwareMixture:
         This is the membership used to test a slice on samples the fit did not see: neither
         a held-out sample's prediction nor its error can pull it into a high-error component.
         """
-        self._check_fitted()
-        X = np.asarray(X, dtype=np.float64)
-        joint = self._joint_log_prob(X, None, None)
-        if y is not None:
-            joint = joint + self.gamma * _bernoulli_log_prob(
-                np.asarray(y, dtype=np.float64).ravel(), self.y_probs_
-            )
+        joint = self._joint(X, y, None)
         return np.exp(joint - logsumexp(joint, axis=1)[:, None])
 
     def component_error_rates(self) -> np.ndarray:
@@ -273,6 +290,22 @@ class ErrorAwareMixture:
         self._check_fitted()
         p, q = self.y_probs_, self.y_pred_probs_
         return np.asarray(p * (1 - q) + (1 - p) * q)
+
+
+def _weighted_variances(X: np.ndarray, resp: np.ndarray, means: np.ndarray, nk: np.ndarray) -> np.ndarray:
+    """``Σ_i r_ij (x_i - μ_j)² / n_j`` for every component, by two passes, never ``E[x²] - μ²``.
+
+    The one-pass form loses every digit when a component's spread is small beside its
+    distance from the origin (and it can come out negative). Only rows with a responsibility
+    in the component are visited: with ``gamma = 10`` that is a small part of the window.
+    """
+    out = np.zeros_like(means)
+    for j in range(resp.shape[1]):
+        rows = np.flatnonzero(resp[:, j])
+        if rows.size:
+            diff = X[rows] - means[j]
+            out[j] = (resp[rows, j] @ (diff * diff)) / nk[j]
+    return out
 
 
 def _exp_flushed(log_p: np.ndarray) -> np.ndarray:

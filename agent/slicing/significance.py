@@ -53,6 +53,8 @@ class SliceFinding:
     membership given embedding and label, and ``typicality`` the membership from the
     embedding alone (it breaks ties among saturated memberships). ``error_rate`` and
     ``rest_error_rate`` are measured on held-out cases only, ``n_tested`` of them inside.
+    ``held_out`` marks the cases of the fold that the slice was tested on (its slicer never
+    saw them): what checks the slice's names.
     """
 
     members: np.ndarray
@@ -66,6 +68,7 @@ class SliceFinding:
     p_value_raw: float
     fold: int
     component: int
+    held_out: np.ndarray | None = None
 
     def ranking(self) -> np.ndarray:
         """Member indices, most probable first (ties: most typical by embedding first)."""
@@ -162,6 +165,7 @@ def discover_slices(
 
     tested: list[tuple[_Contrast, float, int, int, float]] = []
     fitted: dict[int, Slicer] = {}
+    held_out: dict[int, np.ndarray] = {}
     n_chosen = 0
     for fold, (train, test) in enumerate(_folds(y, err, n_splits, random_state)):
         slicer = make_slicer(random_state + fold)
@@ -170,6 +174,7 @@ def discover_slices(
         except FitError:
             continue
         fitted[fold] = slicer
+        held_out[fold] = np.isin(np.arange(len(y)), test)
         memb_train = slicer.membership(X[train], y[train])
         territory_train = _territory(memb_train, beta)
         territory_test = _territory(slicer.membership(X[test], y[test]), beta)
@@ -216,6 +221,7 @@ def discover_slices(
                 p_value_raw=p,
                 fold=fold,
                 component=j,
+                held_out=held_out[fold],
             )
         )
         if len(kept) == n_slices:

@@ -128,7 +128,49 @@ def test_no_identifier_reaches_the_report(devices_audit):
     }
     assert not words & names
     assert not {"whitfield", "ramanathan", "castellano", "brennan", "oyelaran", "lindqvist"} & words
-    assert all(w.isalpha() for w in words)
+    assert all(part.isalpha() for w in words for part in w.split(" "))
+
+
+@pytest.mark.slow
+def test_one_failure_is_one_finding_named_by_validated_words(devices_audit):
+    _, report, _, _ = devices_audit
+    assert len(report["slices"]) > 1, "nothing to merge on this draw"
+    (finding,) = report["findings"]
+    assert sorted(finding["sub_slices"]) == sorted(s["id"] for s in report["slices"])
+    assert finding["rank"] == 1 and finding["id"].startswith("f-")
+    assert finding["p_value"] == min(s["p_value"] for s in report["slices"])
+    assert DEVICE_WORDS & {t["token"] for t in finding["tokens"]}
+    for s in report["slices"]:
+        for t in s["tokens"]:  # every shown name passed its held-out check
+            assert t["auroc"] > 0.5 and t["p_value"] <= 0.05
+        for t in s.get("rejected_tokens", []):
+            assert t["auroc"] <= 0.5 or t["p_value"] > 0.05
+
+
+@pytest.mark.slow
+def test_two_planted_failures_are_never_one_finding(tmp_path):
+    spec = StreamSpec(n_studies=1200, failure=("devices", "lateral"), seed=5)
+    events, _ = generate_stream(spec)
+    write_jsonl(events, tmp_path / "events.jsonl")
+    proc = _run(
+        "audit",
+        str(tmp_path / "events.jsonl"),
+        "--out",
+        str(tmp_path / "r.json"),
+        "--modalities",
+        "report,metadata",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    by_id = {s["id"]: s for s in report["slices"]}
+    classes = [{by_id[i]["slice_class"] for i in f["sub_slices"]} for f in report["findings"]]
+    # Devices fail on negatives ("rest"), lateral views on positives: no finding mixes them.
+    assert all(len(c) == 1 for c in classes), classes
+    lateral = [f for f, c in zip(report["findings"], classes, strict=True) if c == {"pneumothorax"}]
+    devices = [f for f, c in zip(report["findings"], classes, strict=True) if c == {"rest"}]
+    assert len(lateral) == 1 and "lateral" in {t["token"] for t in lateral[0]["tokens"]}
+    assert devices and all(DEVICE_WORDS & {t["token"] for t in f["tokens"]} for f in devices)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from agent.explain import TokenSpace, r_attr
 def test_ds_matches_hand_computed_tfidf():
     # Four one-line documents; min_df=1 so every token counts.
     texts = ["tube tube lung", "lung", "tube heart", "heart lung"]
-    space = TokenSpace(min_df=1).fit(texts)
+    space = TokenSpace(min_df=1, ngram_range=(1, 1)).fit(texts)
     vocab = list(space.vocabulary_)
     # Hand computation of scikit-learn's smoothed idf, sublinear tf and l2 norm.
     n = 4
@@ -70,3 +70,32 @@ def test_min_df_drops_tokens_unique_to_one_case():
 def test_empty_vocabulary_is_not_an_error():
     space = TokenSpace(min_df=1).fit(["12 34", "2026-01-01"])
     assert space.distinctiveness([0], [1]) == []
+
+
+def test_bigrams_never_span_a_blocked_word_or_punctuation():
+    from agent.explain import terms
+
+    got = terms("chest tube Quenneville tube. Place line", frozenset({"quenneville"}))
+    assert "chest tube" in got
+    assert not any("quenneville" in t for t in got)
+    assert "tube tube" not in got and "tube place" not in got
+    assert "place line" in got
+
+
+def test_a_bigram_is_shown_only_where_it_beats_its_words():
+    # Each word is common in both groups; only the pair marks the group.
+    group = ["Left lower zone opacity.", "Opacity in the left lower zone."] * 6
+    rest = ["Left upper zone clear.", "Right lower zone clear."] * 6
+    space = TokenSpace(min_df=2).fit(group + rest)
+    top = [t.token for t in space.distinctiveness(range(12), range(12, 24), top_k=5)]
+    assert top[0] == "left lower"
+    assert "left" not in top and "lower" not in top  # named by their bigram instead
+    # Where a word alone sets the group apart more, the word is shown and the bigram is not.
+    group = ["Chest tube in place.", "Endotracheal tube seen.", "Chest tube, right."] * 4
+    rest = ["Chest clear.", "Chest normal.", "Chest stable."] * 4
+    top = [t.token for t in TokenSpace(min_df=2).fit(group + rest).distinctiveness(range(12), range(12, 24))]
+    assert top[0] == "tube" and "chest tube" not in top
+    words_only = TokenSpace(min_df=2, ngram_range=(1, 1)).fit(group + rest)
+    assert not any(" " in t for t in words_only.vocabulary_)
+    with pytest.raises(ValueError, match="ngram_range"):
+        TokenSpace(ngram_range=(1, 3)).fit(group)

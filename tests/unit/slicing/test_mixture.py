@@ -3,8 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.mixture import GaussianMixture
+from sklearn.utils.validation import check_is_fitted
 
-from agent.errors import FitError
+from agent.errors import FitError, NotFittedError
 from agent.slicing import ErrorAwareMixture
 from agent.slicing.mixture import diag_gaussian_log_prob
 
@@ -71,9 +75,124 @@ def test_constructor_only_stores_parameters():
     m = ErrorAwareMixture(3, gamma=-1.0, init="nonsense")
     assert (m.n_components, m.gamma, m.init) == (3, -1.0, "nonsense")
     X, y, y_pred = _data()
-    with pytest.raises(FitError, match="init"):
+    with pytest.raises(FitError, match="gamma"):
         m.fit(X, y, y_pred)
-    assert m.init == "nonsense"
+    assert (m.gamma, m.init) == (-1.0, "nonsense")
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("reg_covar", -1.0),
+        ("reg_covar", 0.0),
+        ("gamma", -0.5),
+        ("n_components", 0),
+        ("max_iter", 0),
+        ("tol", -1e-3),
+        ("init", "kmeans"),
+        ("min_init_size", 0),
+        ("random_state", "seven"),
+    ],
+)
+def test_parameters_are_validated_in_fit_against_their_constraints(param, value):
+    X, y, y_pred = _data()
+    m = ErrorAwareMixture(3).set_params(**{param: value})
+    with pytest.raises(FitError, match=param):
+        m.fit(X, y, y_pred)
+    assert m.get_params()[param] == value
+    assert not hasattr(m, "means_")
+
+
+def test_clone_and_get_params_round_trip():
+    m = ErrorAwareMixture(7, gamma=2.5, reg_covar=1e-3, init="random", random_state=3)
+    params = m.get_params()
+    assert params == {
+        "n_components": 7,
+        "gamma": 2.5,
+        "max_iter": 100,
+        "tol": 1e-4,
+        "reg_covar": 1e-3,
+        "init": "random",
+        "min_init_size": 40,
+        "random_state": 3,
+    }
+    X, y, y_pred = _data()
+    fitted = m.fit(X, y, y_pred)
+    c = clone(fitted)
+    assert c.get_params() == params
+    assert not hasattr(c, "means_")
+    np.testing.assert_array_equal(c.fit(X, y, y_pred).means_, fitted.means_)
+
+
+@pytest.mark.parametrize("method", ["predict_proba", "predict", "score_samples", "membership"])
+def test_prediction_is_guarded_until_fit(method):
+    X, y, y_pred = _data()
+    m = ErrorAwareMixture(2)
+    args = (X, y, y_pred) if method == "predict_proba" else (X,)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        getattr(m, method)(*args)
+    with pytest.raises(SklearnNotFittedError):  # callers of scikit-learn's check catch it too
+        check_is_fitted(m)
+    m.fit(X, y, y_pred)
+    check_is_fitted(m)
+    with pytest.raises(FitError, match="features"):
+        getattr(m, method)(X[:, :2], *args[1:])
+
+
+def test_predict_is_the_most_probable_component():
+    X, y, y_pred = _data(6)
+    m = ErrorAwareMixture(5, gamma=2.0, random_state=0).fit(X, y, y_pred)
+    np.testing.assert_array_equal(m.predict(X, y, y_pred), m.predict_proba(X, y, y_pred).argmax(axis=1))
+    np.testing.assert_array_equal(m.predict(X, y), m.membership(X, y).argmax(axis=1))
+
+
+def test_score_samples_matches_a_naive_mixture_density():
+    X, y, y_pred = _data(7)
+    m = ErrorAwareMixture(3, gamma=1.0, random_state=0).fit(X, y, y_pred)
+    dens = sum(
+        m.weights_[j]
+        * multivariate_normal(m.means_[j], np.diag(m.variances_[j])).pdf(X)
+        * np.where(y == 1, m.y_probs_[j], 1 - m.y_probs_[j])
+        for j in range(3)
+    )
+    np.testing.assert_allclose(m.score_samples(X, y), np.log(dens), rtol=1e-9)
+    # The mean lower bound of EM is the mean score of the full joint.
+    np.testing.assert_allclose(m.score_samples(X, y, y_pred).mean(), m.lower_bound_, rtol=1e-12)
+
+
+def test_variances_are_stable_far_from_the_origin():
+    rng = np.random.default_rng(8)
+    X = 1e8 + rng.normal(scale=1e-2, size=(400, 3))
+    y = np.zeros(400)
+    m = ErrorAwareMixture(1, reg_covar=1e-12, random_state=0).fit(X, y, y)
+    # E[x^2] - mu^2 here is rounding noise of order 1 (or 0, clipped); two passes keep ~1e-4.
+    np.testing.assert_allclose(m.variances_[0], X.var(axis=0) + 1e-12, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_gamma_zero_is_the_em_of_a_diagonal_gaussian_mixture():
+    X, y, y_pred = _data(9, n=400, d=4)
+    k, n_iter = 4, 25
+    # One EM step from our own initialisation gives a starting point both fits share.
+    start = ErrorAwareMixture(k, gamma=0.0, max_iter=1, tol=0.0, random_state=0).fit(X, y, y_pred)
+    ours = ErrorAwareMixture(k, gamma=0.0, max_iter=n_iter + 1, tol=0.0, random_state=0).fit(X, y, y_pred)
+    ref = GaussianMixture(
+        k,
+        covariance_type="diag",
+        reg_covar=1e-6,
+        max_iter=n_iter,
+        tol=0.0,
+        weights_init=start.weights_,
+        means_init=start.means_,
+        precisions_init=1.0 / start.variances_,
+    ).fit(X)
+    np.testing.assert_allclose(ours.weights_, ref.weights_, rtol=1e-6)
+    np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ours.variances_, ref.covariances_, rtol=1e-6)
+    np.testing.assert_allclose(ours.lower_bounds_[-1], ref.lower_bound_, rtol=1e-9)
+    np.testing.assert_allclose(ours.score_samples(X), ref.score_samples(X), rtol=1e-6)
+    np.testing.assert_allclose(ours.membership(X), ref.predict_proba(X), atol=1e-6)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
 
 
 def test_degenerate_inputs_name_the_knob():

@@ -1,0 +1,74 @@
+"""What both slicers share as scikit-learn estimators: parameter validation, the fitted check, inputs.
+
+The slicers are fitted on ``(X, y, y_pred)``, not the usual ``(X, y)``, so scikit-learn's own
+``check_estimator`` does not apply to them; they follow its conventions otherwise:
+``BaseEstimator`` (``get_params``, ``set_params``, ``clone``), constraints declared in
+``_parameter_constraints`` and checked in ``fit`` (never rewritten), fitted state ending in an
+underscore, and ``check_is_fitted`` before any prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.validation import check_is_fitted
+
+from agent.errors import FitError, NotFittedError
+
+__all__ = ["SlicerEstimator", "as_binary", "as_embedding"]
+
+
+class SlicerEstimator(BaseEstimator):
+    """Base of the slicers: validation against ``_parameter_constraints`` and the fitted check."""
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {}
+
+    def _check_params(self) -> None:
+        """Raise :class:`~agent.errors.FitError` naming the parameter that breaks its constraint."""
+        try:
+            self._validate_params()
+        except InvalidParameterError as err:
+            raise FitError(f"{err}; fix the slicer's settings (audit section)") from err
+
+    def _check_fitted(self) -> None:
+        try:
+            check_is_fitted(self, "means_")
+        except SklearnNotFittedError as err:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first") from err
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        """A fitted slicer's input: 2-D, finite, with the width it was fitted on."""
+        X = as_embedding(X)
+        if X.shape[1] != self.n_features_in_:
+            raise FitError(
+                f"expected {self.n_features_in_} features as in fit, got {X.shape[1]}; "
+                "transform the window with the same fusion"
+            )
+        return X
+
+
+def as_embedding(X: Any) -> np.ndarray:
+    """``X`` as a finite 2-D float array, or a :class:`FitError` that says what to fix."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise FitError(f"expected a 2-D embedding array, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise FitError("embeddings contain NaN or infinity; fill missing modalities before fitting")
+    return X
+
+
+def as_binary(y: Any, n: int, *, name: str = "y", soft: bool = False) -> np.ndarray:
+    """``y`` as a float vector of length ``n`` in {0, 1} (in [0, 1] when ``soft``)."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(y) != n:
+        raise FitError(f"expected {name} of length {n} (one per row of X), got {len(y)}")
+    if soft:
+        if np.any(~np.isfinite(y) | (y < 0) | (y > 1)):
+            raise FitError(f"expected {name} as 0/1 or a probability in [0, 1]")
+    elif np.any((y != 0) & (y != 1)):
+        raise FitError(f"expected binary {name} in {{0, 1}}; reformulate as target class vs rest")
+    return y
