@@ -86,7 +86,7 @@ WAITING = ("inference", "label")
 _KEY = ("model", "target_class")
 _SLICE = ("model", "target_class", "slice_rank")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
-_TOKEN = re.compile(r"^[a-z]{3,32}$")
+_TOKEN = re.compile(r"^[a-z]{3,32}( [a-z]{3,32})?$")  # a word, or a two-word phrase
 _TOP_TOKENS = 5
 
 _DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -150,6 +150,13 @@ METRICS: Mapping[str, MetricSpec] = _specs(
     ),
     MetricSpec(
         "slice_agent_slices", "gauge", "snapshot", "Significant error slices exported for the window.", _KEY
+    ),
+    MetricSpec(
+        "slice_agent_findings",
+        "gauge",
+        "snapshot",
+        "Findings of the window: significant slices that overlap in members or names, merged.",
+        _KEY,
     ),
     MetricSpec(
         "slice_agent_baseline_tokens_info",
@@ -406,12 +413,13 @@ def safe_label_value(value: object) -> str | None:
 
 
 def safe_tokens(words: Iterable[str], limit: int = _TOP_TOKENS) -> tuple[str, ...]:
-    """The first ``limit`` words that are lower-case alphabetic (3 to 32 letters), in order.
+    """The first ``limit`` tokens that are a lower-case alphabetic word (3 to 32 letters), or two such
+    words (a phrase), in order.
 
     Tokens in a report are already scrubbed; this is the last check before they leave the process.
 
-    >>> safe_tokens(["tube", "MRN123", "Doe", "tip", "a"])
-    ('tube', 'tip')
+    >>> safe_tokens(["tube", "MRN123", "Doe", "tip", "a", "chest tube", "dr  x"])
+    ('tube', 'tip', 'chest tube')
     """
     out: list[str] = []
     for word in words:
@@ -596,6 +604,7 @@ class SliceCollector(Collector):
                 : len(RANKS)
             ]
             gauge("slice_agent_slices", labels, len(exported))
+            gauge("slice_agent_findings", labels, len(report.findings))
             baseline = safe_tokens(t.token for t in report.baseline_tokens)
             if baseline:
                 info("slice_agent_baseline_tokens_info", labels, baseline)

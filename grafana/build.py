@@ -106,13 +106,21 @@ def panel(
 
 
 def stat(
-    layout: Layout, title: str, expr: str, *, unit: str, legend: str = "", w: int = 6, **kw: Any
+    layout: Layout,
+    title: str,
+    expr: str,
+    *,
+    unit: str,
+    legend: str = "",
+    w: int = 6,
+    more: list[Json] | None = None,
+    **kw: Any,
 ) -> Json:
     return panel(
         layout,
         "stat",
         title,
-        [target(expr, legend)],
+        [target(expr, legend), *(more or [])],
         w=w,
         h=4,
         unit=unit,
@@ -253,7 +261,16 @@ def overview() -> Json:
             description="Misclassified fraction of the labeled samples in the audited window.",
         ),
         stat(lay, "Labeled samples", f"slice_agent_window_samples{{{SEL}}}", unit="short", legend=key, w=4),
-        stat(lay, "Significant slices", f"sum(slice_agent_slices{{{SEL}}})", unit="short", w=4),
+        stat(
+            lay,
+            "Findings and slices",
+            f"sum(slice_agent_findings{{{SEL}}})",
+            legend="findings",
+            more=[target(f"sum(slice_agent_slices{{{SEL}}})", "slices")],
+            unit="short",
+            w=4,
+            description="Findings (one per failure: overlapping slices merged) and the slices under them.",
+        ),
         stat(
             lay,
             "Emerging slices",

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +182,7 @@ class Refitter:
             for sl in report.slices
         ]
         tracker.update(observations, window=by_uid.keys())
-        tracked = replace(
-            report,
-            slices=tuple(
-                replace(sl, id=tid) for sl, tid in zip(report.slices, tracker.assignments, strict=True)
-            ),
-        )
+        tracked = report.with_slice_ids(tracker.assignments)
         number = self.store.next_refit_number(model, target)
         seconds = time.perf_counter() - started
         document = self._document(tracked, tracker, number, labels_total, trigger, seconds, report)
