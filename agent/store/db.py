@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,17 @@ class Database:
 def q(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) -> Any:
     """Execute SQL text with named parameters (``:name``)."""
     return conn.execute(text(sql), dict(params or {}))
+
+
+def q_in(conn: Connection, sql: str, values: Sequence[Any], *, chunk: int = 500) -> Iterator[Any]:
+    """Run ``sql`` with its ``IN ({values})`` placeholder filled with ``values``, a chunk at a time
+    (bounded statements on either backend); yields the rows of a query."""
+    for start in range(0, len(values), chunk):
+        part = values[start : start + chunk]
+        marks = ", ".join(f":v{i}" for i in range(len(part)))
+        result = conn.execute(text(sql.format(values=marks)), {f"v{i}": v for i, v in enumerate(part)})
+        if result.returns_rows:
+            yield from result
 
 
 def bump(counters: dict[str, int], name: str, n: int = 1) -> None:

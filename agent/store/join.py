@@ -48,7 +48,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from agent.dicom import safe_metadata
 from agent.events import ClassLabel, Event, InferenceEvent, LabelEvent, ReportEvent
 from agent.explain.names import person_name_words
-from agent.store.db import Database, bump, flush_counters, q
+from agent.store.db import Database, bump, flush_counters, q, q_in
 from agent.store.records import ApplyResult, Incoming, JoinedSample, StorePolicy, excerpt, withheld
 
 __all__ = ["JoinMixin"]
@@ -184,15 +184,9 @@ class JoinMixin(Database):
                 " THEN excluded.value ELSE meta.value END",
                 {"k": f"watermark:{kind}", "v": repr(batch.watermarks[kind])},
             )
-        studies = sorted(batch.inferred)
-        for start in range(0, len(studies), 500):
-            chunk = studies[start : start + 500]
-            marks = ", ".join(f":s{i}" for i in range(len(chunk)))
-            q(
-                conn,
-                f"UPDATE reports SET matched = 1 WHERE matched = 0 AND study_uid IN ({marks})",
-                {f"s{i}": s for i, s in enumerate(chunk)},
-            )
+        sql = "UPDATE reports SET matched = 1 WHERE matched = 0 AND study_uid IN ({values})"
+        for _ in q_in(conn, sql, sorted(batch.inferred)):  # runs the update, a chunk at a time
+            pass
         flush_counters(conn, batch.counters)
 
     def _dead_letter(
@@ -536,19 +530,9 @@ class JoinMixin(Database):
     def known_names(self, words: Collection[str]) -> set[str]:
         """The words among ``words`` seen in a DICOM person-name field of any stored inference."""
         by_digest = {self._digest(w): w for w in words}
-        found: set[str] = set()
-        digests = sorted(by_digest)
         with self._read() as conn:
-            for start in range(0, len(digests), 500):
-                chunk = digests[start : start + 500]
-                marks = ", ".join(f":d{i}" for i in range(len(chunk)))
-                rows = q(
-                    conn,
-                    f"SELECT digest FROM name_digests WHERE digest IN ({marks})",
-                    {f"d{i}": d for i, d in enumerate(chunk)},
-                )
-                found.update(by_digest[r[0]] for r in rows)
-        return found
+            sql = "SELECT digest FROM name_digests WHERE digest IN ({values})"
+            return {by_digest[r[0]] for r in q_in(conn, sql, sorted(by_digest))}
 
     # ------------------------------------------------------------------ expiry and pruning
 

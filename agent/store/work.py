@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from agent.dicom import safe_metadata
 from agent.sample import Sample
-from agent.store.db import Database, q
+from agent.store.db import Database, q, q_in
 from agent.store.outbox import OutboxMixin
 from agent.store.records import EmbedWork
 
@@ -168,15 +168,8 @@ class VectorCache:
         found: dict[str, NDArray[np.float32]] = {}
         unique = list(dict.fromkeys(keys))
         with self.db._read() as conn:
-            for start in range(0, len(unique), 500):
-                chunk = unique[start : start + 500]
-                marks = ", ".join(f":k{i}" for i in range(len(chunk)))
-                rows = q(
-                    conn,
-                    f"SELECT key, vec FROM vectors WHERE key IN ({marks})",
-                    {f"k{i}": k for i, k in enumerate(chunk)},
-                )
-                found.update((k, np.frombuffer(bytes(v), dtype=_VEC).astype(np.float32)) for k, v in rows)
+            rows = q_in(conn, "SELECT key, vec FROM vectors WHERE key IN ({values})", unique)
+            found.update((k, np.frombuffer(bytes(v), dtype=_VEC).astype(np.float32)) for k, v in rows)
         out = [found.get(k) for k in keys]
         with self._lock:
             hits = sum(v is not None for v in out)

@@ -29,6 +29,24 @@ def _replay(config, events):
     )
 
 
+def _config(tmp_path, embed_cache, **stream):
+    """A settings file for a replay of the test's own, with its state under ``tmp_path``."""
+    config = tmp_path / "agent.yaml"
+    settings = {
+        "audit": {"pca_components": 32, "n_components": 8},
+        "embed": {"cache_path": str(embed_cache)},
+        "modalities": ["report", "metadata"],
+        "stream": {
+            "store_path": str(tmp_path / "state.sqlite"),
+            "reports_dir": str(tmp_path / "reports"),
+            "dead_letter_path": str(tmp_path / "dead-letter.jsonl"),
+            **stream,
+        },
+    }
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
 def test_replay_writes_reports_dead_letters_and_resumes(embed_cache, tmp_path):
     events, planted = generate_stream(
         StreamSpec(n_studies=N_STUDIES, failure="devices", seed=3, slice_error=0.9, bad_lines=True)
@@ -38,23 +56,12 @@ def test_replay_writes_reports_dead_letters_and_resumes(embed_cache, tmp_path):
     lines = full.read_text().splitlines(keepends=True)
     stream = tmp_path / "events.jsonl"
     stream.write_text("".join(lines[: len(lines) // 2]))
-    config = tmp_path / "agent.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "audit": {"pca_components": 32, "n_components": 8},
-                "embed": {"cache_path": str(embed_cache)},
-                "modalities": ["report", "metadata"],
-                "stream": {
-                    "store_path": str(tmp_path / "state.sqlite"),
-                    "reports_dir": str(tmp_path / "reports"),
-                    "dead_letter_path": str(tmp_path / "dead-letter.jsonl"),
-                    "refit_every_labels": 100,
-                    "emerging_refits": 2,
-                    "classes": {"pneumothorax": ["pneumothorax", "no_pneumothorax"]},
-                },
-            }
-        )
+    config = _config(
+        tmp_path,
+        embed_cache,
+        refit_every_labels=100,
+        emerging_refits=2,
+        classes={"pneumothorax": ["pneumothorax", "no_pneumothorax"]},
     )
     first = _replay(config, stream)
     assert first.returncode == 0, first.stderr
@@ -118,23 +125,8 @@ def test_audit_and_replay_are_one_join_and_find_the_same_slices(embed_cache, tmp
     events, _ = generate_stream(StreamSpec(n_studies=N_STUDIES, failure="devices", seed=3, slice_error=0.9))
     path = tmp_path / "events.jsonl"
     write_jsonl(_mixed_zones(events), path)
-    config = tmp_path / "agent.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "audit": {"pca_components": 32, "n_components": 8},
-                "embed": {"cache_path": str(embed_cache)},
-                "modalities": ["report", "metadata"],
-                "stream": {
-                    "store_path": str(tmp_path / "state.sqlite"),
-                    "reports_dir": str(tmp_path / "reports"),
-                    "dead_letter_path": str(tmp_path / "dead-letter.jsonl"),
-                    "label_delay_seconds": 10**9,
-                    "refit_every_labels": 10**6,
-                    "refit_every_seconds": 10**9,
-                },
-            }
-        )
+    config = _config(
+        tmp_path, embed_cache, label_delay_seconds=10**9, refit_every_labels=10**6, refit_every_seconds=10**9
     )
     audited = subprocess.run(
         [
