@@ -46,7 +46,8 @@ def test_oru_becomes_a_v1_report_event() -> None:
     assert isinstance(decoded, ReportEvent)
     assert decoded.study_uid == STUDY
     assert decoded.text == (
-        "Small left apical pneumothorax.\nChest tube & line in place.\nPneumothorax, decreased.\nNo new effusion."
+        "Small left apical pneumothorax.\nChest tube & line in place.\n"
+        "Pneumothorax, decreased.\nNo new effusion."
     )
     assert event["timestamp"] == "2026-11-29T09:10:00Z"
     assert "TESTPERSON" not in json.dumps(event)
