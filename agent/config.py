@@ -7,12 +7,13 @@ The core never reads the environment; it receives these objects.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.errors import ConfigError
@@ -23,6 +24,7 @@ __all__ = [
     "EventSettings",
     "ExporterSettings",
     "ImageSettings",
+    "PacsSettings",
     "Settings",
     "StreamSettings",
     "SummarySettings",
@@ -226,6 +228,42 @@ class ExporterSettings(BaseModel):
     )
 
 
+class PacsSettings(BaseModel):
+    """The PACS that images are fetched from over DICOMweb (WADO-RS), by UID only.
+
+    The base URL and credentials come from here alone: a URL inside an event is never followed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str | None = Field(
+        None, description="DICOMweb root, e.g. https://pacs.example/dicom-web; none: no fetch by UID"
+    )
+    username: str | None = Field(None, description="HTTP basic authentication user")
+    password: SecretStr | None = Field(None, description="its password (prefer password_file)")
+    password_file: Path | None = Field(None, description="a file holding the password (a mounted secret)")
+    ca_bundle: Path | None = Field(None, description="CA certificates for https; default: the system's")
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    read_timeout_seconds: float = Field(30.0, gt=0, description="longest wait for the next bytes")
+    fetch_time_limit_seconds: float = Field(60.0, gt=0, description="one instance's download, at most")
+    retry_initial_seconds: float = Field(5.0, gt=0, description="first wait after a failed fetch")
+    retry_multiplier: float = Field(2.0, ge=1.0, description="each further wait is this much longer")
+    retry_max_seconds: float = Field(600.0, gt=0, description="longest wait between two tries")
+    give_up_after_seconds: float = Field(
+        24 * 3600.0, gt=0, description="the image modality of a sample is given up after this long"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PacsSettings:
+        if self.base_url is not None and not re.match(r"^https?://[^\s/?#]+", self.base_url):
+            raise ValueError(f"pacs.base_url: expected an http(s) URL, got {self.base_url!r}")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("pacs: set password or password_file, not both")
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("pacs: expected retry_max_seconds >= retry_initial_seconds")
+        return self
+
+
 class SummarySettings(BaseModel):
     """The weekly drift summary."""
 
@@ -260,6 +298,7 @@ class Settings(BaseSettings):
     summary: SummarySettings = SummarySettings()
     images: ImageSettings = ImageSettings()
     events: EventSettings = EventSettings()
+    pacs: PacsSettings = PacsSettings()
     modalities: tuple[Modality, ...] | None = Field(
         None, description="modalities to fuse; by default those the stream carries"
     )

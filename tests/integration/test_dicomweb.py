@@ -1,0 +1,126 @@
+"""Images fetched by UID from a real Orthanc with its DICOMweb plugin (Debian ``orthanc``,
+``orthanc-dicomweb``), started on 127.0.0.1 by ``deploy/orthanc/orthanc-local``."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+from agent.config import PacsSettings
+from agent.dicom import read_header, read_pixels
+from agent.errors import ImageRefusedError
+from agent.images import ImageAccess
+from agent.pacs import PacsClient, PacsError, RetryPolicy
+
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "orthanc-local"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Orthanc:
+    folder: Path
+    http_port: int
+    base_url: str
+
+    def upload(self, path: Path) -> tuple[str, str, str]:
+        data = path.read_bytes()
+        answer = requests.post(f"http://127.0.0.1:{self.http_port}/instances", data=data, timeout=30)
+        answer.raise_for_status()
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+    def stop(self) -> None:
+        subprocess.run([str(SCRIPT), "stop", str(self.folder)], check=True, timeout=60)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """An Orthanc of the test's own (free ports, own storage); stopped at the end."""
+    folder = tmp_path / "orthanc"
+    http_port = free_port()
+    started = subprocess.run(
+        [str(SCRIPT), "start", str(folder), str(http_port), str(free_port())],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    server = Orthanc(folder, http_port, started.stdout.strip())
+    yield server
+    server.stop()
+
+
+def ct_small() -> Path:
+    return Path(str(get_testdata_file("CT_small.dcm")))
+
+
+def test_fetch_by_uid_gives_the_pixels_and_header_of_a_local_read(orthanc: Orthanc) -> None:
+    uids = orthanc.upload(ct_small())
+    access = ImageAccess()
+    client = PacsClient(PacsSettings(base_url=orthanc.base_url), access)
+
+    fetched = client.fetch(*uids)
+
+    local = ct_small().read_bytes()
+    np.testing.assert_array_equal(fetched.pixels, read_pixels(local, access=access))
+    assert fetched.header == read_header(local, access=access)
+    assert fetched.pixels.shape == (224, 224)
+
+
+def test_unknown_instance_is_a_retryable_not_found(orthanc: Orthanc) -> None:
+    study, series, _ = orthanc.upload(ct_small())
+    client = PacsClient(PacsSettings(base_url=orthanc.base_url), ImageAccess())
+
+    with pytest.raises(PacsError) as caught:
+        client.fetch(study, series, "1.2.3.4")
+
+    assert caught.value.reason == "pacs_not_found"
+    assert caught.value.retryable
+
+
+def test_an_instance_over_the_byte_cap_is_refused(orthanc: Orthanc) -> None:
+    uids = orthanc.upload(ct_small())
+    client = PacsClient(PacsSettings(base_url=orthanc.base_url), ImageAccess(max_file_bytes=4096))
+
+    with pytest.raises(ImageRefusedError):
+        client.fetch(*uids)
+
+
+def test_a_stopped_pacs_gives_a_clear_retryable_error(orthanc: Orthanc) -> None:
+    uids = orthanc.upload(ct_small())
+    client = PacsClient(PacsSettings(base_url=orthanc.base_url, connect_timeout_seconds=2), ImageAccess())
+    assert client.fetch(*uids).n_bytes > 0
+
+    orthanc.stop()
+    with pytest.raises(PacsError) as caught:
+        client.fetch(*uids)
+
+    error = caught.value
+    assert error.reason == "pacs_unavailable"
+    assert error.retryable
+    assert "pacs.base_url" in str(error)
+    assert uids[0] not in str(error)
+    policy = RetryPolicy(initial_seconds=5, multiplier=2, max_seconds=60, give_up_after_seconds=600)
+    assert policy.next_try(first_failure=0.0, failures=1, now=0.0, error=error) == 5.0
+
+
+def test_uids_that_are_not_uids_never_reach_the_pacs(orthanc: Orthanc) -> None:
+    client = PacsClient(PacsSettings(base_url=orthanc.base_url), ImageAccess())
+
+    for bad in ("../../system", "1.2/../..", "http://169.254.169.254/latest", "1." * 40):
+        with pytest.raises(ValueError, match="expected a DICOM UID"):
+            client.fetch(bad, "1.2", "1.3")
