@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: install system-deps demo test lint typecheck unit bench-mixture bench-stream bench-table1 clean
 
 # Debian packages the tests run (promtool, Prometheus, Alertmanager, Pushgateway, headless Chromium,
-# PostgreSQL 15 for the shared store, started on 127.0.0.1 by deploy/postgres/pg-local);
+# PostgreSQL 15 for the shared store and Orthanc with DICOMweb as a PACS, started on 127.0.0.1 by
+# deploy/postgres/pg-local and deploy/orthanc/orthanc-local);
 # installed only when a binary is missing. Needs root (or sudo) and a Debian/Ubuntu machine.
 SYSTEM_BINARIES := promtool prometheus prometheus-alertmanager amtool prometheus-pushgateway chromium \
-	/usr/lib/postgresql/15/bin/pg_ctl
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway chromium postgresql-15
+	/usr/lib/postgresql/15/bin/pg_ctl Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so curl
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway chromium postgresql-15 \
+	orthanc orthanc-dicomweb curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 system-deps:
-	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -e $$b || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "missing:$$missing; installing $(SYSTEM_PACKAGES)"; \
 		$(SUDO) apt-get update && \

@@ -592,6 +592,45 @@ def publish(
     )
 
 
+@app.command()
+def messages(
+    folder: Annotated[Path, typer.Argument(help="folder of .hl7 (ORU^R01), .json (FHIR) and .csv files")],
+    out: Annotated[Path, typer.Option("--out", help="append the v1 events here (JSONL)")],
+    dead_letters: Annotated[Path, typer.Option(help="append messages that cannot be converted here")] = Path(
+        "messages-dead-letter.jsonl"
+    ),
+    labels: Annotated[Path | None, typer.Option(help="YAML mapping of result codes to class labels")] = None,
+    accessions: Annotated[
+        Path | None,
+        typer.Option(help="CSV of accession_number,study_instance_uid (reports keyed by accession)"),
+    ] = None,
+    acks: Annotated[Path | None, typer.Option(help="write an HL7 ACK (AA/AE/AR) per message here")] = None,
+) -> None:
+    """Turn the hospital's own messages (HL7 v2 reports, FHIR DiagnosticReport and Observation, CSV
+    label exports) into report and label events keyed by study, ready for `publish`."""
+    import csv
+
+    from agent.messages.drop import convert_folder
+    from agent.messages.labels import LabelMapping
+
+    if not folder.is_dir():
+        raise AgentError(f"expected a folder of messages, got {str(folder)!r}")
+    mapping = None
+    if accessions is not None:
+        with accessions.open(encoding="utf-8", newline="") as fh:
+            mapping = {row[0].strip(): row[1].strip() for row in csv.reader(fh) if len(row) >= 2}
+    result = convert_folder(
+        folder,
+        out,
+        dead_letters,
+        labels=LabelMapping.load(labels) if labels is not None else None,
+        accessions=mapping,
+        acks=acks,
+    )
+    dead = ", ".join(f"{r}={n}" for r, n in sorted(result.dead_letters.items())) or "none"
+    typer.echo(f"{result.files} file(s): {result.events} event(s) to {out}; dead-lettered: {dead}")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

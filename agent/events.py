@@ -54,6 +54,11 @@ REASONS = (
     "late_label",
     "late_report",
     "unprocessable",
+    "malformed_hl7",
+    "malformed_fhir",
+    "malformed_csv",
+    "unknown_study",
+    "unmapped_code",
 )
 
 
