@@ -85,7 +85,9 @@ def test_fetch_by_uid_gives_the_pixels_and_header_of_a_local_read(orthanc: Ortha
 
 def test_unknown_instance_is_a_retryable_not_found(orthanc: Orthanc) -> None:
     study, series, _ = orthanc.upload(ct_small())
-    client = PacsClient(PacsSettings(base_url=orthanc.base_url), ImageAccess(time_limit_seconds=LOADED_MACHINE_SECONDS))
+    client = PacsClient(
+        PacsSettings(base_url=orthanc.base_url), ImageAccess(time_limit_seconds=LOADED_MACHINE_SECONDS)
+    )
 
     with pytest.raises(PacsError) as caught:
         client.fetch(study, series, "1.2.3.4")
@@ -104,7 +106,10 @@ def test_an_instance_over_the_byte_cap_is_refused(orthanc: Orthanc) -> None:
 
 def test_a_stopped_pacs_gives_a_clear_retryable_error(orthanc: Orthanc) -> None:
     uids = orthanc.upload(ct_small())
-    client = PacsClient(PacsSettings(base_url=orthanc.base_url, connect_timeout_seconds=2), ImageAccess(time_limit_seconds=LOADED_MACHINE_SECONDS))
+    client = PacsClient(
+        PacsSettings(base_url=orthanc.base_url, connect_timeout_seconds=2),
+        ImageAccess(time_limit_seconds=LOADED_MACHINE_SECONDS),
+    )
     assert client.fetch(*uids).n_bytes > 0
 
     orthanc.stop()
@@ -121,7 +126,9 @@ def test_a_stopped_pacs_gives_a_clear_retryable_error(orthanc: Orthanc) -> None:
 
 
 def test_uids_that_are_not_uids_never_reach_the_pacs(orthanc: Orthanc) -> None:
-    client = PacsClient(PacsSettings(base_url=orthanc.base_url), ImageAccess(time_limit_seconds=LOADED_MACHINE_SECONDS))
+    client = PacsClient(
+        PacsSettings(base_url=orthanc.base_url), ImageAccess(time_limit_seconds=LOADED_MACHINE_SECONDS)
+    )
 
     for bad in ("../../system", "1.2/../..", "http://169.254.169.254/latest", "1." * 40):
         with pytest.raises(ValueError, match="expected a DICOM UID"):
