@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint typecheck unit bench-mixture bench-stream bench-table1 clean
+.PHONY: install system-deps demo test lint typecheck unit bench-mixture bench-stream bench-shared bench-table1 clean
 
 # Debian packages the tests run (promtool, Prometheus, Alertmanager, Pushgateway, headless Chromium,
 # PostgreSQL 15 for the shared store and Orthanc with DICOMweb as a PACS, started on 127.0.0.1 by
