@@ -3,14 +3,24 @@
 A case that lacks a modality (no image, report not arrived) is still a case: its block is a
 zero vector, which after normalisation of the others means "no evidence from this modality",
 and the result says how many rows each modality was missing.
+
+The fused window is never held whole in float64. Rows are normalised a slab at a time; for a
+window with at least as many cases as dimensions (the usual refit) PCA comes from the
+covariance: ``d x d`` accumulated over shifted slabs (float32 products summed in float64),
+an ``eigh`` in float64 for the top components only, and a second pass that projects each slab.
+That costs ``n d^2 / 2`` multiply-adds and ``O(d^2)`` memory beside the ``(n, k)`` result. A
+wider window (fewer cases than dimensions) is small: it is materialised once in float32 and
+reduced by scikit-learn's PCA with the solver it picks for that shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
+import scipy.linalg.blas
 from sklearn.decomposition import PCA
 
 from agent.errors import FitError
@@ -19,10 +29,13 @@ __all__ = ["MODALITIES", "Fused", "fuse"]
 
 MODALITIES = ("image", "report", "metadata")
 
+#: Bytes of one slab of rows at most; bounds the memory fuse uses beside its result.
+_SLAB_BYTES = 8 * 2**20
+
 
 @dataclass(frozen=True)
 class Fused:
-    """The fused embedding ``(n, k)`` and what went into it."""
+    """The fused embedding ``(n, k)`` (float32) and what went into it."""
 
     embedding: np.ndarray
     modalities: tuple[str, ...]
@@ -30,17 +43,120 @@ class Fused:
     explained_variance: float = 1.0
 
 
-def _unit_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    block = np.asarray(block, dtype=np.float64)
-    missing = ~np.all(np.isfinite(block), axis=1)
-    out = np.where(missing[:, None], 0.0, block)
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    missing |= norm[:, 0] == 0
-    return np.where(norm > 0, out / np.maximum(norm, 1e-12), 0.0), missing
+class _Blocks:
+    """The modality blocks as given (never copied whole), read a slab of cases at a time.
+
+    The first pass over them (:meth:`first_pass`) learns each row's scale to unit norm and
+    which rows are missing; later passes reuse them.
+    """
+
+    def __init__(self, arrays: list[np.ndarray], slab: int) -> None:
+        self.arrays = arrays
+        self.slab = slab
+        self.n = arrays[0].shape[0]
+        self.offsets = np.cumsum([0] + [a.shape[1] for a in arrays])
+        self.width = int(self.offsets[-1])
+        self.scales = [np.zeros(self.n, dtype=np.float32) for _ in arrays]
+        self.missing = [np.zeros(self.n, dtype=bool) for _ in arrays]
+        self._scanned = False
+
+    def slabs(self, shift: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)``: fused unit rows in float32, less ``shift`` when given."""
+        for start in range(0, self.n, self.slab):
+            stop = min(start + self.slab, self.n)
+            out = np.empty((stop - start, self.width), dtype=np.float32)
+            for i, a in enumerate(self.arrays):
+                part = out[:, self.offsets[i] : self.offsets[i + 1]]
+                source = a[start:stop]
+                if not self._scanned:
+                    self._learn_scale(i, start, source)
+                # Copy and scale in one pass; a missing row is zeroed after (0 * NaN is NaN).
+                np.multiply(source, self.scales[i][start:stop, None], out=part, casting="same_kind")
+                gone = self.missing[i][start:stop]
+                if gone.any():
+                    part[gone] = 0.0
+            if shift is not None:
+                out -= shift
+            yield start, out
+        self._scanned = True
+
+    def project(self, basis: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        """``(unit rows - mean) @ basis`` in float32, block by block on the rows as given.
+
+        A block's unit rows are its rows times their scale, so each block is projected as it
+        is and scaled after (``k`` columns, not ``d_m``); ``centre`` is the mean's projection.
+        """
+        out = np.empty((self.n, basis.shape[1]), dtype=np.float32)
+        for start in range(0, self.n, self.slab):
+            stop = min(start + self.slab, self.n)
+            acc = np.zeros((stop - start, basis.shape[1]), dtype=np.float32)
+            for i, a in enumerate(self.arrays):
+                part = a[start:stop] @ basis[self.offsets[i] : self.offsets[i + 1]]
+                gone = self.missing[i][start:stop]
+                if gone.any():
+                    part[gone] = 0.0  # NaN rows: 0 * NaN would stay NaN
+                part *= self.scales[i][start:stop, None]
+                acc += part
+            acc -= centre.astype(np.float32)
+            out[start:stop] = acc
+        return out
+
+    def _learn_scale(self, i: int, start: int, source: np.ndarray) -> None:
+        """Scale to unit norm of each row of ``source`` (block ``i``), 0 for a missing row."""
+        squares = np.einsum("ij,ij->i", source, source)
+        finite = np.isfinite(squares)
+        if not finite.all():  # a NaN or infinite value, or only an overflow of the squares
+            finite = np.isfinite(source).all(axis=1)
+            squares = np.einsum(
+                "ij,ij->i", *(2 * [np.where(finite[:, None], source, 0.0).astype(np.float64)])
+            )
+        norm = np.sqrt(squares.astype(np.float64))
+        ok = finite & (norm > 0)
+        stop = start + len(source)
+        self.scales[i][start:stop] = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
+        self.missing[i][start:stop] = ~ok
+
+
+def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
+    """Project the fused rows on their top ``k`` principal axes; return them and the variance kept.
+
+    One pass accumulates the sum and the scatter about a shift (the first slab's mean, close
+    to the window's, so that the correction below cancels nothing); float32 products of each
+    slab (a syrk) are summed in float64. A second pass centres each slab and projects it.
+    """
+    n, width = blocks.n, blocks.width
+    total = np.zeros(width)
+    scatter = np.zeros((width, width))
+    shift: np.ndarray | None = None
+    for _, rows in blocks.slabs():
+        if shift is None:
+            shift = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
+        rows -= shift
+        total += rows.sum(axis=0)  # small numbers (about the shift): a float32 sum is exact enough
+        scatter += rows.T @ rows
+    assert shift is not None
+    offset = total / n
+    mean = shift + offset
+    # scatter - n offset offset^T in place, on the Fortran view LAPACK and BLAS work on.
+    cov = scipy.linalg.blas.dger(-float(n), offset, offset, a=scatter.T, overwrite_a=True)
+    variance = float(np.trace(cov))
+    values, vectors = scipy.linalg.eigh(
+        cov, subset_by_index=[width - k, width - 1], overwrite_a=True, check_finite=False
+    )
+    del cov, scatter
+    values, vectors = values[::-1], vectors[:, ::-1]
+    # Deterministic signs, as scikit-learn's svd_flip: each axis's largest entry is positive.
+    peak = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)]
+    vectors *= np.where(peak < 0, -1.0, 1.0)
+    out = blocks.project(np.ascontiguousarray(vectors, dtype=np.float32), mean.astype(np.float64) @ vectors)
+    kept = float(np.sum(np.maximum(values, 0.0)))
+    return out, (kept / variance if variance > 0 else 1.0)
 
 
 def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_state: int = 0) -> Fused:
     """Fuse the given modality blocks (rows with NaN mark a missing modality for that case).
+
+    The inputs are read, never modified, and never copied whole.
 
     Parameters
     ----------
@@ -48,30 +164,48 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
         Modality name to ``(n, d_m)`` array, in the order they should be concatenated.
     n_components
         PCA components kept, capped by the number of cases and the total dimension.
+    random_state
+        Seed of the randomized solver a wide window (fewer cases than dimensions) may use.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> f = fuse({"report": rng.normal(size=(50, 8)), "metadata": rng.normal(size=(50, 4))}, n_components=5)
-    >>> f.embedding.shape, f.modalities
-    ((50, 5), ('report', 'metadata'))
+    >>> f.embedding.shape, f.embedding.dtype, f.modalities
+    ((50, 5), dtype('float32'), ('report', 'metadata'))
     """
     if not blocks:
         raise FitError("expected at least one modality to fuse, got none")
     names = tuple(blocks)
-    sizes = {len(np.asarray(b)) for b in blocks.values()}
+    arrays = [np.asarray(blocks[name]) for name in names]
+    sizes = {len(a) for a in arrays}
     if len(sizes) != 1:
         raise FitError(f"expected every modality block to have one row per case, got row counts {sizes}")
-    parts, missing = [], {}
-    for name in names:
-        unit, gone = _unit_rows(blocks[name])
-        parts.append(unit)
-        missing[name] = int(gone.sum())
-    joined = np.hstack(parts)
-    n = joined.shape[0]
-    k = min(n_components, n, joined.shape[1])
+    if any(a.ndim != 2 for a in arrays):
+        raise FitError(f"expected 2-D modality blocks, got shapes {[a.shape for a in arrays]}")
+    n = arrays[0].shape[0]
+    width = sum(a.shape[1] for a in arrays)
+    fused = _Blocks(arrays, _slab_rows(n, width))
+    k = min(n_components, n, width)
+    if n >= width and n >= 2 and k >= 1:
+        reduced, kept = _covariance_pca(fused, k)
+        return Fused(reduced, names, _missing(names, fused), kept)
+    joined = np.empty((n, width), dtype=np.float32)
+    for start, rows in fused.slabs():
+        joined[start : start + len(rows)] = rows
     if n < 2 or k < 1:
-        return Fused(joined, names, missing)
+        return Fused(joined, names, _missing(names, fused))
     pca = PCA(n_components=k, random_state=random_state)
     reduced = pca.fit_transform(joined)
-    return Fused(reduced, names, missing, float(np.sum(pca.explained_variance_ratio_)))
+    variance = float(np.sum(pca.explained_variance_ratio_))
+    return Fused(reduced.astype(np.float32, copy=False), names, _missing(names, fused), variance)
+
+
+def _slab_rows(n: int, width: int) -> int:
+    """Rows per slab: a quarter of the window (a small window is not padded out to a large
+    slab), 256 at least (a syrk needs depth) and ``_SLAB_BYTES`` of float32 at most."""
+    return int(np.clip(n // 4, 256, max(256, _SLAB_BYTES // (4 * max(width, 1)))))
+
+
+def _missing(names: tuple[str, ...], blocks: _Blocks) -> dict[str, int]:
+    return {name: int(gone.sum()) for name, gone in zip(names, blocks.missing, strict=True)}
