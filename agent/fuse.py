@@ -28,8 +28,8 @@ __all__ = ["MODALITIES", "Fused", "fuse"]
 
 MODALITIES = ("image", "report", "metadata")
 
-#: Bytes of one float64 slab of fused rows; bounds the memory fuse uses beside its result.
-_SLAB_BYTES = 4 * 2**20
+#: Bytes of one slab of rows at most; bounds the memory fuse uses beside its result.
+_SLAB_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -50,59 +50,66 @@ class _Block:
     scale: np.ndarray
     missing: np.ndarray
     offset: int
+    total: np.ndarray
+    """Sum of the unit rows, in float64."""
 
 
 def _scan(rows: np.ndarray, offset: int, slab: int) -> _Block:
-    """Row norms in float64, a slab at a time: ``scale`` is 1 / norm, 0 for a missing row."""
+    """Row norms and the sum of unit rows in float64, a slab at a time (``scale`` is 0 for a missing row)."""
     n = rows.shape[0]
     scale = np.zeros(n)
     missing = np.zeros(n, dtype=bool)
+    total = np.zeros(rows.shape[1])
     for start in range(0, n, slab):
         part = np.asarray(rows[start : start + slab], dtype=np.float64)
         finite = np.isfinite(part).all(axis=1)
-        part[~finite] = 0.0
+        if not finite.all():
+            part[~finite] = 0.0
         norm = np.sqrt(np.einsum("ij,ij->i", part, part))
         ok = finite & (norm > 0)
-        scale[start : start + slab] = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
+        row_scale = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
+        scale[start : start + slab] = row_scale
         missing[start : start + slab] = ~ok
-    return _Block(rows, scale, missing, offset)
+        total += row_scale @ part
+    return _Block(rows, scale, missing, offset, total)
 
 
-def _slabs(blocks: list[_Block], width: int, slab: int) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, rows)``: the fused unit rows in float64, ``slab`` cases at a time."""
+def _slabs(
+    blocks: list[_Block], width: int, slab: int, mean: np.ndarray | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows)``: the fused unit rows in float32, ``slab`` cases at a time, less ``mean`` if given."""
     n = blocks[0].rows.shape[0]
+    scales = [b.scale.astype(np.float32) for b in blocks]
     for start in range(0, n, slab):
         stop = min(start + slab, n)
-        out = np.empty((stop - start, width))
-        for b in blocks:
+        out = np.empty((stop - start, width), dtype=np.float32)
+        for b, scale in zip(blocks, scales, strict=True):
             part = out[:, b.offset : b.offset + b.rows.shape[1]]
             part[...] = b.rows[start:stop]
-            part[b.missing[start:stop]] = 0.0  # NaN rows: 0 * NaN would stay NaN
-            part *= b.scale[start:stop, None]
+            gone = b.missing[start:stop]
+            if gone.any():
+                part[gone] = 0.0  # NaN rows: 0 * NaN would stay NaN
+            part *= scale[start:stop, None]
+        if mean is not None:
+            out -= mean
         yield start, out
 
 
 def _covariance_pca(blocks: list[_Block], n: int, width: int, k: int, slab: int) -> tuple[np.ndarray, float]:
     """Project the fused rows on their top ``k`` principal axes; return them and the variance kept."""
-    mean = np.zeros(width)
-    for _, rows in _slabs(blocks, width, slab):
-        mean += rows.sum(axis=0)
-    mean /= n
+    mean = (np.concatenate([b.total for b in blocks]) / n).astype(np.float32)
     cov = np.zeros((width, width))
-    for _, rows in _slabs(blocks, width, slab):
-        rows -= mean
-        centred = rows.astype(np.float32)
+    for _, centred in _slabs(blocks, width, slab, mean):
         cov += centred.T @ centred  # a symmetric rank-k update (syrk) in float32, summed in float64
     values, vectors = scipy.linalg.eigh(cov, subset_by_index=[width - k, width - 1])
     values, vectors = values[::-1], vectors[:, ::-1]
     # Deterministic signs, as scikit-learn's svd_flip: each axis's largest entry is positive.
     peak = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)]
     vectors *= np.where(peak < 0, -1.0, 1.0)
-    basis = vectors.astype(np.float32)
+    basis = np.ascontiguousarray(vectors, dtype=np.float32)
     out = np.empty((n, k), dtype=np.float32)
-    for start, rows in _slabs(blocks, width, slab):
-        rows -= mean
-        np.matmul(rows.astype(np.float32), basis, out=out[start : start + len(rows)])
+    for start, centred in _slabs(blocks, width, slab, mean):
+        np.matmul(centred, basis, out=out[start : start + len(centred)])
     total = float(np.trace(cov))
     kept = float(np.sum(np.maximum(values, 0.0)))
     return out, (kept / total if total > 0 else 1.0)
@@ -140,14 +147,17 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
         raise FitError(f"expected 2-D modality blocks, got shapes {[a.shape for a in arrays]}")
     n = arrays[0].shape[0]
     width = sum(a.shape[1] for a in arrays)
-    slab = max(64, _SLAB_BYTES // (8 * max(width, 1)))
+    # Slabs of a sixteenth of the window (a small window is not padded out to a large slab),
+    # 256 rows at least (syrk needs depth) and _SLAB_BYTES at most.
+    slab = int(np.clip(n // 16, 256, max(256, _SLAB_BYTES // (4 * max(width, 1)))))
     scanned: list[_Block] = []
     for a in arrays:
-        scanned.append(_scan(a, sum(b.rows.shape[1] for b in scanned), slab))
+        rows = int(np.clip(n // 16, 256, max(256, _SLAB_BYTES // (8 * max(a.shape[1], 1)))))
+        scanned.append(_scan(a, sum(b.rows.shape[1] for b in scanned), rows))
     missing = {name: int(b.missing.sum()) for name, b in zip(names, scanned, strict=True)}
     k = min(n_components, n, width)
     if n < 2 or k < 1:
-        joined = np.vstack([rows.astype(np.float32) for _, rows in _slabs(scanned, width, slab)])
+        joined = np.vstack([rows for _, rows in _slabs(scanned, width, slab)])
         return Fused(joined.reshape(n, width), names, missing)
     if n >= width:
         reduced, kept = _covariance_pca(scanned, n, width, k, slab)

@@ -10,6 +10,10 @@ and the mixture maximises the sum over samples of the log-sum-exp over component
 (``gamma``) trades slice coherence in embedding space against slice error rate; the
 multimodal slice-discovery paper uses ``γ = 10``. ``ŷ`` may be a hard 0/1 prediction or the
 model's probability of the target class (a soft Bernoulli target).
+
+The embedding is kept as given (float32 or float64, never copied whole): every pass over the
+cases takes ``_SLAB_ROWS`` rows at a time into float64, so the fit holds the ``(n, k)``
+responsibilities and a slab beside its input, and the arithmetic stays in float64.
 """
 
 from __future__ import annotations
@@ -19,19 +23,20 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
 from agent.errors import FitError
 
-__all__ = ["ErrorAwareMixture", "diag_gaussian_log_prob", "mahalanobis_sq"]
+__all__ = ["ErrorAwareMixture", "diag_gaussian_log_prob", "logsumexp_rows", "mahalanobis_sq"]
 
 log = logging.getLogger(__name__)
 
 _EPS = 10 * np.finfo(np.float64).eps
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _LOG_TINY = float(np.log(np.finfo(np.float64).tiny))
+#: Cases per slab in every pass over the embedding: slab temporaries stay a few MiB.
+_SLAB_ROWS = 4096
 
 
 def diag_gaussian_log_prob(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
@@ -41,21 +46,48 @@ def diag_gaussian_log_prob(X: np.ndarray, means: np.ndarray, variances: np.ndarr
     never a Python loop over samples or components.
     """
     log_det = np.sum(np.log(variances), axis=1)
-    return -0.5 * (X.shape[1] * _LOG_2PI + log_det + mahalanobis_sq(X, means, variances))
+    out = mahalanobis_sq(X, means, variances)
+    out += X.shape[1] * _LOG_2PI + log_det
+    out *= -0.5
+    return out
 
 
 def mahalanobis_sq(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
     precisions = 1.0 / variances
-    quad = (
-        (X * X) @ precisions.T - 2.0 * X @ (means * precisions).T + np.sum(means * means * precisions, axis=1)
-    )
-    return np.maximum(quad, 0.0)
+    quad = (X * X) @ precisions.T
+    quad -= 2.0 * (X @ (means * precisions).T)
+    quad += np.sum(means * means * precisions, axis=1)
+    return np.maximum(quad, 0.0, out=quad)
+
+
+def logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(a), axis=1))`` for a 2-D array, shifted by the row maximum for stability.
+
+    Terms below ``tiny`` times the row's largest are flushed to zero before ``exp``: they
+    cannot change a sum that holds 1, and subnormal floats are tens of times slower. scipy's
+    ``logsumexp`` computes the same with more checks, at three times the cost on the
+    ``(n, k)`` arrays of every E-step.
+    """
+    top = a.max(axis=1)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return top + np.log(np.sum(_exp_flushed_inplace(a - top[:, None]), axis=1))
+
+
+def _slabs(n: int) -> range:
+    return range(0, n, _SLAB_ROWS)
+
+
+def _rows64(X: np.ndarray, start: int) -> np.ndarray:
+    """One slab of ``X`` in float64 (a view when ``X`` is already float64)."""
+    return np.asarray(X[start : start + _SLAB_ROWS], dtype=np.float64)
 
 
 def _bernoulli_log_prob(target: np.ndarray, p: np.ndarray) -> np.ndarray:
     """``(n, k)`` log-likelihood of (possibly soft) binary targets under per-component rates."""
     p = np.clip(p, _EPS, 1.0 - _EPS)
+    if np.all((target == 0) | (target == 1)):  # hard targets: a lookup, the same numbers
+        return np.where(target[:, None] == 1, np.log(p)[None, :], np.log1p(-p)[None, :])
     return np.outer(target, np.log(p)) + np.outer(1.0 - target, np.log1p(-p))
 
 
@@ -131,6 +163,8 @@ class ErrorAwareMixture:
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> ErrorAwareMixture:
         """Fit by EM. ``y`` is 0/1; ``y_pred`` is 0/1 or the probability of the target class."""
         X, y, y_pred = self._validate(X, y, y_pred)
+        # EM passes over the cases a dozen times: they are converted to float64 once.
+        X = np.asarray(X, dtype=np.float64)
         n = X.shape[0]
         if self.n_components < 1:
             raise FitError(f"n_components must be >= 1, got {self.n_components}")
@@ -150,7 +184,8 @@ class ErrorAwareMixture:
         previous = -np.inf
         for it in range(1, self.max_iter + 1):
             log_resp, bound = self._e_step(X, y, y_pred)
-            self._m_step(X, y, y_pred, _exp_flushed(log_resp))
+            self._m_step(X, y, y_pred, _exp_flushed_inplace(log_resp))
+            del log_resp
             self.lower_bounds_.append(bound)
             self.n_iter_ = it
             if abs(bound - previous) < self.tol:
@@ -167,7 +202,7 @@ class ErrorAwareMixture:
         return self
 
     def _validate(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
+        X = _as_float(X)
         y = np.asarray(y, dtype=np.float64).ravel()
         y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
         if X.ndim != 2:
@@ -210,8 +245,8 @@ class ErrorAwareMixture:
             if m == 0:  # fewer components than cells: this cell is left to the first E-step
                 continue
             idx = np.flatnonzero(cell == c)
-            centers = _kmeans_pp(X[idx], min(m, len(idx)), rng)
-            dist = _sq_dist(X[idx], centers)
+            centers = _kmeans_pp(X, idx, min(m, len(idx)), rng)
+            dist = _sq_dist(X, centers, rows=idx)
             resp[idx, start + np.argmin(dist, axis=1)] = 1.0
             start += m
         return resp
@@ -221,24 +256,40 @@ class ErrorAwareMixture:
         self.weights_ = nk / nk.sum()
         # (X.T @ resp).T, not resp.T @ X: the same product, but OpenBLAS is tens of times
         # faster with the long dimension inside (measured in bench/mixture_fit.py).
-        self.means_ = (X.T @ resp).T / nk[:, None]
-        second = ((X * X).T @ resp).T / nk[:, None]
+        first = np.zeros((X.shape[1], resp.shape[1]))
+        second = np.zeros_like(first)
+        for start in _slabs(X.shape[0]):
+            rows, part = _rows64(X, start), resp[start : start + _SLAB_ROWS]
+            first += rows.T @ part
+            rows = rows * rows
+            second += rows.T @ part
+        self.means_ = first.T / nk[:, None]
+        second = second.T / nk[:, None]
         self.variances_ = np.maximum(second - self.means_**2, 0.0) + self.reg_covar
         self.y_probs_ = np.clip((resp.T @ y) / nk, _EPS, 1 - _EPS)
         self.y_pred_probs_ = np.clip((resp.T @ y_pred) / nk, _EPS, 1 - _EPS)
 
     def _joint_log_prob(self, X: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None) -> np.ndarray:
-        out = np.log(self.weights_) + diag_gaussian_log_prob(X, self.means_, self.variances_)
+        out = diag_gaussian_log_prob(X, self.means_, self.variances_)
+        out += np.log(self.weights_)
         if y is not None and y_pred is not None:
-            out = out + self.gamma * (
-                _bernoulli_log_prob(y, self.y_probs_) + _bernoulli_log_prob(y_pred, self.y_pred_probs_)
-            )
+            terms = _bernoulli_log_prob(y, self.y_probs_)
+            terms += _bernoulli_log_prob(y_pred, self.y_pred_probs_)
+            terms *= self.gamma
+            out += terms
         return out
 
     def _e_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, float]:
-        joint = self._joint_log_prob(X, y, y_pred)
-        norm = logsumexp(joint, axis=1)
-        return joint - norm[:, None], float(np.mean(norm))
+        n = X.shape[0]
+        log_resp = np.empty((n, len(self.weights_)))
+        norm = np.empty(n)
+        for start in _slabs(n):
+            stop = min(start + _SLAB_ROWS, n)
+            joint = self._joint_log_prob(_rows64(X, start), y[start:stop], y_pred[start:stop])
+            norm[start:stop] = logsumexp_rows(joint)
+            joint -= norm[start:stop, None]
+            log_resp[start:stop] = joint
+        return log_resp, float(np.mean(norm))
 
     # -- prediction ------------------------------------------------------------------------
 
@@ -260,13 +311,18 @@ class ErrorAwareMixture:
         a held-out sample's prediction nor its error can pull it into a high-error component.
         """
         self._check_fitted()
-        X = np.asarray(X, dtype=np.float64)
-        joint = self._joint_log_prob(X, None, None)
-        if y is not None:
-            joint = joint + self.gamma * _bernoulli_log_prob(
-                np.asarray(y, dtype=np.float64).ravel(), self.y_probs_
-            )
-        return np.exp(joint - logsumexp(joint, axis=1)[:, None])
+        X = _as_float(X)
+        labels = None if y is None else np.asarray(y, dtype=np.float64).ravel()
+        n = X.shape[0]
+        out = np.empty((n, len(self.weights_)))
+        for start in _slabs(n):
+            stop = min(start + _SLAB_ROWS, n)
+            joint = self._joint_log_prob(_rows64(X, start), None, None)
+            if labels is not None:
+                joint += self.gamma * _bernoulli_log_prob(labels[start:stop], self.y_probs_)
+            joint -= logsumexp_rows(joint)[:, None]
+            out[start:stop] = _exp_flushed_inplace(joint)
+        return out
 
     def component_error_rates(self) -> np.ndarray:
         """Expected error rate of each component, ``P(y != ŷ | j)`` under independence within it."""
@@ -284,17 +340,61 @@ def _exp_flushed(log_p: np.ndarray) -> np.ndarray:
     return np.exp(np.where(log_p < _LOG_TINY, -np.inf, log_p))
 
 
-def _sq_dist(X: np.ndarray, C: np.ndarray) -> np.ndarray:
-    return np.maximum(np.sum(X * X, axis=1)[:, None] - 2.0 * X @ C.T + np.sum(C * C, axis=1)[None, :], 0.0)
+def _exp_flushed_inplace(log_p: np.ndarray) -> np.ndarray:
+    """:func:`_exp_flushed` into ``log_p`` itself (no ``(n, k)`` temporaries)."""
+    np.copyto(log_p, -np.inf, where=log_p < _LOG_TINY)
+    return np.exp(log_p, out=log_p)
 
 
-def _kmeans_pp(X: np.ndarray, k: int, rng: np.random.RandomState) -> np.ndarray:
-    """k-means++ seeding: ``k`` rows of ``X`` spread out by squared distance."""
-    centers = [X[rng.randint(len(X))]]
-    d2 = _sq_dist(X, centers[0][None, :])[:, 0]
+def _as_float(X: Any) -> np.ndarray:
+    """``X`` as an array of float32 or float64, as given when it already is one."""
+    X = np.asarray(X)
+    return X if X.dtype in (np.float32, np.float64) else X.astype(np.float64)
+
+
+def _subset(X: np.ndarray, rows: np.ndarray | None, start: int) -> np.ndarray:
+    """Slab ``start`` of ``X[rows]`` (of ``X`` when ``rows`` is None) in float64."""
+    if rows is None:
+        return _rows64(X, start)
+    return np.asarray(X[rows[start : start + _SLAB_ROWS]], dtype=np.float64)
+
+
+def _row_sq(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    n = X.shape[0] if rows is None else len(rows)
+    out = np.empty(n)
+    for start in _slabs(n):
+        part = _subset(X, rows, start)
+        out[start : start + len(part)] = np.sum(part * part, axis=1)
+    return out
+
+
+def _sq_dist(
+    X: np.ndarray, C: np.ndarray, x2: np.ndarray | None = None, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Squared distances of ``X[rows]`` (all of ``X`` by default) to the rows of ``C``.
+
+    ``x2`` holds those rows' squared norms when they are known already.
+    """
+    x2 = _row_sq(X, rows) if x2 is None else x2
+    c2 = np.sum(C * C, axis=1)
+    out = np.empty((len(x2), C.shape[0]))
+    for start in _slabs(len(x2)):
+        part = _subset(X, rows, start)
+        dist = x2[start : start + len(part), None] - 2.0 * (part @ C.T)
+        dist += c2[None, :]
+        out[start : start + len(part)] = np.maximum(dist, 0.0)
+    return out
+
+
+def _kmeans_pp(X: np.ndarray, rows: np.ndarray, k: int, rng: np.random.RandomState) -> np.ndarray:
+    """k-means++ seeding: ``k`` of ``X[rows]`` spread out by squared distance (no copy of them)."""
+    x2 = _row_sq(X, rows)
+    n = len(rows)
+    centers = [np.asarray(X[rows[rng.randint(n)]], dtype=np.float64)]
+    d2 = _sq_dist(X, centers[0][None, :], x2, rows)[:, 0]
     for _ in range(1, k):
         total = d2.sum()
-        i = rng.randint(len(X)) if total <= 0 else rng.choice(len(X), p=d2 / total)
-        centers.append(X[i])
-        d2 = np.minimum(d2, _sq_dist(X, X[i][None, :])[:, 0])
+        i = rng.randint(n) if total <= 0 else rng.choice(n, p=d2 / total)
+        centers.append(np.asarray(X[rows[i]], dtype=np.float64))
+        d2 = np.minimum(d2, _sq_dist(X, centers[-1][None, :], x2, rows)[:, 0])
     return np.asarray(centers)

@@ -107,6 +107,14 @@ def _territory(membership: np.ndarray, beta: float) -> np.ndarray:
     return membership >= beta * membership.max(axis=1, keepdims=True)
 
 
+def _take(X: np.ndarray, rows: np.ndarray, slab: int = 4096) -> np.ndarray:
+    """``X[rows]`` in float64, converted a slab at a time (no float32 copy of the rows first)."""
+    out = np.empty((len(rows), X.shape[1]))
+    for start in range(0, len(rows), slab):
+        out[start : start + slab] = X[rows[start : start + slab]]
+    return out
+
+
 def _folds(y: np.ndarray, err: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Folds stratified by (label, error), falling back to coarser strata when one is too rare."""
     for strata in ((2 * y + err).astype(int), y.astype(int), np.zeros(len(y), dtype=int)):
@@ -151,7 +159,9 @@ def discover_slices(
         Smallest territory, among training and among held-out cases of the class, that is
         chosen or tested at all.
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
     y = np.asarray(y, dtype=np.float64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
     err = (y != (y_pred >= 0.5)).astype(np.float64)
@@ -162,17 +172,25 @@ def discover_slices(
 
     tested: list[tuple[_Contrast, float, int, int, float]] = []
     fitted: dict[int, Slicer] = {}
+    # Memberships are row by row: each fold's over the whole window is computed once, and its
+    # training and held-out rows, and every slice kept from the fold, read from it.
+    # Only the territories and the chosen components' columns are kept past the fold.
+    memberships: dict[tuple[int, int], np.ndarray] = {}
+    territories: dict[int, np.ndarray] = {}
+    typicalities: dict[tuple[int, int], np.ndarray] = {}
     n_chosen = 0
     for fold, (train, test) in enumerate(_folds(y, err, n_splits, random_state)):
         slicer = make_slicer(random_state + fold)
         try:
-            slicer.fit(X[train], y[train], y_pred[train])
+            slicer.fit(_take(X, train), y[train], y_pred[train])
         except FitError:
             continue
         fitted[fold] = slicer
-        memb_train = slicer.membership(X[train], y[train])
-        territory_train = _territory(memb_train, beta)
-        territory_test = _territory(slicer.membership(X[test], y[test]), beta)
+        membership = slicer.membership(X, y)
+        territories[fold] = _territory(membership, beta)
+        memb_train = membership[train]
+        territory_train = territories[fold][train]
+        territory_test = territories[fold][test]
         chosen: list[tuple[float, int, float]] = []
         for j in range(memb_train.shape[1]):
             if memb_train[:, j].sum() < 1e-9:
@@ -183,6 +201,8 @@ def discover_slices(
                 chosen.append((c.z, j, cls))
         chosen = sorted(chosen, reverse=True)[:n_slices]
         n_chosen += len(chosen)
+        memberships.update({(fold, j): membership[:, j].copy() for _, j, _ in chosen})
+        del membership, memb_train
         for _, j, cls in chosen:
             c = _contrast(territory_test[:, j], y[test] == cls, err[test])
             if c.n_in >= min_size and c.n_out > 0:
@@ -195,19 +215,20 @@ def discover_slices(
     )
     kept: list[SliceFinding] = []
     for c, p, fold, j, cls in significant:
-        slicer = fitted[fold]
-        membership = slicer.membership(X, y)
-        members = _territory(membership, beta)[:, j] & (y == cls)
+        members = territories[fold][:, j] & (y == cls)
         if members.sum() < min_size:
             continue
         overlaps = [(members & k.members).sum() / min(members.sum(), k.members.sum()) for k in kept]
         if overlaps and max(overlaps) > dedup_overlap:
             continue
+        if (fold, j) not in typicalities:
+            typical = fitted[fold].membership(X)
+            typicalities.update({(f, c): typical[:, c].copy() for f, c in memberships if f == fold})
         kept.append(
             SliceFinding(
                 members=members,
-                probability=membership[:, j],
-                typicality=slicer.membership(X)[:, j],
+                probability=memberships[fold, j],
+                typicality=typicalities[fold, j],
                 slice_class=cls,
                 error_rate=c.e_in / c.n_in,
                 rest_error_rate=c.e_out / c.n_out,
