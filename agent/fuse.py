@@ -6,7 +6,7 @@ and the result says how many rows each modality was missing.
 
 The fused window is never held whole in float64. Rows are normalised a slab at a time; for a
 window with at least as many cases as dimensions (the usual refit) PCA comes from the
-covariance: ``d x d`` accumulated over centred slabs (float32 products summed in float64),
+covariance: ``d x d`` accumulated over shifted slabs (float32 products summed in float64),
 an ``eigh`` in float64 for the top components only, and a second pass that projects each slab.
 That costs ``n d^2 / 2`` multiply-adds and ``O(d^2)`` memory beside the ``(n, k)`` result. A
 wider window (fewer cases than dimensions) is small: it is materialised once in float32 and
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 from sklearn.decomposition import PCA
 
 from agent.errors import FitError
@@ -42,77 +43,96 @@ class Fused:
     explained_variance: float = 1.0
 
 
-@dataclass(frozen=True)
-class _Block:
-    """One modality's rows as given (never copied whole), their scale to unit norm, and missing rows."""
+class _Blocks:
+    """The modality blocks as given (never copied whole), read a slab of cases at a time.
 
-    rows: np.ndarray
-    scale: np.ndarray
-    missing: np.ndarray
-    offset: int
-    total: np.ndarray
-    """Sum of the unit rows, in float64."""
+    The first pass over them (:meth:`first_pass`) learns each row's scale to unit norm and
+    which rows are missing; later passes reuse them.
+    """
 
+    def __init__(self, arrays: list[np.ndarray], slab: int) -> None:
+        self.arrays = arrays
+        self.slab = slab
+        self.n = arrays[0].shape[0]
+        self.offsets = np.cumsum([0] + [a.shape[1] for a in arrays])
+        self.width = int(self.offsets[-1])
+        self.scales = [np.zeros(self.n, dtype=np.float32) for _ in arrays]
+        self.missing = [np.zeros(self.n, dtype=bool) for _ in arrays]
+        self._scanned = False
 
-def _scan(rows: np.ndarray, offset: int, slab: int) -> _Block:
-    """Row norms and the sum of unit rows in float64, a slab at a time (``scale`` is 0 for a missing row)."""
-    n = rows.shape[0]
-    scale = np.zeros(n)
-    missing = np.zeros(n, dtype=bool)
-    total = np.zeros(rows.shape[1])
-    for start in range(0, n, slab):
-        part = np.asarray(rows[start : start + slab], dtype=np.float64)
-        finite = np.isfinite(part).all(axis=1)
-        if not finite.all():
-            part[~finite] = 0.0
-        norm = np.sqrt(np.einsum("ij,ij->i", part, part))
+    def slabs(self, shift: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)``: fused unit rows in float32, less ``shift`` when given."""
+        for start in range(0, self.n, self.slab):
+            stop = min(start + self.slab, self.n)
+            out = np.empty((stop - start, self.width), dtype=np.float32)
+            for i, a in enumerate(self.arrays):
+                part = out[:, self.offsets[i] : self.offsets[i + 1]]
+                source = a[start:stop]
+                if not self._scanned:
+                    self._learn_scale(i, start, source)
+                # Copy and scale in one pass; a missing row is zeroed after (0 * NaN is NaN).
+                np.multiply(source, self.scales[i][start:stop, None], out=part, casting="same_kind")
+                gone = self.missing[i][start:stop]
+                if gone.any():
+                    part[gone] = 0.0
+            if shift is not None:
+                out -= shift
+            yield start, out
+        self._scanned = True
+
+    def _learn_scale(self, i: int, start: int, source: np.ndarray) -> None:
+        """Scale to unit norm of each row of ``source`` (block ``i``), 0 for a missing row."""
+        squares = np.einsum("ij,ij->i", source, source)
+        finite = np.isfinite(squares)
+        if not finite.all():  # a NaN or infinite value, or only an overflow of the squares
+            finite = np.isfinite(source).all(axis=1)
+            squares = np.einsum(
+                "ij,ij->i", *(2 * [np.where(finite[:, None], source, 0.0).astype(np.float64)])
+            )
+        norm = np.sqrt(squares.astype(np.float64))
         ok = finite & (norm > 0)
-        row_scale = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
-        scale[start : start + slab] = row_scale
-        missing[start : start + slab] = ~ok
-        total += row_scale @ part
-    return _Block(rows, scale, missing, offset, total)
+        stop = start + len(source)
+        self.scales[i][start:stop] = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
+        self.missing[i][start:stop] = ~ok
 
 
-def _slabs(
-    blocks: list[_Block], width: int, slab: int, mean: np.ndarray | None = None
-) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, rows)``: the fused unit rows in float32, ``slab`` cases at a time, less ``mean`` if given."""
-    n = blocks[0].rows.shape[0]
-    scales = [b.scale.astype(np.float32) for b in blocks]
-    for start in range(0, n, slab):
-        stop = min(start + slab, n)
-        out = np.empty((stop - start, width), dtype=np.float32)
-        for b, scale in zip(blocks, scales, strict=True):
-            part = out[:, b.offset : b.offset + b.rows.shape[1]]
-            part[...] = b.rows[start:stop]
-            gone = b.missing[start:stop]
-            if gone.any():
-                part[gone] = 0.0  # NaN rows: 0 * NaN would stay NaN
-            part *= scale[start:stop, None]
-        if mean is not None:
-            out -= mean
-        yield start, out
+def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
+    """Project the fused rows on their top ``k`` principal axes; return them and the variance kept.
 
-
-def _covariance_pca(blocks: list[_Block], n: int, width: int, k: int, slab: int) -> tuple[np.ndarray, float]:
-    """Project the fused rows on their top ``k`` principal axes; return them and the variance kept."""
-    mean = (np.concatenate([b.total for b in blocks]) / n).astype(np.float32)
-    cov = np.zeros((width, width))
-    for _, centred in _slabs(blocks, width, slab, mean):
-        cov += centred.T @ centred  # a symmetric rank-k update (syrk) in float32, summed in float64
-    values, vectors = scipy.linalg.eigh(cov, subset_by_index=[width - k, width - 1])
+    One pass accumulates the sum and the scatter about a shift (the first slab's mean, close
+    to the window's, so that the correction below cancels nothing); float32 products of each
+    slab (a syrk) are summed in float64. A second pass centres each slab and projects it.
+    """
+    n, width = blocks.n, blocks.width
+    total = np.zeros(width)
+    scatter = np.zeros((width, width))
+    shift: np.ndarray | None = None
+    for _, rows in blocks.slabs():
+        if shift is None:
+            shift = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
+        rows -= shift
+        total += rows.sum(axis=0)  # small numbers (about the shift): a float32 sum is exact enough
+        scatter += rows.T @ rows
+    assert shift is not None
+    offset = total / n
+    mean = (shift + offset).astype(np.float32)
+    # scatter - n offset offset^T in place, on the Fortran view LAPACK and BLAS work on.
+    cov = scipy.linalg.blas.dger(-float(n), offset, offset, a=scatter.T, overwrite_a=True)
+    variance = float(np.trace(cov))
+    values, vectors = scipy.linalg.eigh(
+        cov, subset_by_index=[width - k, width - 1], overwrite_a=True, check_finite=False
+    )
+    del cov, scatter
     values, vectors = values[::-1], vectors[:, ::-1]
     # Deterministic signs, as scikit-learn's svd_flip: each axis's largest entry is positive.
     peak = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)]
     vectors *= np.where(peak < 0, -1.0, 1.0)
     basis = np.ascontiguousarray(vectors, dtype=np.float32)
     out = np.empty((n, k), dtype=np.float32)
-    for start, centred in _slabs(blocks, width, slab, mean):
+    for start, centred in blocks.slabs(mean):
         np.matmul(centred, basis, out=out[start : start + len(centred)])
-    total = float(np.trace(cov))
     kept = float(np.sum(np.maximum(values, 0.0)))
-    return out, (kept / total if total > 0 else 1.0)
+    return out, (kept / variance if variance > 0 else 1.0)
 
 
 def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_state: int = 0) -> Fused:
@@ -148,25 +168,23 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
     n = arrays[0].shape[0]
     width = sum(a.shape[1] for a in arrays)
     # Slabs of a sixteenth of the window (a small window is not padded out to a large slab),
-    # 256 rows at least (syrk needs depth) and _SLAB_BYTES at most.
+    # 256 rows at least (a syrk needs depth) and _SLAB_BYTES at most.
     slab = int(np.clip(n // 16, 256, max(256, _SLAB_BYTES // (4 * max(width, 1)))))
-    scanned: list[_Block] = []
-    for a in arrays:
-        rows = int(np.clip(n // 16, 256, max(256, _SLAB_BYTES // (8 * max(a.shape[1], 1)))))
-        scanned.append(_scan(a, sum(b.rows.shape[1] for b in scanned), rows))
-    missing = {name: int(b.missing.sum()) for name, b in zip(names, scanned, strict=True)}
+    fused = _Blocks(arrays, slab)
     k = min(n_components, n, width)
-    if n < 2 or k < 1:
-        joined = np.vstack([rows for _, rows in _slabs(scanned, width, slab)])
-        return Fused(joined.reshape(n, width), names, missing)
-    if n >= width:
-        reduced, kept = _covariance_pca(scanned, n, width, k, slab)
-        return Fused(reduced, names, missing, kept)
+    if n >= width and n >= 2 and k >= 1:
+        reduced, kept = _covariance_pca(fused, k)
+        return Fused(reduced, names, _missing(names, fused), kept)
     joined = np.empty((n, width), dtype=np.float32)
-    for start, rows in _slabs(scanned, width, slab):
+    for start, rows in fused.slabs():
         joined[start : start + len(rows)] = rows
+    if n < 2 or k < 1:
+        return Fused(joined, names, _missing(names, fused))
     pca = PCA(n_components=k, random_state=random_state)
     reduced = pca.fit_transform(joined)
-    return Fused(
-        reduced.astype(np.float32, copy=False), names, missing, float(np.sum(pca.explained_variance_ratio_))
-    )
+    variance = float(np.sum(pca.explained_variance_ratio_))
+    return Fused(reduced.astype(np.float32, copy=False), names, _missing(names, fused), variance)
+
+
+def _missing(names: tuple[str, ...], blocks: _Blocks) -> dict[str, int]:
+    return {name: int(gone.sum()) for name, gone in zip(names, blocks.missing, strict=True)}

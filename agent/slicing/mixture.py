@@ -36,26 +36,31 @@ _EPS = 10 * np.finfo(np.float64).eps
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _LOG_TINY = float(np.log(np.finfo(np.float64).tiny))
 #: Cases per slab in every pass over the embedding: slab temporaries stay a few MiB.
-_SLAB_ROWS = 4096
+_SLAB_ROWS = 2048
 
 
-def diag_gaussian_log_prob(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+def diag_gaussian_log_prob(
+    X: np.ndarray, means: np.ndarray, variances: np.ndarray, *, squares: np.ndarray | None = None
+) -> np.ndarray:
     """Log density of every row of ``X`` under every diagonal Gaussian, as an ``(n, k)`` array.
 
     Expanded as ``Σ x²/σ² - 2 x·μ/σ² + Σ μ²/σ²`` so that the work is two matrix products,
-    never a Python loop over samples or components.
+    never a Python loop over samples or components. ``squares`` is ``X * X`` when the caller
+    has it already.
     """
     log_det = np.sum(np.log(variances), axis=1)
-    out = mahalanobis_sq(X, means, variances)
+    out = mahalanobis_sq(X, means, variances, squares=squares)
     out += X.shape[1] * _LOG_2PI + log_det
     out *= -0.5
     return out
 
 
-def mahalanobis_sq(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+def mahalanobis_sq(
+    X: np.ndarray, means: np.ndarray, variances: np.ndarray, *, squares: np.ndarray | None = None
+) -> np.ndarray:
     """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
     precisions = 1.0 / variances
-    quad = (X * X) @ precisions.T
+    quad = (X * X if squares is None else squares) @ precisions.T
     quad -= 2.0 * (X @ (means * precisions).T)
     quad += np.sum(means * means * precisions, axis=1)
     return np.maximum(quad, 0.0, out=quad)
@@ -89,6 +94,28 @@ def _bernoulli_log_prob(target: np.ndarray, p: np.ndarray) -> np.ndarray:
     if np.all((target == 0) | (target == 1)):  # hard targets: a lookup, the same numbers
         return np.where(target[:, None] == 1, np.log(p)[None, :], np.log1p(-p)[None, :])
     return np.outer(target, np.log(p)) + np.outer(1.0 - target, np.log1p(-p))
+
+
+class _Stats:
+    """The M-step's sums over cases, added a slab at a time."""
+
+    def __init__(self, d: int, k: int) -> None:
+        self.nk = np.zeros(k)
+        self.first = np.zeros((d, k))
+        self.second = np.zeros((d, k))
+        self.y = np.zeros(k)
+        self.y_pred = np.zeros(k)
+
+    def add(
+        self, rows: np.ndarray, squares: np.ndarray, resp: np.ndarray, y: np.ndarray, y_pred: np.ndarray
+    ) -> None:
+        self.nk += resp.sum(axis=0)
+        # (X.T @ resp), not resp.T @ X: the same product, but OpenBLAS is tens of times
+        # faster with the long dimension inside (measured in bench/mixture_fit.py).
+        self.first += rows.T @ resp
+        self.second += squares.T @ resp
+        self.y += resp.T @ y
+        self.y_pred += resp.T @ y_pred
 
 
 class ErrorAwareMixture:
@@ -183,16 +210,14 @@ class ErrorAwareMixture:
         self.converged_ = False
         previous = -np.inf
         for it in range(1, self.max_iter + 1):
-            log_resp, bound = self._e_step(X, y, y_pred)
-            self._m_step(X, y, y_pred, _exp_flushed_inplace(log_resp))
-            del log_resp
+            bound = self._em_step(X, y, y_pred)
             self.lower_bounds_.append(bound)
             self.n_iter_ = it
             if abs(bound - previous) < self.tol:
                 self.converged_ = True
                 break
             previous = bound
-        _, self.lower_bound_ = self._e_step(X, y, y_pred)
+        _, self.lower_bound_ = self._e_step(X, y, y_pred, keep=False)
         if not self.converged_:
             warnings.warn(
                 f"EM did not converge in max_iter={self.max_iter} iterations; raise max_iter or tol",
@@ -252,25 +277,50 @@ class ErrorAwareMixture:
         return resp
 
     def _m_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, resp: np.ndarray) -> None:
-        nk = resp.sum(axis=0) + _EPS
-        self.weights_ = nk / nk.sum()
-        # (X.T @ resp).T, not resp.T @ X: the same product, but OpenBLAS is tens of times
-        # faster with the long dimension inside (measured in bench/mixture_fit.py).
-        first = np.zeros((X.shape[1], resp.shape[1]))
-        second = np.zeros_like(first)
+        stats = _Stats(X.shape[1], resp.shape[1])
         for start in _slabs(X.shape[0]):
-            rows, part = _rows64(X, start), resp[start : start + _SLAB_ROWS]
-            first += rows.T @ part
-            rows = rows * rows
-            second += rows.T @ part
-        self.means_ = first.T / nk[:, None]
-        second = second.T / nk[:, None]
-        self.variances_ = np.maximum(second - self.means_**2, 0.0) + self.reg_covar
-        self.y_probs_ = np.clip((resp.T @ y) / nk, _EPS, 1 - _EPS)
-        self.y_pred_probs_ = np.clip((resp.T @ y_pred) / nk, _EPS, 1 - _EPS)
+            stop = start + _SLAB_ROWS
+            rows = _rows64(X, start)
+            stats.add(rows, rows * rows, resp[start:stop], y[start:stop], y_pred[start:stop])
+        self._set_params(stats)
 
-    def _joint_log_prob(self, X: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None) -> np.ndarray:
-        out = diag_gaussian_log_prob(X, self.means_, self.variances_)
+    def _em_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> float:
+        """One E-step and the M-step after it, slab by slab; returns the E-step's mean lower bound.
+
+        Each slab's responsibilities go straight into the M-step sums, so neither the ``(n, k)``
+        responsibilities nor the squares of the cases are held for the whole window.
+        """
+        n = X.shape[0]
+        stats = _Stats(X.shape[1], len(self.weights_))
+        norm = np.empty(n)
+        for start in _slabs(n):
+            stop = min(start + _SLAB_ROWS, n)
+            rows = _rows64(X, start)
+            squares = rows * rows
+            joint = self._joint_log_prob(rows, y[start:stop], y_pred[start:stop], squares)
+            norm[start:stop] = logsumexp_rows(joint)
+            joint -= norm[start:stop, None]
+            stats.add(rows, squares, _exp_flushed_inplace(joint), y[start:stop], y_pred[start:stop])
+        self._set_params(stats)
+        return float(np.mean(norm))
+
+    def _set_params(self, stats: _Stats) -> None:
+        nk = stats.nk + _EPS
+        self.weights_ = nk / nk.sum()
+        self.means_ = stats.first.T / nk[:, None]
+        second = stats.second.T / nk[:, None]
+        self.variances_ = np.maximum(second - self.means_**2, 0.0) + self.reg_covar
+        self.y_probs_ = np.clip(stats.y / nk, _EPS, 1 - _EPS)
+        self.y_pred_probs_ = np.clip(stats.y_pred / nk, _EPS, 1 - _EPS)
+
+    def _joint_log_prob(
+        self,
+        X: np.ndarray,
+        y: np.ndarray | None,
+        y_pred: np.ndarray | None,
+        squares: np.ndarray | None = None,
+    ) -> np.ndarray:
+        out = diag_gaussian_log_prob(X, self.means_, self.variances_, squares=squares)
         out += np.log(self.weights_)
         if y is not None and y_pred is not None:
             terms = _bernoulli_log_prob(y, self.y_probs_)
@@ -279,16 +329,20 @@ class ErrorAwareMixture:
             out += terms
         return out
 
-    def _e_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, float]:
+    def _e_step(
+        self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, *, keep: bool = True
+    ) -> tuple[np.ndarray | None, float]:
+        """Log responsibilities (None unless ``keep``) and the mean lower bound."""
         n = X.shape[0]
-        log_resp = np.empty((n, len(self.weights_)))
+        log_resp = np.empty((n, len(self.weights_))) if keep else None
         norm = np.empty(n)
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
             joint = self._joint_log_prob(_rows64(X, start), y[start:stop], y_pred[start:stop])
             norm[start:stop] = logsumexp_rows(joint)
-            joint -= norm[start:stop, None]
-            log_resp[start:stop] = joint
+            if log_resp is not None:
+                joint -= norm[start:stop, None]
+                log_resp[start:stop] = joint
         return log_resp, float(np.mean(norm))
 
     # -- prediction ------------------------------------------------------------------------
@@ -302,6 +356,7 @@ class ErrorAwareMixture:
         self._check_fitted()
         X, y, y_pred = self._validate(X, y, y_pred)
         log_resp, _ = self._e_step(X, y, y_pred)
+        assert log_resp is not None
         return _exp_flushed(log_resp)
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
