@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from agent.config import Settings
@@ -128,11 +129,16 @@ def embed_samples(
     blocks: dict[str, np.ndarray] = {}
 
     def embed_texts(texts: list[str], desc: str) -> np.ndarray:
+        # Each distinct text is embedded once: metadata sentences repeat across most of a window
+        # (one per view, device, sex and age band), and so do templated reports.
         out = np.full((n, embedder.text_dim), np.nan, dtype=np.float32)
         rows = [i for i, t in enumerate(texts) if t]
-        for start, chunk in _batched([texts[i] for i in rows], batch_size, desc, progress):
-            vecs = embedder.embed_texts(list(chunk))  # type: ignore[arg-type]
-            out[rows[start : start + len(chunk)]] = vecs
+        distinct = list(dict.fromkeys(texts[i] for i in rows))
+        vectors = np.empty((len(distinct), embedder.text_dim), dtype=np.float32)
+        for start, chunk in _batched(distinct, batch_size, desc, progress):
+            vectors[start : start + len(chunk)] = embedder.embed_texts(list(chunk))  # type: ignore[arg-type]
+        where = {text: j for j, text in enumerate(distinct)}
+        out[rows] = vectors[[where[texts[i]] for i in rows]]
         return out
 
     for modality in modalities:
@@ -255,23 +261,25 @@ def run_audit(
         notes.append(
             f"window of {len(samples)} cases: {dims} PCA dimensions, {components} mixture components"
         )
-    fused = fuse(emb.blocks, n_components=dims, random_state=a.seed)
+    # The numerical part runs on a.blas_threads BLAS threads: on a small sidecar more would
+    # fight the embedder's torch threads and the event loop for the same cores.
+    with threadpool_limits(limits=a.blas_threads, user_api="blas"):
+        fused = fuse(emb.blocks, n_components=dims, random_state=a.seed)
+        findings = discover_slices(
+            _make_slicer(settings, components),
+            fused.embedding,
+            y,
+            y_pred,
+            n_slices=a.n_slices,
+            n_splits=a.n_splits,
+            beta=a.beta,
+            alpha=a.alpha,
+            min_size=a.min_slice_size,
+            random_state=a.seed,
+        )
     for name, count in fused.missing.items():
         if count:
             notes.append(f"{count} of {len(samples)} cases lack the {name} modality (zero block)")
-
-    findings = discover_slices(
-        _make_slicer(settings, components),
-        fused.embedding,
-        y,
-        y_pred,
-        n_slices=a.n_slices,
-        n_splits=a.n_splits,
-        beta=a.beta,
-        alpha=a.alpha,
-        min_size=a.min_slice_size,
-        random_state=a.seed,
-    )
 
     space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
     space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata, known_names=known_names)

@@ -57,6 +57,12 @@ class AuditSettings(BaseModel):
     token_min_df: int = Field(3, ge=1, description="a token must occur in this many studies")
     max_report_chars: int = Field(20_000, ge=100, description="longer reports are dead-lettered")
     seed: int = 0
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        description="BLAS threads of a refit's numerical part (fuse, slices); one leaves a core of a"
+        " small sidecar to the embedder and the event loop",
+    )
 
 
 class EmbedSettings(BaseModel):
@@ -73,6 +79,11 @@ class EmbedSettings(BaseModel):
     image_size: int = Field(224, ge=32)
     allow_random_weights: bool = Field(
         False, description="let open_clip:NAME run without a checkpoint (random weights; tests only)"
+    )
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch threads of the embedder (torch.set_num_threads); null leaves torch's default",
     )
 
 

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Embedder", "WrappedEmbedder"]
+__all__ = ["Embedder", "WrappedEmbedder", "check_threads", "set_torch_threads"]
 
 
 @runtime_checkable
@@ -68,3 +68,29 @@ class WrappedEmbedder:
     def shared_space(self) -> bool:
         """Whether the inner embedder's image and text vectors share a space."""
         return self.inner.shared_space
+
+
+def check_threads(threads: int | None) -> int | None:
+    """Return ``threads`` if it is None or a positive int, else raise :class:`ConfigError`."""
+    from agent.errors import ConfigError
+
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"expected threads to be a positive integer or None, got {threads!r}")
+    return threads
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Run torch's intra-op work on ``threads`` threads (None: leave torch's setting alone).
+
+    torch keeps one pool per process, so an embedder sets it before each forward pass: on a
+    sidecar of two cores, torch's default of one thread per core would compete with the
+    refit's BLAS threads and with the event loop.
+    """
+    if threads is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

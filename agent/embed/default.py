@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.embed.base import check_threads, set_torch_threads
 from agent.errors import ConfigError, EmbedderError, ModelFilesMissingError
 
 if TYPE_CHECKING:
@@ -134,6 +135,9 @@ class DefaultEmbedder:
         Side in pixels to which each image is resized (the whole field of view, stretched to
         a square, antialiased bilinear) before it enters the network. The network was trained
         at 224.
+    threads
+        torch intra-op threads for each forward pass (settings ``embed.threads``); None leaves
+        torch's own setting (one thread per core).
 
     Notes
     -----
@@ -150,8 +154,11 @@ class DefaultEmbedder:
     image_model_name = "efficientnet-lite0"
     text_model_name = "all-MiniLM-L6-v2"
 
-    def __init__(self, *, device: str = "cpu", batch_size: int = 32, image_size: int = 224) -> None:
+    def __init__(
+        self, *, device: str = "cpu", batch_size: int = 32, image_size: int = 224, threads: int | None = None
+    ) -> None:
         self.device = device
+        self.threads = check_threads(threads)
         self.batch_size = check_batch_size(batch_size)
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
             raise ConfigError(f"expected image_size to be an integer >= 32, got {image_size!r}")
@@ -163,7 +170,7 @@ class DefaultEmbedder:
     def __repr__(self) -> str:
         return (
             f"DefaultEmbedder(device={self.device!r}, batch_size={self.batch_size}, "
-            f"image_size={self.image_size})"
+            f"image_size={self.image_size}, threads={self.threads})"
         )
 
     @property
@@ -210,6 +217,7 @@ class DefaultEmbedder:
         import torch
 
         model = self._get_image_model()
+        set_torch_threads(self.threads)
         out = np.empty((len(arrays), self.image_dim), dtype=np.float32)
         mean = torch.tensor(_IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(_IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
@@ -240,6 +248,7 @@ class DefaultEmbedder:
         if not items:
             return np.zeros((0, self.text_dim), dtype=np.float32)
         model = self._get_text_model()
+        set_torch_threads(self.threads)
         vectors = model.encode(
             items,
             batch_size=self.batch_size,

@@ -533,3 +533,45 @@ def test_make_embedder_builds_each_kind_without_loading_models() -> None:
     assert isinstance(clip, OpenClipEmbedder) and clip.random_weights and clip.batch_size == 4
     with pytest.raises(ConfigError, match="batch_size"):
         make_embedder("default", batch_size=0)
+
+
+# --- threads ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_threads_must_be_a_positive_integer(threads: Any) -> None:
+    with pytest.raises(ConfigError, match="threads"):
+        DefaultEmbedder(threads=threads)
+
+
+def test_torch_threads_are_set_only_when_configured() -> None:
+    import torch
+
+    from agent.embed.base import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_torch_threads(None)
+        assert torch.get_num_threads() == before
+        set_torch_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_default_embedder_runs_on_its_configured_threads(default_embedder: DefaultEmbedder) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    emb = DefaultEmbedder(threads=1)
+    emb._text_model = default_embedder._get_text_model()  # the loaded model, not a second load
+    try:
+        torch.set_num_threads(2)
+        vectors = emb.embed_texts(["Portable AP chest radiograph."])
+        assert torch.get_num_threads() == 1
+        np.testing.assert_allclose(
+            vectors, default_embedder.embed_texts(["Portable AP chest radiograph."]), atol=1e-5
+        )
+    finally:
+        torch.set_num_threads(before)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,47 @@ def test_slices_are_sorted_by_p_value_and_bounded():
 def test_all_correct_or_all_wrong_reports_nothing():
     data = planted_gaussian(200, 4, seed=0)
     assert discover_slices(lambda s: ErrorAwareMixture(3, random_state=s), data.X, data.y, data.y) == []
+
+
+class _Counting:
+    """A slicer that passes through to ErrorAwareMixture and counts the rows of every membership call."""
+
+    calls: ClassVar[list[tuple[int, bool]]] = []
+
+    def __init__(self, seed):
+        self.inner = ErrorAwareMixture(25, random_state=seed)
+
+    def fit(self, X, y, y_pred):
+        self.inner.fit(X, y, y_pred)
+        return self
+
+    def membership(self, X, y=None):
+        self.calls.append((len(X), y is not None))
+        return self.inner.membership(X, y)
+
+
+def test_memberships_are_computed_once_per_fold():
+    data = planted_gaussian(3000, 16, seed=1)
+    _Counting.calls = []
+    findings = discover_slices(_Counting, data.X.astype(np.float32), data.y, data.y_pred)
+    assert findings
+    with_label = [n for n, labelled in _Counting.calls if labelled]
+    without = [n for n, labelled in _Counting.calls if not labelled]
+    # One pass over the window per fold with the label; one without it per fold a slice came from.
+    assert with_label == [3000, 3000]
+    assert len(without) == len({f.fold for f in findings}) and set(without) == {3000}
+
+
+def test_float32_and_float64_windows_give_the_same_slices():
+    data = planted_gaussian(3000, 16, seed=2)
+    a = discover_slices(
+        lambda s: ErrorAwareMixture(25, random_state=s), data.X.astype(np.float32), data.y, data.y_pred
+    )
+    b = discover_slices(
+        lambda s: ErrorAwareMixture(25, random_state=s),
+        data.X.astype(np.float32).astype(np.float64),
+        data.y,
+        data.y_pred,
+    )
+    assert [np.flatnonzero(f.members).tolist() for f in a] == [np.flatnonzero(f.members).tolist() for f in b]
+    assert [f.p_value for f in a] == [f.p_value for f in b]
