@@ -80,6 +80,27 @@ class _Blocks:
             yield start, out
         self._scanned = True
 
+    def project(self, basis: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        """``(unit rows - mean) @ basis`` in float32, block by block on the rows as given.
+
+        A block's unit rows are its rows times their scale, so each block is projected as it
+        is and scaled after (``k`` columns, not ``d_m``); ``centre`` is the mean's projection.
+        """
+        out = np.empty((self.n, basis.shape[1]), dtype=np.float32)
+        for start in range(0, self.n, self.slab):
+            stop = min(start + self.slab, self.n)
+            acc = np.zeros((stop - start, basis.shape[1]), dtype=np.float32)
+            for i, a in enumerate(self.arrays):
+                part = a[start:stop] @ basis[self.offsets[i] : self.offsets[i + 1]]
+                gone = self.missing[i][start:stop]
+                if gone.any():
+                    part[gone] = 0.0  # NaN rows: 0 * NaN would stay NaN
+                part *= self.scales[i][start:stop, None]
+                acc += part
+            acc -= centre.astype(np.float32)
+            out[start:stop] = acc
+        return out
+
     def _learn_scale(self, i: int, start: int, source: np.ndarray) -> None:
         """Scale to unit norm of each row of ``source`` (block ``i``), 0 for a missing row."""
         squares = np.einsum("ij,ij->i", source, source)
@@ -115,7 +136,7 @@ def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
         scatter += rows.T @ rows
     assert shift is not None
     offset = total / n
-    mean = (shift + offset).astype(np.float32)
+    mean = shift + offset
     # scatter - n offset offset^T in place, on the Fortran view LAPACK and BLAS work on.
     cov = scipy.linalg.blas.dger(-float(n), offset, offset, a=scatter.T, overwrite_a=True)
     variance = float(np.trace(cov))
@@ -127,10 +148,7 @@ def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
     # Deterministic signs, as scikit-learn's svd_flip: each axis's largest entry is positive.
     peak = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)]
     vectors *= np.where(peak < 0, -1.0, 1.0)
-    basis = np.ascontiguousarray(vectors, dtype=np.float32)
-    out = np.empty((n, k), dtype=np.float32)
-    for start, centred in blocks.slabs(mean):
-        np.matmul(centred, basis, out=out[start : start + len(centred)])
+    out = blocks.project(np.ascontiguousarray(vectors, dtype=np.float32), mean.astype(np.float64) @ vectors)
     kept = float(np.sum(np.maximum(values, 0.0)))
     return out, (kept / variance if variance > 0 else 1.0)
 

@@ -66,17 +66,26 @@ def mahalanobis_sq(
     return np.maximum(quad, 0.0, out=quad)
 
 
-def logsumexp_rows(a: np.ndarray) -> np.ndarray:
+def logsumexp_rows(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     """``log(sum(exp(a), axis=1))`` for a 2-D array, shifted by the row maximum for stability.
 
     Terms below ``tiny`` times the row's largest are flushed to zero before ``exp``: they
     cannot change a sum that holds 1, and subnormal floats are tens of times slower. scipy's
     ``logsumexp`` computes the same with more checks, at three times the cost on the
-    ``(n, k)`` arrays of every E-step.
+    ``(n, k)`` arrays of every E-step. ``overwrite`` lets it use ``a`` as its scratch space.
     """
+    return _softmax_rows(a if overwrite else a.copy())[1]
+
+
+def _softmax_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(a - logsumexp)`` row-wise, computed in ``a``, and the log-sum-exp: one ``exp`` for both."""
     top = a.max(axis=1)
     top = np.where(np.isfinite(top), top, 0.0)
-    return top + np.log(np.sum(_exp_flushed_inplace(a - top[:, None]), axis=1))
+    a -= top[:, None]
+    _exp_flushed_inplace(a)
+    total = np.sum(a, axis=1)
+    a /= total[:, None]
+    return a, top + np.log(total)
 
 
 def _slabs(n: int) -> range:
@@ -298,9 +307,8 @@ class ErrorAwareMixture:
             rows = _rows64(X, start)
             squares = rows * rows
             joint = self._joint_log_prob(rows, y[start:stop], y_pred[start:stop], squares)
-            norm[start:stop] = logsumexp_rows(joint)
-            joint -= norm[start:stop, None]
-            stats.add(rows, squares, _exp_flushed_inplace(joint), y[start:stop], y_pred[start:stop])
+            resp, norm[start:stop] = _softmax_rows(joint)
+            stats.add(rows, squares, resp, y[start:stop], y_pred[start:stop])
         self._set_params(stats)
         return float(np.mean(norm))
 
@@ -339,7 +347,9 @@ class ErrorAwareMixture:
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
             joint = self._joint_log_prob(_rows64(X, start), y[start:stop], y_pred[start:stop])
-            norm[start:stop] = logsumexp_rows(joint)
+            norm[start:stop] = (
+                logsumexp_rows(joint, overwrite=True) if log_resp is None else logsumexp_rows(joint)
+            )
             if log_resp is not None:
                 joint -= norm[start:stop, None]
                 log_resp[start:stop] = joint
@@ -375,6 +385,8 @@ class ErrorAwareMixture:
             joint = self._joint_log_prob(_rows64(X, start), None, None)
             if labels is not None:
                 joint += self.gamma * _bernoulli_log_prob(labels[start:stop], self.y_probs_)
+            # exp(joint - logsumexp), not a division by the sum: a saturated membership is then
+            # exactly 1, and ties among such members are broken by typicality, not by rounding.
             joint -= logsumexp_rows(joint)[:, None]
             out[start:stop] = _exp_flushed_inplace(joint)
         return out
