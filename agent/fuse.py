@@ -185,10 +185,7 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
         raise FitError(f"expected 2-D modality blocks, got shapes {[a.shape for a in arrays]}")
     n = arrays[0].shape[0]
     width = sum(a.shape[1] for a in arrays)
-    # Slabs of a sixteenth of the window (a small window is not padded out to a large slab),
-    # 256 rows at least (a syrk needs depth) and _SLAB_BYTES at most.
-    slab = int(np.clip(n // 16, 256, max(256, _SLAB_BYTES // (4 * max(width, 1)))))
-    fused = _Blocks(arrays, slab)
+    fused = _Blocks(arrays, _slab_rows(n, width))
     k = min(n_components, n, width)
     if n >= width and n >= 2 and k >= 1:
         reduced, kept = _covariance_pca(fused, k)
@@ -202,6 +199,12 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
     reduced = pca.fit_transform(joined)
     variance = float(np.sum(pca.explained_variance_ratio_))
     return Fused(reduced.astype(np.float32, copy=False), names, _missing(names, fused), variance)
+
+
+def _slab_rows(n: int, width: int) -> int:
+    """Rows per slab: a quarter of the window (a small window is not padded out to a large
+    slab), 256 at least (a syrk needs depth) and ``_SLAB_BYTES`` of float32 at most."""
+    return int(np.clip(n // 4, 256, max(256, _SLAB_BYTES // (4 * max(width, 1)))))
 
 
 def _missing(names: tuple[str, ...], blocks: _Blocks) -> dict[str, int]:
