@@ -56,6 +56,7 @@ def _build_embedder(settings: Settings, store: Store | None = None) -> Embedder:
         device=settings.embed.device,
         batch_size=settings.embed.batch_size,
         allow_random_weights=settings.embed.allow_random_weights,
+        threads=settings.embed.threads,
     )
     path = settings.embed.cache_path
     cache: EmbeddingCache

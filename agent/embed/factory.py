@@ -71,7 +71,12 @@ def parse_spec(spec: str) -> EmbedderSpec:
 
 
 def make_embedder(
-    spec: str, *, device: str = "cpu", batch_size: int = 32, allow_random_weights: bool = False
+    spec: str,
+    *,
+    device: str = "cpu",
+    batch_size: int = 32,
+    allow_random_weights: bool = False,
+    threads: int | None = None,
 ) -> Embedder:
     """Build the embedder a spec names.
 
@@ -110,7 +115,7 @@ def make_embedder(
     """
     kind, name, checkpoint = parse_spec(spec)
     if kind == "default" or name is None:
-        return DefaultEmbedder(device=device, batch_size=batch_size)
+        return DefaultEmbedder(device=device, batch_size=batch_size, threads=threads)
     log.debug("building open_clip embedder %s (checkpoint %s)", name, checkpoint)
     return OpenClipEmbedder(
         name,
