@@ -94,6 +94,8 @@ def make_embedder(
     allow_random_weights
         Let ``"open_clip:NAME"`` without a checkpoint build random weights (plumbing tests
         only; settings ``embed.allow_random_weights``). Refused otherwise.
+    threads
+        torch threads of the default embedder (``embed.threads``); None leaves torch's default.
 
     Returns
     -------
