@@ -10,6 +10,10 @@ and the mixture maximises the sum over samples of the log-sum-exp over component
 (``gamma``) trades slice coherence in embedding space against slice error rate; the
 multimodal slice-discovery paper uses ``γ = 10``. ``ŷ`` may be a hard 0/1 prediction or the
 model's probability of the target class (a soft Bernoulli target).
+
+The embedding is kept as given (float32 or float64, never copied whole): every pass over the
+cases takes ``_SLAB_ROWS`` rows at a time into float64, so the fit holds the ``(n, k)``
+responsibilities and a slab beside its input, and the arithmetic stays in float64.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -28,38 +31,113 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from agent.errors import FitError
 from agent.slicing.base import SlicerEstimator, as_binary, as_embedding
 
-__all__ = ["ErrorAwareMixture", "diag_gaussian_log_prob", "mahalanobis_sq"]
+__all__ = ["ErrorAwareMixture", "diag_gaussian_log_prob", "logsumexp_rows", "mahalanobis_sq"]
 
 log = logging.getLogger(__name__)
 
 _EPS = 10 * np.finfo(np.float64).eps
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _LOG_TINY = float(np.log(np.finfo(np.float64).tiny))
+#: Cases per slab in every pass over the embedding: slab temporaries stay a few MiB.
+_SLAB_ROWS = 1024
 
 
-def diag_gaussian_log_prob(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+def diag_gaussian_log_prob(
+    X: np.ndarray, means: np.ndarray, variances: np.ndarray, *, squares: np.ndarray | None = None
+) -> np.ndarray:
     """Log density of every row of ``X`` under every diagonal Gaussian, as an ``(n, k)`` array.
 
     Expanded as ``Σ x²/σ² - 2 x·μ/σ² + Σ μ²/σ²`` so that the work is two matrix products,
-    never a Python loop over samples or components.
+    never a Python loop over samples or components. ``squares`` is ``X * X`` when the caller
+    has it already.
     """
     log_det = np.sum(np.log(variances), axis=1)
-    return -0.5 * (X.shape[1] * _LOG_2PI + log_det + mahalanobis_sq(X, means, variances))
+    out = mahalanobis_sq(X, means, variances, squares=squares)
+    out += X.shape[1] * _LOG_2PI + log_det
+    out *= -0.5
+    return out
 
 
-def mahalanobis_sq(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+def mahalanobis_sq(
+    X: np.ndarray, means: np.ndarray, variances: np.ndarray, *, squares: np.ndarray | None = None
+) -> np.ndarray:
     """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
     precisions = 1.0 / variances
-    quad = (
-        (X * X) @ precisions.T - 2.0 * X @ (means * precisions).T + np.sum(means * means * precisions, axis=1)
-    )
-    return np.maximum(quad, 0.0)
+    quad = (X * X if squares is None else squares) @ precisions.T
+    quad -= X @ (2.0 * means * precisions).T  # 2 (X @ W): doubling is exact, and one pass fewer
+    quad += np.sum(means * means * precisions, axis=1)
+    return np.maximum(quad, 0.0, out=quad)
+
+
+def logsumexp_rows(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """``log(sum(exp(a), axis=1))`` for a 2-D array, shifted by the row maximum for stability.
+
+    Terms below ``tiny`` times the row's largest are flushed to zero before ``exp``: they
+    cannot change a sum that holds 1, and subnormal floats are tens of times slower. scipy's
+    ``logsumexp`` computes the same with more checks, at three times the cost on the
+    ``(n, k)`` arrays of every E-step. ``overwrite`` lets it use ``a`` as its scratch space.
+    """
+    return _softmax_rows(a if overwrite else a.copy())[1]
+
+
+def _softmax_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(a - logsumexp)`` row-wise, computed in ``a``, and the log-sum-exp: one ``exp`` for both."""
+    top = a.max(axis=1)
+    top = np.where(np.isfinite(top), top, 0.0)
+    a -= top[:, None]
+    _exp_flushed_inplace(a)
+    total = np.sum(a, axis=1)
+    a /= total[:, None]
+    return a, top + np.log(total)
+
+
+def _slabs(n: int) -> range:
+    return range(0, n, _SLAB_ROWS)
+
+
+def _rows64(X: np.ndarray, start: int) -> np.ndarray:
+    """One slab of ``X`` in float64 (a view when ``X`` is already float64)."""
+    return np.asarray(X[start : start + _SLAB_ROWS], dtype=np.float64)
+
+
+def _cells(y: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
+    """Confusion cell ``2 y + ŷ`` of each case when both are hard 0/1, else None."""
+    if np.all((y_pred == 0) | (y_pred == 1)):
+        return (2 * y + y_pred).astype(np.intp)
+    return None
 
 
 def _bernoulli_log_prob(target: np.ndarray, p: np.ndarray) -> np.ndarray:
     """``(n, k)`` log-likelihood of (possibly soft) binary targets under per-component rates."""
     p = np.clip(p, _EPS, 1.0 - _EPS)
+    if np.all((target == 0) | (target == 1)):  # hard targets: a lookup, the same numbers
+        return np.where(target[:, None] == 1, np.log(p)[None, :], np.log1p(-p)[None, :])
     return np.outer(target, np.log(p)) + np.outer(1.0 - target, np.log1p(-p))
+
+
+class _Stats:
+    """The M-step's sums over cases, added a slab at a time, about a ``shift`` near the data (the
+    window's mean): the variance ``E[(x-c)²] - (μ-c)²`` then keeps its digits where ``E[x²] - μ²``
+    would lose them all (a component's spread small beside its distance from the origin)."""
+
+    def __init__(self, d: int, k: int, shift: np.ndarray) -> None:
+        self.shift = shift
+        self.nk = np.zeros(k)
+        self.first = np.zeros((d, k))
+        self.second = np.zeros((d, k))
+        self.y = np.zeros(k)
+        self.y_pred = np.zeros(k)
+
+    def add(self, rows: np.ndarray, resp: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> None:
+        self.nk += resp.sum(axis=0)
+        centered = rows - self.shift
+        # (X.T @ resp), not resp.T @ X: the same product, but OpenBLAS is tens of times
+        # faster with the long dimension inside (measured in bench/mixture_fit.py).
+        self.first += centered.T @ resp
+        centered *= centered
+        self.second += centered.T @ resp
+        self.y += resp.T @ y
+        self.y_pred += resp.T @ y_pred
 
 
 class ErrorAwareMixture(SlicerEstimator):
@@ -76,13 +154,11 @@ class ErrorAwareMixture(SlicerEstimator):
     tol
         Convergence threshold on the change of the mean per-sample lower bound.
     reg_covar
-        Floor added to every variance (positive); raise it when a fit collapses.
+        Floor added to every variance; raise it when a fit collapses.
     init
         ``"confusion"`` seeds each component inside one cell of the confusion matrix
         ``(y, ŷ)`` (components shared equally over non-empty cells, then k-means++ within
         the cell); ``"random"`` draws random responsibilities.
-    min_init_size
-        Samples per component, at least, when ``"confusion"`` shares components among cells.
     random_state
         Seed or ``numpy.random.RandomState``.
 
@@ -96,11 +172,6 @@ class ErrorAwareMixture(SlicerEstimator):
         Whether EM converged, the iterations run, and the final mean per-sample lower bound.
     lower_bounds_
         The mean lower bound after every iteration (non-decreasing up to rounding).
-    n_features_in_
-        Width of the embedding seen in ``fit``.
-
-    With ``gamma = 0`` the label terms weigh nothing and the fit is the EM of
-    ``GaussianMixture(covariance_type="diag")`` from the same starting point.
 
     Examples
     --------
@@ -154,6 +225,7 @@ class ErrorAwareMixture(SlicerEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> ErrorAwareMixture:
         """Fit by EM. ``y`` is 0/1; ``y_pred`` is 0/1 or the probability of the target class."""
         self._check_params()
+        # EM passes over the cases a dozen times: they are converted to float64 once.
         X, y, y_pred = self._validate(X, y, y_pred)
         n = X.shape[0]
         if n < self.n_components:
@@ -162,6 +234,7 @@ class ErrorAwareMixture(SlicerEstimator):
                 "lower n_components or widen the window"
             )
         self.n_features_in_ = X.shape[1]
+        self._shift = X.mean(axis=0)
         rng = check_random_state(self.random_state)
         resp = self._initial_resp(X, y, y_pred, rng)
         self._m_step(X, y, y_pred, resp)
@@ -169,16 +242,16 @@ class ErrorAwareMixture(SlicerEstimator):
         self.lower_bounds_: list[float] = []
         self.converged_ = False
         previous = -np.inf
+        cells = _cells(y, y_pred)
         for it in range(1, self.max_iter + 1):
-            log_resp, bound = self._e_step(X, y, y_pred)
-            self._m_step(X, y, y_pred, _exp_flushed(log_resp))
+            bound = self._em_step(X, y, y_pred, cells)
             self.lower_bounds_.append(bound)
             self.n_iter_ = it
             if abs(bound - previous) < self.tol:
                 self.converged_ = True
                 break
             previous = bound
-        _, self.lower_bound_ = self._e_step(X, y, y_pred)
+        _, self.lower_bound_ = self._e_step(X, y, y_pred, keep=False)
         if not self.converged_:
             warnings.warn(
                 f"EM did not converge in max_iter={self.max_iter} iterations; raise max_iter or tol",
@@ -217,54 +290,124 @@ class ErrorAwareMixture(SlicerEstimator):
             if m == 0:  # fewer components than cells: this cell is left to the first E-step
                 continue
             idx = np.flatnonzero(cell == c)
-            centers = _kmeans_pp(X[idx], min(m, len(idx)), rng)
-            dist = _sq_dist(X[idx], centers)
+            centers = _kmeans_pp(X, idx, min(m, len(idx)), rng)
+            dist = _sq_dist(X, centers, rows=idx)
             resp[idx, start + np.argmin(dist, axis=1)] = 1.0
             start += m
         return resp
 
     def _m_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, resp: np.ndarray) -> None:
-        nk = resp.sum(axis=0) + _EPS
-        self.weights_ = nk / nk.sum()
-        # (X.T @ resp).T, not resp.T @ X: the same product, but OpenBLAS is tens of times
-        # faster with the long dimension inside (measured in bench/mixture_fit.py).
-        self.means_ = (X.T @ resp).T / nk[:, None]
-        self.variances_ = _weighted_variances(X, resp, self.means_, nk) + self.reg_covar
-        self.y_probs_ = np.clip((resp.T @ y) / nk, _EPS, 1 - _EPS)
-        self.y_pred_probs_ = np.clip((resp.T @ y_pred) / nk, _EPS, 1 - _EPS)
+        stats = _Stats(X.shape[1], resp.shape[1], self._shift)
+        for start in _slabs(X.shape[0]):
+            stop = start + _SLAB_ROWS
+            stats.add(_rows64(X, start), resp[start:stop], y[start:stop], y_pred[start:stop])
+        self._set_params(stats)
 
-    def _joint_log_prob(self, X: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None) -> np.ndarray:
-        out = np.log(self.weights_) + diag_gaussian_log_prob(X, self.means_, self.variances_)
-        if y is not None:
-            out = out + self.gamma * _bernoulli_log_prob(y, self.y_probs_)
-        if y_pred is not None:
-            out = out + self.gamma * _bernoulli_log_prob(y_pred, self.y_pred_probs_)
+    def _em_step(
+        self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, cells: np.ndarray | None = None
+    ) -> float:
+        """One E-step and the M-step after it, slab by slab; returns the E-step's mean lower bound.
+
+        Each slab's responsibilities go straight into the M-step sums, so neither the ``(n, k)``
+        responsibilities nor the squares of the cases are held for the whole window.
+        """
+        n = X.shape[0]
+        stats = _Stats(X.shape[1], len(self.weights_), self._shift)
+        norm = np.empty(n)
+        for start in _slabs(n):
+            stop = min(start + _SLAB_ROWS, n)
+            rows = _rows64(X, start)
+            squares = rows * rows
+            part = None if cells is None else cells[start:stop]
+            joint = self._joint_log_prob(rows, y[start:stop], y_pred[start:stop], squares, part)
+            resp, norm[start:stop] = _softmax_rows(joint)
+            stats.add(rows, resp, y[start:stop], y_pred[start:stop])
+        self._set_params(stats)
+        return float(np.mean(norm))
+
+    def _set_params(self, stats: _Stats) -> None:
+        nk = stats.nk + _EPS
+        self.weights_ = nk / nk.sum()
+        offset = stats.first.T / nk[:, None]  # the means less the shift
+        self.means_ = offset + stats.shift
+        second = stats.second.T / nk[:, None]
+        self.variances_ = np.maximum(second - offset**2, 0.0) + self.reg_covar
+        self.y_probs_ = np.clip(stats.y / nk, _EPS, 1 - _EPS)
+        self.y_pred_probs_ = np.clip(stats.y_pred / nk, _EPS, 1 - _EPS)
+
+    def _joint_log_prob(
+        self,
+        X: np.ndarray,
+        y: np.ndarray | None,
+        y_pred: np.ndarray | None,
+        squares: np.ndarray | None = None,
+        cells: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``(n, k)`` log joint; ``cells`` (from :func:`_cells`) turns the label terms into a lookup."""
+        out = diag_gaussian_log_prob(X, self.means_, self.variances_, squares=squares)
+        out += np.log(self.weights_)
+        if cells is not None:
+            out += self._cell_terms()[cells]
+        elif y is not None and y_pred is not None:
+            terms = _bernoulli_log_prob(y, self.y_probs_)
+            terms += _bernoulli_log_prob(y_pred, self.y_pred_probs_)
+            terms *= self.gamma
+            out += terms
+        elif y is not None:
+            out += self.gamma * _bernoulli_log_prob(y, self.y_probs_)
+        elif y_pred is not None:
+            out += self.gamma * _bernoulli_log_prob(y_pred, self.y_pred_probs_)
         return out
 
-    def _e_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, float]:
-        joint = self._joint_log_prob(X, y, y_pred)
-        norm = logsumexp(joint, axis=1)
-        return joint - norm[:, None], float(np.mean(norm))
+    def _cell_terms(self) -> np.ndarray:
+        """``(4, k)``: the weighted label and prediction terms of each cell ``2 y + ŷ`` (hard 0/1)."""
+        p = np.clip(self.y_probs_, _EPS, 1.0 - _EPS)
+        q = np.clip(self.y_pred_probs_, _EPS, 1.0 - _EPS)
+        by_label = (np.log1p(-p), np.log(p))
+        by_prediction = (np.log1p(-q), np.log(q))
+        # The same operations, in the same order, as the elementwise terms: the same numbers.
+        return np.stack([(by_label[c // 2] + by_prediction[c % 2]) * self.gamma for c in range(4)])
+
+    def _e_step(
+        self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, *, keep: bool = True
+    ) -> tuple[np.ndarray | None, float]:
+        """Log responsibilities (None unless ``keep``) and the mean lower bound."""
+        n = X.shape[0]
+        log_resp = np.empty((n, len(self.weights_))) if keep else None
+        norm = np.empty(n)
+        for start in _slabs(n):
+            stop = min(start + _SLAB_ROWS, n)
+            joint = self._joint_log_prob(_rows64(X, start), y[start:stop], y_pred[start:stop])
+            norm[start:stop] = (
+                logsumexp_rows(joint, overwrite=True) if log_resp is None else logsumexp_rows(joint)
+            )
+            if log_resp is not None:
+                joint -= norm[start:stop, None]
+                log_resp[start:stop] = joint
+        return log_resp, float(np.mean(norm))
 
     # -- prediction ------------------------------------------------------------------------
 
-    def _joint(self, X: Any, y: Any | None, y_pred: Any | None) -> np.ndarray:
+    def _inputs(self, X: Any, y: Any | None, y_pred: Any | None) -> tuple[Any, Any, Any]:
         self._check_fitted()
         X = self._check_X(X)
         yy = None if y is None else as_binary(y, len(X))
         pp = None if y_pred is None else as_binary(y_pred, len(X), name="y_pred", soft=True)
-        return self._joint_log_prob(X, yy, pp)
+        return X, yy, pp
 
     def predict_proba(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         """Slice membership given embedding, label and prediction (what Domino reports)."""
-        joint = self._joint(X, y, y_pred)
-        return _exp_flushed(joint - logsumexp(joint, axis=1)[:, None])
+        X, y, y_pred = self._inputs(X, y, y_pred)
+        log_resp, _ = self._e_step(X, y, y_pred)
+        assert log_resp is not None
+        return _exp_flushed(log_resp)
 
     def predict(
         self, X: np.ndarray, y: np.ndarray | None = None, y_pred: np.ndarray | None = None
     ) -> np.ndarray:
         """The most probable component of each sample, given what is passed (embedding at least)."""
-        return np.asarray(np.argmax(self._joint(X, y, y_pred), axis=1))
+        X, y, y_pred = self._inputs(X, y, y_pred)
+        return np.asarray(np.argmax(self._joint_log_prob(X, y, y_pred), axis=1))
 
     def score_samples(
         self, X: np.ndarray, y: np.ndarray | None = None, y_pred: np.ndarray | None = None
@@ -274,7 +417,8 @@ class ErrorAwareMixture(SlicerEstimator):
         The label terms are weighted by ``gamma`` (so with ``gamma != 1`` this is an
         unnormalised log-density); with ``gamma = 0`` it is the diagonal Gaussian mixture's.
         """
-        return np.asarray(logsumexp(self._joint(X, y, y_pred), axis=1))
+        X, y, y_pred = self._inputs(X, y, y_pred)
+        return logsumexp_rows(self._joint_log_prob(X, y, y_pred), overwrite=True)
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Slice membership blind to predictions: from the embedding, and the label when given.
@@ -282,30 +426,25 @@ class ErrorAwareMixture(SlicerEstimator):
         This is the membership used to test a slice on samples the fit did not see: neither
         a held-out sample's prediction nor its error can pull it into a high-error component.
         """
-        joint = self._joint(X, y, None)
-        return np.exp(joint - logsumexp(joint, axis=1)[:, None])
+        X, labels, _ = self._inputs(X, y, None)
+        n = X.shape[0]
+        out = np.empty((n, len(self.weights_)))
+        for start in _slabs(n):
+            stop = min(start + _SLAB_ROWS, n)
+            joint = self._joint_log_prob(_rows64(X, start), None, None)
+            if labels is not None:
+                joint += self.gamma * _bernoulli_log_prob(labels[start:stop], self.y_probs_)
+            # exp(joint - logsumexp), not a division by the sum: a saturated membership is then
+            # exactly 1, and ties among such members are broken by typicality, not by rounding.
+            joint -= logsumexp_rows(joint)[:, None]
+            out[start:stop] = _exp_flushed_inplace(joint)
+        return out
 
     def component_error_rates(self) -> np.ndarray:
         """Expected error rate of each component, ``P(y != ŷ | j)`` under independence within it."""
         self._check_fitted()
         p, q = self.y_probs_, self.y_pred_probs_
         return np.asarray(p * (1 - q) + (1 - p) * q)
-
-
-def _weighted_variances(X: np.ndarray, resp: np.ndarray, means: np.ndarray, nk: np.ndarray) -> np.ndarray:
-    """``Σ_i r_ij (x_i - μ_j)² / n_j`` for every component, by two passes, never ``E[x²] - μ²``.
-
-    The one-pass form loses every digit when a component's spread is small beside its
-    distance from the origin (and it can come out negative). Only rows with a responsibility
-    in the component are visited: with ``gamma = 10`` that is a small part of the window.
-    """
-    out = np.zeros_like(means)
-    for j in range(resp.shape[1]):
-        rows = np.flatnonzero(resp[:, j])
-        if rows.size:
-            diff = X[rows] - means[j]
-            out[j] = (resp[rows, j] @ (diff * diff)) / nk[j]
-    return out
 
 
 def _exp_flushed(log_p: np.ndarray) -> np.ndarray:
@@ -317,17 +456,55 @@ def _exp_flushed(log_p: np.ndarray) -> np.ndarray:
     return np.exp(np.where(log_p < _LOG_TINY, -np.inf, log_p))
 
 
-def _sq_dist(X: np.ndarray, C: np.ndarray) -> np.ndarray:
-    return np.maximum(np.sum(X * X, axis=1)[:, None] - 2.0 * X @ C.T + np.sum(C * C, axis=1)[None, :], 0.0)
+def _exp_flushed_inplace(log_p: np.ndarray) -> np.ndarray:
+    """:func:`_exp_flushed` into ``log_p`` itself (no ``(n, k)`` temporaries)."""
+    np.copyto(log_p, -np.inf, where=log_p < _LOG_TINY)
+    return np.exp(log_p, out=log_p)
 
 
-def _kmeans_pp(X: np.ndarray, k: int, rng: np.random.RandomState) -> np.ndarray:
-    """k-means++ seeding: ``k`` rows of ``X`` spread out by squared distance."""
-    centers = [X[rng.randint(len(X))]]
-    d2 = _sq_dist(X, centers[0][None, :])[:, 0]
+def _subset(X: np.ndarray, rows: np.ndarray | None, start: int) -> np.ndarray:
+    """Slab ``start`` of ``X[rows]`` (of ``X`` when ``rows`` is None) in float64."""
+    if rows is None:
+        return _rows64(X, start)
+    return np.asarray(X[rows[start : start + _SLAB_ROWS]], dtype=np.float64)
+
+
+def _row_sq(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    n = X.shape[0] if rows is None else len(rows)
+    out = np.empty(n)
+    for start in _slabs(n):
+        part = _subset(X, rows, start)
+        out[start : start + len(part)] = np.sum(part * part, axis=1)
+    return out
+
+
+def _sq_dist(
+    X: np.ndarray, C: np.ndarray, x2: np.ndarray | None = None, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Squared distances of ``X[rows]`` (all of ``X`` by default) to the rows of ``C``.
+
+    ``x2`` holds those rows' squared norms when they are known already.
+    """
+    x2 = _row_sq(X, rows) if x2 is None else x2
+    c2 = np.sum(C * C, axis=1)
+    out = np.empty((len(x2), C.shape[0]))
+    for start in _slabs(len(x2)):
+        part = _subset(X, rows, start)
+        dist = x2[start : start + len(part), None] - 2.0 * (part @ C.T)
+        dist += c2[None, :]
+        out[start : start + len(part)] = np.maximum(dist, 0.0)
+    return out
+
+
+def _kmeans_pp(X: np.ndarray, rows: np.ndarray, k: int, rng: np.random.RandomState) -> np.ndarray:
+    """k-means++ seeding: ``k`` of ``X[rows]`` spread out by squared distance (no copy of them)."""
+    x2 = _row_sq(X, rows)
+    n = len(rows)
+    centers = [np.asarray(X[rows[rng.randint(n)]], dtype=np.float64)]
+    d2 = _sq_dist(X, centers[0][None, :], x2, rows)[:, 0]
     for _ in range(1, k):
         total = d2.sum()
-        i = rng.randint(len(X)) if total <= 0 else rng.choice(len(X), p=d2 / total)
-        centers.append(X[i])
-        d2 = np.minimum(d2, _sq_dist(X, X[i][None, :])[:, 0])
+        i = rng.randint(n) if total <= 0 else rng.choice(n, p=d2 / total)
+        centers.append(np.asarray(X[rows[i]], dtype=np.float64))
+        d2 = np.minimum(d2, _sq_dist(X, centers[-1][None, :], x2, rows)[:, 0])
     return np.asarray(centers)

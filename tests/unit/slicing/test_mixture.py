@@ -219,3 +219,42 @@ def test_fewer_components_than_confusion_cells():
     X, y, y_pred = _data(5)
     m = ErrorAwareMixture(2, random_state=0).fit(X, y, y_pred)
     np.testing.assert_allclose(m.predict_proba(X, y, y_pred).sum(axis=1), 1.0)
+
+
+def test_logsumexp_rows_matches_scipy_and_ignores_what_underflows():
+    from scipy.special import logsumexp
+
+    from agent.slicing.mixture import logsumexp_rows
+
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(500, 25)) * 400  # most terms underflow against the row's largest
+    a[3] = -1e300
+    a[4, :] = 7.0
+    np.testing.assert_allclose(logsumexp_rows(a), logsumexp(a, axis=1), rtol=1e-14)
+
+
+def test_float32_input_is_fitted_as_float64_without_a_whole_copy():
+    X, y, y_pred = _data(3, n=600, d=6)
+    a = ErrorAwareMixture(5, random_state=0).fit(X.astype(np.float32), y, y_pred)
+    b = ErrorAwareMixture(5, random_state=0).fit(X.astype(np.float32).astype(np.float64), y, y_pred)
+    np.testing.assert_array_equal(a.means_, b.means_)
+    assert a.means_.dtype == np.float64
+    X32 = X.astype(np.float32)
+    np.testing.assert_array_equal(a.membership(X32, y), b.membership(X32.astype(np.float64), y))
+
+
+@pytest.mark.parametrize("slab", [7, 64, 1000])
+def test_slabs_change_nothing_but_rounding(monkeypatch, slab):
+    import agent.slicing.mixture as mixture
+
+    X, y, y_pred = _data(4, n=900, d=5)
+    whole = ErrorAwareMixture(6, random_state=0).fit(X, y, y_pred)
+    monkeypatch.setattr(mixture, "_SLAB_ROWS", slab)
+    sliced = ErrorAwareMixture(6, random_state=0).fit(X, y, y_pred)
+    assert sliced.n_iter_ == whole.n_iter_
+    np.testing.assert_allclose(sliced.means_, whole.means_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sliced.lower_bounds_, whole.lower_bounds_, rtol=1e-12)
+    np.testing.assert_allclose(sliced.membership(X, y), whole.membership(X, y), atol=1e-9)
+    np.testing.assert_allclose(
+        sliced.predict_proba(X, y, y_pred), whole.predict_proba(X, y, y_pred), atol=1e-9
+    )
