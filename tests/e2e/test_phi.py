@@ -19,23 +19,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from test_audit_cli import DEVICE_WORDS
 
 from agent.simulate import StreamSpec, generate_stream, write_jsonl
 from agent.simulate.textstream import REFERRERS, SHARED_SIGNER, SIGNERS
-
-DEVICE_WORDS = {
-    "tube",
-    "line",
-    "lines",
-    "drain",
-    "catheter",
-    "pacemaker",
-    "leads",
-    "lead",
-    "tip",
-    "picc",
-    "svc",
-}
 
 SPEC = StreamSpec(n_studies=800, failure="devices", seed=3)
 
