@@ -30,6 +30,7 @@ short lower-case alphabetic words before they are exported.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, NamedTuple
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -46,9 +47,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    make_wsgi_app,
     push_to_gateway,
-    start_http_server,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -63,6 +65,7 @@ __all__ = [
     "WAITING",
     "AgentMetrics",
     "Exporter",
+    "Health",
     "MetricSpec",
     "MetricsServer",
     "ModelBudget",
@@ -803,6 +806,20 @@ class AgentMetrics:
             self._models.discard(m)
 
 
+class Health(NamedTuple):
+    """What ``/healthz`` and ``/readyz`` answer: alive, ready for traffic, and bounded details
+    (ages in seconds, counts; never an identifier)."""
+
+    live: bool
+    ready: bool
+    detail: Mapping[str, object]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not log lines
+        return
+
+
 @dataclass
 class MetricsServer:
     """A running ``/metrics`` endpoint; :meth:`close` stops it."""
@@ -842,6 +859,8 @@ class Exporter:
     ) -> None:
         self.settings = settings or ExporterSettings()
         self.registry = registry if registry is not None else CollectorRegistry()
+        #: Called by ``/healthz`` and ``/readyz``: ``Health`` of the running agent (None: always up).
+        self.health: Callable[[], Health] | None = None
         self.budget = ModelBudget(self.settings.max_models, reserved=self.settings.models)
         self.agent = AgentMetrics(
             self.registry, budget=self.budget, max_series_keys=self.settings.max_series_keys
@@ -883,12 +902,28 @@ class Exporter:
         self.budget.release(model)
 
     def serve(self, host: str | None = None, port: int | None = None) -> MetricsServer:
-        """Serve ``/metrics`` over HTTP in a background thread (settings' address by default)."""
+        """Serve ``/metrics``, and ``/healthz`` (liveness) and ``/readyz`` (readiness) from
+        :attr:`health`, over HTTP in a background thread (settings' address by default)."""
         host = self.settings.host if host is None else host
         port = self.settings.port if port is None else port
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path not in ("/healthz", "/readyz"):
+                return metrics(environ, start_response)
+            health = self.health() if self.health is not None else Health(True, True, {})
+            up = health.live if path == "/healthz" else health.ready
+            body = json.dumps({"status": "ok" if up else "unavailable", **health.detail}).encode()
+            status = "200 OK" if up else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
         bound = int(server.server_port)
-        log.info("serving metrics on http://%s:%d/metrics", host, bound)
+        log.info("serving metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, bound)
         return MetricsServer(host, bound, server, thread)
 
     def push(

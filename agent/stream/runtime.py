@@ -182,6 +182,7 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
 
     @app.timer(interval=1.0)
     async def tick() -> None:
+        sidecar.heartbeat = sidecar.clock()
         try:
             await deliver_dead_letters()
         except Exception as err:
@@ -195,6 +196,7 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
     async def assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         partitions = sorted((tp.topic, tp.partition) for tp in assigned)
         sidecar.store.record_assignment(partitions, worker=sidecar.worker)
+        sidecar.assigned_at = sidecar.clock()
         log.info("assigned %d partition(s): %s", len(partitions), partitions)
         topics = {s.inference_topic, s.label_topic, s.report_topic}
         mine = sum(1 for t, _ in partitions if t in topics)

@@ -32,7 +32,7 @@ from agent.stream.lease import Lease
 from agent.stream.refit import RefitOutcome, Refitter
 
 if TYPE_CHECKING:
-    from agent.exporter import Exporter
+    from agent.exporter import Exporter, Health
 
 __all__ = ["Sidecar"]
 
@@ -91,6 +91,12 @@ class Sidecar:
         self.refitter = Refitter(self.store, self.embedder, settings, extras=self._extras, clock=clock)
         self.refits = 0
         self._started = False
+        #: When the event loop last ticked, and when a partition assignment last came (runtime).
+        self.heartbeat = clock()
+        self.assigned_at: float | None = None
+        self.last_refit_at: float | None = None
+        if exporter is not None:
+            exporter.health = self.health
         self._published: dict[tuple[str, str], Any] = {}
 
     def __repr__(self) -> str:
@@ -156,6 +162,29 @@ class Sidecar:
         if result.dead_lettered:
             log.debug("dead-lettered %s", dict(result.dead_lettered))
         return result
+
+    def health(self, *, stale_seconds: float = 60.0) -> Health:
+        """Liveness: the event loop ticked within ``stale_seconds``. Readiness: alive, the store
+        answers, and the consumer has been given its partitions (a replay is ready when started).
+        Details are ages and counts only."""
+        from agent.exporter import Health
+
+        now = self.clock()
+        live = now - self.heartbeat < stale_seconds
+        detail: dict[str, object] = {"heartbeat_age_seconds": round(now - self.heartbeat, 1)}
+        try:
+            oldest = self.store.oldest_unembedded_age()
+            store_ok = True
+        except Exception as err:  # the store is away: not ready, and said so
+            log.warning("health: the state store does not answer (%s)", type(err).__name__)
+            oldest, store_ok = None, False
+        detail["store"] = "ok" if store_ok else "unavailable"
+        detail["oldest_unembedded_age_seconds"] = None if oldest is None else round(oldest, 1)
+        detail["partitions_assigned"] = self.assigned_at is not None
+        detail["last_refit_age_seconds"] = (
+            None if self.last_refit_at is None else round(now - self.last_refit_at, 1)
+        )
+        return Health(live, live and store_ok and self.assigned_at is not None, detail)
 
     def refresh(self) -> None:
         """Bring the exporter up to the store: the latest report of every model (refitted by this
@@ -266,6 +295,7 @@ class Sidecar:
                     return []
                 outcomes = self.refitter.refit(model, trigger=trigger, lease=lease)
             self.refits += len(outcomes)
+            self.last_refit_at = self.clock()
         if self.exporter is not None:
             for outcome in outcomes:
                 self.exporter.agent.refit_done(outcome.model, outcome.target, outcome.seconds)
