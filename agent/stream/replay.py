@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.config import EventSettings
 from agent.paths import open_private
@@ -66,12 +67,23 @@ def write_dead_letters(store: Store, path: Path) -> int:
     return written
 
 
-def _batches(path: Path, start: int, size: int) -> Iterator[tuple[list[Message], int]]:
-    """Batches of (message, next line number) from line ``start + 1`` on (blank lines skipped)."""
+def _lines(fh: BinaryIO, limit: int) -> Iterator[bytes]:
+    """The file's lines, none held longer than ``limit + 1`` bytes: a longer line gives its first
+    ``limit + 1`` bytes (which the decoder refuses as ``oversized_event``) and the rest is skipped."""
+    while line := fh.readline(limit + 1):
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := fh.readline(limit + 1)) and not rest.endswith(b"\n"):
+                pass
+        yield line
+
+
+def _batches(path: Path, start: int, size: int, limit: int = 2**20) -> Iterator[tuple[list[Message], int]]:
+    """Batches of (message, next line number) from line ``start + 1`` on (blank lines skipped);
+    no line is read into memory beyond ``limit + 1`` bytes."""
     batch: list[Message] = []
     number = 0
     with path.open("rb") as fh:
-        for number, line in enumerate(fh, start=1):
+        for number, line in enumerate(_lines(fh, limit), start=1):
             if number <= start:
                 continue
             stripped = line.rstrip(b"\r\n")
@@ -97,7 +109,8 @@ def load_file(
     the same join as the streaming agent), then settle what still waits for a partner."""
     path = Path(path)
     summary = ReplaySummary()
-    for messages, _ in _batches(path, 0, batch_size):
+    limit = (limits or EventSettings()).max_message_bytes
+    for messages, _ in _batches(path, 0, batch_size, limit):
         incoming = decode_messages(messages, max_report_chars=max_report_chars, naive=naive, limits=limits)
         result = store.apply(incoming, maintain=True)
         summary.lines += len(messages)
@@ -118,7 +131,8 @@ def replay_file(path: str | Path, sidecar: Sidecar, *, final_refit: bool = True)
     summary = ReplaySummary(skipped=done)
     if done:
         log.info("resuming the replay of %s after line %d", path.name, done)
-    for messages, reached in _batches(path, done, sidecar.settings.stream.batch_size):
+    limit = sidecar.settings.events.max_message_bytes
+    for messages, reached in _batches(path, done, sidecar.settings.stream.batch_size, limit):
         result = sidecar.ingest(messages, position=(key, reached), maintain=True)
         summary.lines += len(messages)
         summary.accepted.update(result.accepted)

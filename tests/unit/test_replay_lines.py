@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import io
+import json
+
+from agent.config import EventSettings
+from agent.store import Store, StorePolicy
+from agent.stream.replay import _lines, load_file
+
+T = "2026-11-29T10:00:00Z"
+
+
+def test_no_line_is_held_beyond_the_message_limit():
+    data = b'{"a": 1}\n' + b"x" * 10_000_000 + b"\n" + b'{"b": 2}\n' + b"y" * 5000
+    lines = list(_lines(io.BytesIO(data), 1024))
+    assert [len(line) for line in lines] == [9, 1025, 9, 1025]
+    assert lines[2] == b'{"b": 2}\n'
+
+
+def test_an_oversized_line_is_dead_lettered_and_the_next_lines_kept(tmp_path):
+    inf = {
+        "type": "inference",
+        "event_id": "i1",
+        "study_uid": "s1",
+        "model": "m",
+        "prediction": "p",
+        "timestamp": T,
+    }
+    lab = {"type": "label", "event_id": "l1", "study_uid": "s1", "label": "p", "timestamp": T}
+    big = {"type": "report", "event_id": "r1", "study_uid": "s1", "text": "word " * 400_000, "timestamp": T}
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in (inf, big, lab)) + "\n")
+    store = Store(":memory:", StorePolicy(label_delay_seconds=1e9))
+    summary = load_file(path, store, limits=EventSettings(max_message_bytes=65536))
+    assert summary.dead_lettered == {"oversized_event": 1} and summary.joined == 1
+    (letter,) = store.unsent_dead_letters()
+    assert letter.source.endswith(":2") and len(letter.raw or b"") <= 4096
