@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,9 @@ class Database:
     location
         A SQLite file path, ``":memory:"``, or a SQLAlchemy URL (``postgresql+psycopg://...``).
     """
+
+    #: Wall-clock time source (seconds); the store injects its own.
+    _clock: Callable[[], float] = time.time
 
     def __init__(self, location: str | Path) -> None:
         self.path = str(location)

@@ -86,7 +86,6 @@ class JoinMixin(Database):
     """Applies batches of inputs and keeps expiry and windows (see the module docstring)."""
 
     policy: StorePolicy
-    _clock: Any
     _maintained: float = float("-inf")
     _name_key: bytes
 

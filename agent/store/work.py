@@ -181,7 +181,7 @@ class VectorCache:
         """Store vectors; a key already present keeps its first vector."""
         if not items:
             return
-        now = self.db._clock() if hasattr(self.db, "_clock") else 0.0
+        now = self.db._clock()
 
         def work(conn: Any) -> None:
             for key in sorted(items):
