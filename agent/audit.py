@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover
 
 if TYPE_CHECKING:
     from agent.images import ImageAccess
+    from agent.pacs import FetchedImage
 
 __all__ = [
     "Embedded",
@@ -67,15 +68,15 @@ class Embedded:
     """Per case, the cache key of its image vector (None without one): what the store keeps so
     that later refits find the vector without decoding the file again."""
     decoded: int = 0
-    """Image files decoded by this call (cases whose vector was found by key are not)."""
+    """Images decoded by this call, from files or fetched (cases whose vector was found by key are not)."""
 
 
 def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
     """The modalities a stream actually carries, in canonical order."""
     has = {
-        "image": any(s.image for s in samples),
+        "image": any(s.has_image for s in samples),
         "report": any(s.report for s in samples),
-        "metadata": any(s.metadata or s.image for s in samples),
+        "metadata": any(s.metadata or s.has_image for s in samples),
     }
     return tuple(m for m in MODALITIES if has[m])
 
@@ -105,11 +106,15 @@ def embed_samples(
     image_size: int = 224,
     progress: bool = False,
     images: ImageAccess | None = None,
+    fetched: Mapping[int, FetchedImage] | None = None,
 ) -> Embedded:
     """Embed what each case carries; unreadable images are problems, not crashes.
 
     Image files are read only through ``images`` (:class:`~agent.images.ImageAccess`, from the
-    ``images`` settings); without it every image path is refused as ``image_refused``.
+    ``images`` settings); without it every image path is refused as ``image_refused``. An image on
+    the PACS is never fetched here: ``fetched`` holds, by case index, what the caller fetched
+    through the same boundary (:class:`agent.pacs.PacsClient`); a case whose image is on the PACS
+    and neither fetched nor embedded before has no image vector.
     """
     from agent import dicom
     from agent.embed.cache import cached_vectors, image_key
@@ -121,18 +126,24 @@ def embed_samples(
     # A case whose image was embedded before (on arrival) keeps its vector's key: no decoding again.
     known: dict[int, np.ndarray] = {}
     if "image" in modalities:
-        keyed = [i for i, s in enumerate(samples) if s.image and s.image_key]
+        keyed = [i for i, s in enumerate(samples) if s.has_image and s.image_key]
         found = cached_vectors(embedder, [samples[i].image_key or "" for i in keyed])
         known = {
             i: v
             for i, v in zip(keyed, found, strict=True)
             if v is not None and v.shape == (embedder.image_dim,)
         }
+    fetched = fetched or {}
     decoded = 0
     for i, s in enumerate(samples):
         meta = dict(s.metadata or {})
         image = None
-        if s.image and (("image" in modalities and i not in known) or not meta):
+        if i in fetched:
+            meta = meta or dict(fetched[i].header)
+            if "image" in modalities and i not in known:
+                image = fetched[i].pixels
+                decoded += 1
+        elif s.image and (("image" in modalities and i not in known) or not meta):
             try:
                 if not meta:
                     meta = dict(dicom.read_header(s.image, access=images))

@@ -8,6 +8,7 @@ expected, what was found, and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "PACS_REASONS",
     "AgentError",
     "ConfigError",
     "DicomError",
@@ -18,6 +19,17 @@ __all__ = [
     "ModelFilesMissingError",
     "NotFittedError",
 ]
+
+#: Every reason a fetch from the PACS can fail for; bounded, so it can be a metric label.
+PACS_REASONS = (
+    "pacs_not_configured",
+    "pacs_unavailable",
+    "pacs_timeout",
+    "pacs_not_found",
+    "pacs_unauthorized",
+    "pacs_bad_response",
+    "pacs_gave_up",
+)
 
 
 class AgentError(Exception):

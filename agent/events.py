@@ -12,6 +12,7 @@ read as UTC (``naive="utc"``, the default) or rejected as ``wrong_type`` (``naiv
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from agent.config import EventSettings
 from agent.errors import EventError
 
 __all__ = [
+    "DICOM_UID",
     "REASONS",
     "ClassLabel",
     "Event",
@@ -59,7 +61,14 @@ REASONS = (
     "malformed_csv",
     "unknown_study",
     "unmapped_code",
+    "pacs_not_configured",
+    "pacs_unauthorized",
+    "pacs_bad_response",
+    "pacs_gave_up",
 )
+
+#: A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1).
+DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class _Event(BaseModel):
@@ -78,6 +87,7 @@ class InferenceEvent(_Event):
     model: NonEmpty
     prediction: ClassLabel
     model_version: StrictStr | None = None
+    series_uid: StrictStr | None = None
     image_uid: StrictStr | None = None
     score: Annotated[float, Field(strict=False, ge=0.0, le=1.0)] | None = None
     image: StrictStr | None = None
@@ -108,7 +118,9 @@ _BY_TYPE: dict[str, type[_Event]] = {
 
 
 _DEFAULT_LIMITS = EventSettings()
-_ID_FIELDS = ("event_id", "study_uid", "model", "model_version", "image_uid")
+_ID_FIELDS = ("event_id", "study_uid", "model", "model_version", "series_uid", "image_uid")
+#: Fields that name an image on the PACS: DICOM UIDs or nothing, so that no event steers a request.
+_UID_FIELDS = ("series_uid", "image_uid")
 _LABEL_FIELDS = ("prediction", "label")
 
 
@@ -171,6 +183,18 @@ def _check_fields(obj: Mapping[str, Any], kind: str, limits: EventSettings) -> N
                 "characters per value",
                 limits.max_metadata_value_chars,
                 "events.max_metadata_value_chars",
+            )
+
+
+def _check_uids(event: InferenceEvent) -> None:
+    """Refuse a series or instance UID that is not a DICOM UID (a URL, a path), naming the field."""
+    for field in _UID_FIELDS:
+        value = getattr(event, field)
+        if value is not None and (len(value) > 64 or not DICOM_UID.match(value)):
+            raise EventError(
+                f"wrong type for field '{field}' in inference event: expected a DICOM UID "
+                "(digits and dots, at most 64 characters), got another value",
+                reason="wrong_type",
             )
 
 
@@ -243,6 +267,8 @@ def decode_event(
         raise EventError(
             f"wrong type for field '{field}' in {kind} event: {first['msg']}", reason="wrong_type"
         ) from err
+    if isinstance(event, InferenceEvent):
+        _check_uids(event)
     if event.timestamp.tzinfo is None:
         if naive == "reject":
             raise EventError(

@@ -55,6 +55,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, 
 from prometheus_client.registry import Collector
 
 from agent.config import ExporterSettings
+from agent.errors import PACS_REASONS
 from agent.events import REASONS
 from agent.report import SliceReport
 
@@ -343,6 +344,19 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         "gauge",
         "agent",
         "Age of the oldest sample waiting to be embedded (0 when none); grows while the embedder is stuck.",
+    ),
+    MetricSpec(
+        "slice_agent_pacs_fetch_failures_total",
+        "counter",
+        "agent",
+        "Failed fetches of an image from the PACS, by reason (retried until pacs.give_up_after_seconds).",
+        ("reason",),
+    ),
+    MetricSpec(
+        "slice_agent_pacs_waiting_images",
+        "gauge",
+        "agent",
+        "Samples whose image waits for another try at the PACS.",
     ),
     MetricSpec(
         "slice_agent_label_overflow_total",
@@ -680,6 +694,8 @@ class AgentMetrics:
         self._waiting = gauge("slice_agent_join_waiting_events")
         self._unsent = gauge("slice_agent_dead_letters_unsent")
         self._unembedded = gauge("slice_agent_oldest_unembedded_age_seconds")
+        self._pacs_failures = counter("slice_agent_pacs_fetch_failures_total")
+        self._pacs_waiting = gauge("slice_agent_pacs_waiting_images")
         self._overflowed = counter("slice_agent_label_overflow_total")
         for spec in METRICS.values():
             if spec.labels and spec.source != "threshold":
@@ -692,6 +708,8 @@ class AgentMetrics:
             self._consumed.labels(event_type)
         for reason in REASONS:
             self._dead.labels(reason)
+        for reason in PACS_REASONS:
+            self._pacs_failures.labels(reason)
         for modality in MODALITIES:
             self._embed.labels(modality)
         self._models: set[str] = set()
@@ -786,6 +804,14 @@ class AgentMetrics:
     def set_oldest_unembedded_age(self, seconds: float) -> None:
         """Set the age of the oldest sample waiting to be embedded (0 when none waits)."""
         self._unembedded.set(max(seconds, 0.0))
+
+    def pacs_fetch_failed(self, reason: str) -> None:
+        """Count one failed fetch from the PACS, for ``reason``, one of :data:`agent.errors.PACS_REASONS`."""
+        self._pacs_failures.labels(self._one_of(reason, PACS_REASONS, "PACS reason")).inc()
+
+    def set_pacs_waiting(self, images: int) -> None:
+        """Set how many samples' images wait for another try at the PACS."""
+        self._pacs_waiting.set(max(images, 0))
 
     def forget(self, model: str, target_class: str | int | None = None) -> None:
         """Remove the label sets of a model (or of one of its target classes) that is gone."""

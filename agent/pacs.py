@@ -16,31 +16,30 @@ limit as a file under the image roots.
 
 A failed fetch raises :class:`PacsError` with a bounded ``reason`` (a metric label), whether it
 is worth retrying, and the server's ``Retry-After`` when it sent one. :class:`RetryPolicy` says
-when to try again and when to give up; the stream runtime keeps the schedule.
+when to try again and when to give up; the arrival embedder keeps the schedule in the store.
 """
 
 from __future__ import annotations
 
+import email.policy
 import io
 import logging
 import math
-import re
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
 import requests
-from dicomweb_client.api import DICOMwebClient
 
 from agent.config import PacsSettings
 from agent.dicom import read_header, read_pixels
-from agent.errors import AgentError, ImageRefusedError
+from agent.errors import PACS_REASONS, AgentError
+from agent.events import DICOM_UID
 from agent.images import ImageAccess, refuse
 
 __all__ = [
@@ -55,20 +54,43 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Every reason a fetch can fail for; bounded, so it can be a metric label.
-PACS_REASONS = (
-    "pacs_not_configured",
-    "pacs_unavailable",
-    "pacs_timeout",
-    "pacs_not_found",
-    "pacs_unauthorized",
-    "pacs_bad_response",
-    "pacs_gave_up",
-)
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DEFLATED = b"1.2.840.10008.1.2.1.99"
 _CHUNK = 1 << 16
+#: One instance, in the transfer syntax it is stored in (no transcoding by the PACS).
+_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _single_part(content_type: str, body: bytes) -> bytes:
+    r"""The one part of a WADO-RS answer (``multipart/related``, or a bare ``application/dicom``).
+
+    >>> _single_part('multipart/related; type="application/dicom"; boundary=b1',
+    ...              b"--b1\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n--b1--\r\n")
+    b'DICM'
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/dicom":
+        return body
+    if media != "multipart/related":
+        raise PacsError(
+            f"the PACS answered {media or 'no content type'}, not multipart/related",
+            reason="pacs_bad_response",
+            retryable=False,
+        )
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
+    )
+    parts = [p for p in message.iter_parts()] if message.is_multipart() else []
+    if len(parts) != 1:
+        raise PacsError(
+            f"the PACS answered {len(parts)} parts for one instance",
+            reason="pacs_bad_response",
+            retryable=False,
+        )
+    payload = parts[0].get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        raise PacsError("the PACS answered an empty part", reason="pacs_bad_response", retryable=False)
+    return payload
 
 
 class PacsError(AgentError, ConnectionError):
@@ -106,7 +128,7 @@ def check_uid(uid: object, what: str) -> str:
     ...
     ValueError: expected a DICOM UID for the study (digits and dots, at most 64 characters), got another value
     """
-    if not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid):
+    if not isinstance(uid, str) or len(uid) > 64 or not DICOM_UID.match(uid):
         raise ValueError(
             f"expected a DICOM UID for the {what} (digits and dots, at most 64 characters), got another value"
         )
@@ -231,7 +253,8 @@ class PacsClient:
     size
         Side of the square pixel array returned.
     session
-        A ``requests.Session`` to use (tests); by default a new one.
+        A ``requests.Session`` to use (tests); by default a new one. The client sets its
+        authentication, certificates, proxies and redirects.
     """
 
     def __init__(
@@ -245,9 +268,9 @@ class PacsClient:
         self.settings = settings
         self.access = access
         self.size = size
-        self._local = threading.local()
-        self._client: DICOMwebClient | None = None
-        if settings.base_url is None:
+        self._session: requests.Session | None = None
+        self._root = settings.base_url.rstrip("/") if settings.base_url is not None else None
+        if self._root is None:
             return
         session = session if session is not None else requests.Session()
         password = self._password()
@@ -257,13 +280,12 @@ class PacsClient:
             session.verify = str(settings.ca_bundle)
         session.trust_env = False  # no proxy or netrc from the environment decides where requests go
         session.max_redirects = 0  # a redirect would leave the configured root
-        self._client = DICOMwebClient(
-            settings.base_url.rstrip("/"),
-            session=session,
-            callback=self._bound_body,
-            timeout=(settings.connect_timeout_seconds, settings.read_timeout_seconds),
-        )
-        self._client.set_http_retry_params(retry=False)  # retries are scheduled by RetryPolicy
+        self._session = session
+
+    @property
+    def configured(self) -> bool:
+        """Whether a PACS is configured (``pacs.base_url``)."""
+        return self._session is not None
 
     def _password(self) -> str | None:
         if self.settings.password is not None:
@@ -279,64 +301,45 @@ class PacsClient:
                 ) from err
         return None
 
-    def _bound_body(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
-        """Response hook: read the body within the byte cap and the fetch time limit, or refuse."""
-        if response.status_code >= 300:
-            return response
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        """The body, read in chunks within the byte cap and the fetch time limit, or refused."""
         limit = self.access.max_file_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            response.close()
             refuse(f"the PACS declared {declared} bytes, over images.max_file_bytes={limit}")
-        deadline = getattr(self._local, "deadline", None)
         body = bytearray()
         for chunk in response.iter_content(_CHUNK):
             body += chunk
             if len(body) > limit:
-                response.close()
                 refuse(f"the PACS sent more than images.max_file_bytes={limit}")
-            if deadline is not None and time.monotonic() > deadline:
-                response.close()
+            if time.monotonic() > deadline:
                 raise PacsError(
                     "the PACS sent the instance too slowly (over pacs.fetch_time_limit_seconds); "
                     "check its load and the network",
                     reason="pacs_timeout",
                 )
-        if _DEFLATED in body[:4096]:
-            refuse("deflated data set from the PACS: its inflated size is not bounded by the download")
-        # requests has no public way to hand back a body read in bounded chunks.
-        response._content = bytes(body)
-        response._content_consumed = True
-        return response
+        return bytes(body)
 
-    def fetch_bytes(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
-        """The instance as DICOM Part 10 bytes, bounded by ``images.max_file_bytes``.
-
-        Raises
-        ------
-        PacsError
-            The PACS is not configured, down, slow, refuses the credentials, or has no such instance.
-        ImageRefusedError
-            The instance is over the byte cap, or deflated.
-        ValueError
-            A UID is not a DICOM UID.
-        """
-        uids = (
-            check_uid(study_uid, "study"),
-            check_uid(series_uid, "series"),
-            check_uid(sop_uid, "instance"),
-        )
-        if self._client is None:
+    def _get(self, url: str) -> tuple[str, bytes]:
+        """GET ``url`` under the root; the Content-Type and the bounded body, or a :class:`PacsError`."""
+        if self._session is None:
             raise PacsError(
                 "no PACS is configured: set pacs.base_url to fetch images by UID",
                 reason="pacs_not_configured",
                 retryable=False,
             )
-        self._local.deadline = time.monotonic() + self.settings.fetch_time_limit_seconds
+        deadline = time.monotonic() + self.settings.fetch_time_limit_seconds
         try:
-            ds = self._client.retrieve_instance(*uids)
-        except (PacsError, ImageRefusedError):
-            raise
+            with self._session.get(
+                url,
+                headers={"Accept": _ACCEPT},
+                stream=True,
+                allow_redirects=False,
+                timeout=(self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds),
+            ) as response:
+                if response.status_code >= 300:
+                    raise self._http_error(response)
+                return response.headers.get("Content-Type", ""), self._read_body(response, deadline)
         except requests.Timeout as err:
             raise PacsError(
                 "the PACS did not answer in time (pacs.read_timeout_seconds); check its load and the network",
@@ -347,33 +350,51 @@ class PacsClient:
                 "cannot connect to the PACS at pacs.base_url; check that it is up and reachable",
                 reason="pacs_unavailable",
             ) from err
-        except requests.HTTPError as err:
-            raise self._http_error(err) from err
         except requests.RequestException as err:
             raise PacsError(
                 f"the PACS request failed ({type(err).__name__})", reason="pacs_unavailable"
             ) from err
-        except (ValueError, IndexError, pydicom.errors.InvalidDicomError) as err:
+
+    def fetch_bytes(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
+        """The instance as DICOM Part 10 bytes, bounded by ``images.max_file_bytes``.
+
+        WADO-RS ``GET {base}/studies/{study}/series/{series}/instances/{instance}``: the only
+        request this client makes, to the configured root and nowhere else.
+
+        Raises
+        ------
+        PacsError
+            The PACS is not configured, down, slow, refuses the credentials, or has no such instance.
+        agent.errors.ImageRefusedError
+            The instance is over the byte cap, or deflated.
+        ValueError
+            A UID is not a DICOM UID.
+        """
+        study, series, sop = (
+            check_uid(study_uid, "study"),
+            check_uid(series_uid, "series"),
+            check_uid(sop_uid, "instance"),
+        )
+        content_type, body = self._get(f"{self._root}/studies/{study}/series/{series}/instances/{sop}")
+        data = _single_part(content_type, body)
+        if _DEFLATED in data[:4096]:
+            refuse("deflated data set from the PACS: its inflated size is not bounded by the download")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+        except Exception as err:  # pydicom raises many types on data it cannot read or write
             raise PacsError(
                 f"the PACS answered with something that is not one DICOM instance ({type(err).__name__})",
-                reason="pacs_bad_response",
-            ) from err
-        finally:
-            self._local.deadline = None
-        out = io.BytesIO()
-        try:
-            ds.save_as(out, enforce_file_format=True)
-        except Exception as err:  # pydicom raises many types on a data set it cannot write
-            raise PacsError(
-                f"the instance from the PACS cannot be written as DICOM ({type(err).__name__})",
                 reason="pacs_bad_response",
                 retryable=False,
             ) from err
         return out.getvalue()
 
-    def _http_error(self, err: requests.HTTPError) -> PacsError:
-        status = err.response.status_code if err.response is not None else 0
-        hint = _retry_after(err.response)
+    @staticmethod
+    def _http_error(response: requests.Response) -> PacsError:
+        status = response.status_code
+        hint = _retry_after(response)
         if status == 404:
             return PacsError(
                 "the PACS has no such instance (yet): HTTP 404",

@@ -27,6 +27,21 @@ class Sample:
     event_id: str = ""
     image_key: str | None = None
     """Cache key of the image's vector, once embedded: refits read it instead of the file."""
+    series_uid: str | None = None
+    image_uid: str | None = None
+    """Series and SOP Instance UIDs of the image on the PACS (fetched by UID, with the study's)."""
+
+    @property
+    def pacs_uids(self) -> tuple[str, str, str] | None:
+        """(study, series, instance) UIDs of an image to fetch from the PACS, when the event named one."""
+        if self.series_uid and self.image_uid:
+            return self.study_uid, self.series_uid, self.image_uid
+        return None
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the case has an image: a file path, or UIDs on the PACS."""
+        return bool(self.image) or self.pacs_uids is not None
 
 
 @dataclass(frozen=True)

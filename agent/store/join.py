@@ -312,7 +312,8 @@ class JoinMixin(Database):
         stored = q(
             conn,
             "INSERT INTO inferences (model, study_uid, event_id, ts, prediction, score, metadata, image,"
-            " state) VALUES (:m, :s, :e, :ts, :p, :score, :meta, :image, 'pending')"
+            " series_uid, image_uid, state)"
+            " VALUES (:m, :s, :e, :ts, :p, :score, :meta, :image, :series, :instance, 'pending')"
             " ON CONFLICT (model, study_uid) DO NOTHING RETURNING ts",
             {
                 "m": event.model,
@@ -323,6 +324,8 @@ class JoinMixin(Database):
                 "score": event.score,
                 "meta": _dump(metadata) if metadata is not None else None,
                 "image": event.image,
+                "series": event.series_uid,
+                "instance": event.image_uid,
             },
         ).fetchone()
         if stored is None:

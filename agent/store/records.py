@@ -143,6 +143,10 @@ class EmbedWork:
     kind: str  # "inference" or "report"
     key: tuple[str, ...]
     sample: Sample
+    fetch_failures: int = 0
+    """Failed fetches of the image from the PACS so far (a row waits between tries)."""
+    first_failure_at: float | None = None
+    """When the first of those failed (store clock); the retry policy gives up some time after it."""
 
 
 def excerpt(raw: bytes | None, limit: int) -> tuple[bytes | None, str]:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "metadata"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -64,6 +64,11 @@ _inferences = Table(
     Column("embedded", Integer, nullable=False, server_default="0"),
     Column("claimed_at", Double),
     Column("image_key", Text),
+    Column("series_uid", Text),
+    Column("image_uid", Text),
+    Column("fetch_failures", Integer, nullable=False, server_default="0"),
+    Column("first_failure_at", Double),
+    Column("next_fetch_at", Double),
     PrimaryKeyConstraint("model", "study_uid"),
     Index("inferences_study", "study_uid"),
     Index("inferences_state_ts", "state", "ts"),
@@ -256,5 +261,20 @@ def _v1_to_v2(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE assignments ADD COLUMN worker TEXT NOT NULL DEFAULT ''"))
 
 
+def _v2_to_v3(conn: Connection) -> None:
+    """Version 2 to 3: an inference's image on the PACS (series and SOP instance UIDs) and the
+    retry schedule of its fetch."""
+    columns = {c["name"] for c in inspect(conn).get_columns("inferences")}
+    for name, kind in (
+        ("series_uid", "TEXT"),
+        ("image_uid", "TEXT"),
+        ("fetch_failures", "INTEGER NOT NULL DEFAULT 0"),
+        ("first_failure_at", "DOUBLE PRECISION"),
+        ("next_fetch_at", "DOUBLE PRECISION"),
+    ):
+        if name not in columns:
+            conn.execute(text(f"ALTER TABLE inferences ADD COLUMN {name} {kind}"))
+
+
 #: ``MIGRATIONS[v]`` takes a database from version ``v`` to ``v + 1``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}

@@ -34,7 +34,7 @@ class WindowMixin(Database):
         rows = q(
             conn,
             "SELECT s.study_uid, s.prediction, s.label, s.ts, i.score, i.metadata, i.image, i.event_id,"
-            " r.text, i.image_key FROM samples s"
+            " r.text, i.image_key, i.series_uid, i.image_uid FROM samples s"
             " JOIN inferences i ON i.model = s.model AND i.study_uid = s.study_uid"
             " LEFT JOIN reports r ON r.study_uid = s.study_uid WHERE s.model = :m AND s.ts >= :oldest"
             " ORDER BY s.ts DESC, s.study_uid DESC LIMIT :n",
@@ -53,8 +53,23 @@ class WindowMixin(Database):
                 image=image,
                 event_id=event_id,
                 image_key=key,
+                series_uid=series,
+                image_uid=instance,
             )
-            for study, prediction, label, ts, score, metadata, image, event_id, text, key in rows
+            for (
+                study,
+                prediction,
+                label,
+                ts,
+                score,
+                metadata,
+                image,
+                event_id,
+                text,
+                key,
+                series,
+                instance,
+            ) in rows
         ]
 
     def snapshot(self, model: str) -> tuple[list[Sample], int]:

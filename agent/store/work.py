@@ -37,13 +37,15 @@ class WorkMixin(OutboxMixin):
         lapse = now - (claim_seconds or 0.0)
         skip = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
         claim = "" if claim_seconds is None else " AND (claimed_at IS NULL OR claimed_at < :lapse)"
+        due = " AND (next_fetch_at IS NULL OR next_fetch_at <= :now)"
 
         def work(conn: Any) -> tuple[list[Any], list[Any]]:
             p = {"n": limit, "lapse": lapse, "now": now}
             infs = q(
                 conn,
-                "SELECT model, study_uid, prediction, ts, metadata, image, event_id FROM inferences"
-                f" WHERE embedded = 0{claim} ORDER BY ts LIMIT :n{skip}",
+                "SELECT model, study_uid, prediction, ts, metadata, image, event_id, series_uid, image_uid,"
+                " fetch_failures, first_failure_at FROM inferences"
+                f" WHERE embedded = 0{claim}{due} ORDER BY ts LIMIT :n{skip}",
                 p,
             ).fetchall()
             reps = q(
@@ -81,9 +83,13 @@ class WorkMixin(OutboxMixin):
                     metadata=json.loads(meta) if meta is not None else None,
                     image=image,
                     event_id=event_id,
+                    series_uid=series,
+                    image_uid=instance,
                 ),
+                fetch_failures=int(failures or 0),
+                first_failure_at=first,
             )
-            for model, study, pred, ts, meta, image, event_id in infs
+            for model, study, pred, ts, meta, image, event_id, series, instance, failures, first in infs
         ]
         out += [
             EmbedWork("report", (study,), Sample(study, "", "", "", epoch, report=text, event_id=event_id))
@@ -114,6 +120,32 @@ class WorkMixin(OutboxMixin):
         if found:
             self._run(run)
 
+    def defer_fetches(self, waits: Mapping[tuple[str, str], tuple[int, float, float]]) -> None:
+        """Leave these inferences unembedded until their image can be fetched again: by ``(model,
+        study)``, the failed fetches so far, when the first failed, and when to try next. Their
+        claims are released, so that any worker takes them up when they are due."""
+
+        def run(conn: Any) -> None:
+            for (model, study), (failures, first, at) in sorted(waits.items()):
+                q(
+                    conn,
+                    "UPDATE inferences SET fetch_failures = :f, first_failure_at = :first,"
+                    " next_fetch_at = :at, claimed_at = NULL WHERE model = :m AND study_uid = :s",
+                    {"f": failures, "first": first, "at": at, "m": model, "s": study},
+                )
+
+        if waits:
+            self._run(run)
+
+    def waiting_fetches(self) -> int:
+        """Inferences whose image waits for another try at the PACS."""
+        with self._read() as conn:
+            return int(
+                q(
+                    conn, "SELECT COUNT(*) FROM inferences WHERE embedded = 0 AND next_fetch_at IS NOT NULL"
+                ).scalar()
+            )
+
     def oldest_unembedded_age(self) -> float | None:
         """Seconds since the oldest row still waiting for its vectors was claimed or stored
         (event time when never claimed); None when nothing waits."""
@@ -133,7 +165,8 @@ class WorkMixin(OutboxMixin):
                 if w.kind == "inference":
                     q(
                         conn,
-                        "UPDATE inferences SET embedded = 1 WHERE model = :m AND study_uid = :s",
+                        "UPDATE inferences SET embedded = 1, next_fetch_at = NULL"
+                        " WHERE model = :m AND study_uid = :s",
                         {"m": w.key[0], "s": w.key[1]},
                     )
                 else:

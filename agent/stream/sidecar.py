@@ -24,6 +24,7 @@ from agent.config import Settings
 from agent.drift import DriftMonitor
 from agent.embed.base import Embedder
 from agent.images import ImageAccess
+from agent.pacs import PacsClient, RetryPolicy
 from agent.paths import open_private
 from agent.store import ApplyResult, Store
 from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
@@ -76,6 +77,7 @@ class Sidecar:
         self.drift = DriftMonitor(delta=s.drift_delta)
         self._drift_lock = threading.Lock()
         self._refit_lock = threading.Lock()
+        access = ImageAccess.from_settings(settings.images)
         self.arrival = ArrivalEmbedder(
             self.store,
             self.embedder,
@@ -86,7 +88,11 @@ class Sidecar:
             on_batch=self._on_embed_batch,
             # Several workers share a PostgreSQL store: each claims the rows it embeds.
             claim_seconds=s.embed_claim_seconds if self.store.postgres else None,
-            images=ImageAccess.from_settings(settings.images),
+            images=access,
+            pacs=PacsClient(settings.pacs, access, size=settings.embed.image_size),
+            retry=RetryPolicy.from_settings(settings.pacs),
+            on_fetch_failure=self._on_fetch_failure,
+            clock=clock,
         )
         self.refitter = Refitter(self.store, self.embedder, settings, extras=self._extras, clock=clock)
         self.refits = 0
@@ -215,6 +221,7 @@ class Sidecar:
         metrics.set_join_waiting(inferences=sizes["pending"], labels=sizes["labels"])
         metrics.set_unsent_dead_letters(sizes["unsent"])
         metrics.set_oldest_unembedded_age(self.store.oldest_unembedded_age() or 0.0)
+        metrics.set_pacs_waiting(self.store.waiting_fetches())
         for model, waiting in self.store.backlog().items():
             metrics.set_join_backlog(model, waiting)
 
@@ -266,6 +273,10 @@ class Sidecar:
         log.debug("dead-lettered %s while embedding: %s", source, message)
         if self.exporter is not None:
             self.exporter.agent.dead_lettered(reason)
+
+    def _on_fetch_failure(self, reason: str) -> None:
+        if self.exporter is not None:
+            self.exporter.agent.pacs_fetch_failed(reason)
 
     def _on_embed_batch(self, modality: str, seconds: float) -> None:
         if self.exporter is not None:
