@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import AgentProcess, Tansu, free_port, warm
+from harness import AgentProcess, Orthanc, Tansu, free_port, warm
 
 from agent.simulate import StreamSpec
 
@@ -48,3 +48,12 @@ def agents() -> Iterator[Callable[[Path, Path], AgentProcess]]:
     for agent in made:
         if agent.alive:
             agent.kill()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """An Orthanc of the test's own (free ports, own storage); stopped at the end."""
+    server = Orthanc(tmp_path / "orthanc", free_port(), free_port())
+    server.start()
+    yield server
+    server.stop()

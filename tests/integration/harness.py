@@ -15,11 +15,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pydicom
 import pytest
+import requests
 import yaml
 
 from agent.config import StreamSettings
@@ -230,6 +233,42 @@ class AgentProcess:
     def tail(self, n: int = 60) -> str:
         lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
         return "\n".join(lines[-n:])
+
+
+ORTHANC = ROOT / "deploy" / "orthanc" / "orthanc-local"
+
+
+@dataclass
+class Orthanc:
+    """An Orthanc with its DICOMweb plugin on 127.0.0.1 (``deploy/orthanc/orthanc-local``), its
+    storage in ``folder``: stopped and started again on the same ports, it keeps its instances."""
+
+    folder: Path
+    http_port: int
+    dicom_port: int
+    base_url: str = ""
+
+    def start(self) -> None:
+        started = subprocess.run(
+            [str(ORTHANC), "start", str(self.folder), str(self.http_port), str(self.dicom_port)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.base_url = started.stdout.strip()
+
+    def stop(self) -> None:
+        subprocess.run([str(ORTHANC), "stop", str(self.folder)], check=True, timeout=60)
+
+    def upload(self, path: Path) -> tuple[str, str, str]:
+        """Store a DICOM file through the REST API; its (study, series, instance) UIDs."""
+        answer = requests.post(
+            f"http://127.0.0.1:{self.http_port}/instances", data=path.read_bytes(), timeout=30
+        )
+        answer.raise_for_status()
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 
 def open_store(config: Path) -> Store:

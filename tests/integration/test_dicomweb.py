@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-import requests
+from harness import Orthanc
 from pydicom.data import get_testdata_file
 
 from agent.config import PacsSettings
@@ -21,49 +16,8 @@ from agent.errors import ImageRefusedError
 from agent.images import ImageAccess
 from agent.pacs import PacsClient, PacsError, RetryPolicy
 
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "orthanc-local"
 #: The image time limit where a test is not about it: a loaded 2-core machine must not fail a read.
 LOADED_MACHINE_SECONDS = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Orthanc:
-    folder: Path
-    http_port: int
-    base_url: str
-
-    def upload(self, path: Path) -> tuple[str, str, str]:
-        data = path.read_bytes()
-        answer = requests.post(f"http://127.0.0.1:{self.http_port}/instances", data=data, timeout=30)
-        answer.raise_for_status()
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-
-    def stop(self) -> None:
-        subprocess.run([str(SCRIPT), "stop", str(self.folder)], check=True, timeout=60)
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    """An Orthanc of the test's own (free ports, own storage); stopped at the end."""
-    folder = tmp_path / "orthanc"
-    http_port = free_port()
-    started = subprocess.run(
-        [str(SCRIPT), "start", str(folder), str(http_port), str(free_port())],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    server = Orthanc(folder, http_port, started.stdout.strip())
-    yield server
-    server.stop()
 
 
 def ct_small() -> Path:
