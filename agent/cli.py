@@ -632,6 +632,44 @@ def messages(
     typer.echo(f"{result.files} file(s): {result.events} event(s) to {out}; dead-lettered: {dead}")
 
 
+@app.command()
+def mllp(
+    config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: mllp.port)")] = None,
+) -> None:
+    """Listen for HL7 v2 ORU^R01 reports over MLLP (on mllp.host, loopback by default) and produce
+    their report events to the report topic; each message is answered AA, AE or AR."""
+    import csv
+    import signal
+    import threading
+
+    from agent.messages.mllp import MllpListener
+    from agent.stream import ensure_topics
+
+    overrides: dict[str, object] = {"mllp": {"port": port}} if port is not None else {}
+    settings = load_settings(config, overrides=overrides)
+    accessions = None
+    if settings.mllp.accessions_path is not None:
+        with settings.mllp.accessions_path.open(encoding="utf-8", newline="") as fh:
+            accessions = {row[0].strip(): row[1].strip() for row in csv.reader(fh) if len(row) >= 2}
+    if settings.stream.create_topics:
+        ensure_topics(settings.stream)
+    listener = MllpListener(settings.mllp, settings.stream, accessions=accessions)
+    # shutdown() waits for serve_forever() to return: it cannot run in the signal handler's thread.
+    stop = threading.Thread(target=listener.shutdown, daemon=True)
+
+    def on_signal(*_: object) -> None:
+        if stop.ident is None:
+            stop.start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    host, bound = listener.address
+    typer.echo(f"listening for MLLP on {host}:{bound}", err=True)
+    listener.serve_forever()
+    stop.join()
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -24,6 +24,7 @@ __all__ = [
     "EventSettings",
     "ExporterSettings",
     "ImageSettings",
+    "MllpSettings",
     "PacsSettings",
     "Settings",
     "StreamSettings",
@@ -275,6 +276,23 @@ class PacsSettings(BaseModel):
         return self
 
 
+class MllpSettings(BaseModel):
+    """The MLLP listener for HL7 v2 ORU^R01 reports (``slice-agent mllp``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to listen on; loopback unless the network is trusted")
+    port: int = Field(2575, ge=0, le=65535, description="0 picks a free port")
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="a longer frame is refused (AR)")
+    idle_timeout_seconds: float = Field(300.0, gt=0, description="a silent connection is closed after this")
+    publish_timeout_seconds: float = Field(
+        30.0, gt=0, description="wait this long for the broker to take the events before an AR"
+    )
+    accessions_path: Path | None = Field(
+        None, description="CSV of accession_number,study_instance_uid (reports keyed by accession)"
+    )
+
+
 class SummarySettings(BaseModel):
     """The weekly drift summary."""
 
@@ -310,6 +328,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     events: EventSettings = EventSettings()
     pacs: PacsSettings = PacsSettings()
+    mllp: MllpSettings = MllpSettings()
     modalities: tuple[Modality, ...] | None = Field(
         None, description="modalities to fuse; by default those the stream carries"
     )

@@ -176,8 +176,11 @@ def _ack_text(text: str, separators: str) -> str:
     return cleaned[:_MAX_ACK_TEXT]
 
 
-def ack(raw: str | bytes, error: EventError | None = None, *, now: datetime | None = None) -> str:
-    """The acknowledgement of ``raw``: AA when ``error`` is None, else AE (content) or AR (unreadable).
+def ack(
+    raw: str | bytes, error: EventError | None = None, *, now: datetime | None = None, reject: bool = False
+) -> str:
+    """The acknowledgement of ``raw``: AA when ``error`` is None, else AE (content) or AR (unreadable,
+    or ``reject``: the message was not taken and may be sent again).
 
     The ACK mirrors the message's sender and receiver, version and processing id, and names the
     original control id in MSA-2. The error text (bounded, no message content) goes to MSA-3 and
@@ -189,7 +192,7 @@ def ack(raw: str | bytes, error: EventError | None = None, *, now: datetime | No
     encoding = first[4:8] if first else "^~\\&"
     fields = first.split(field_sep) if first else ["MSH", encoding]
     get = lambda i: fields[i] if len(fields) > i else ""  # noqa: E731  (MSH-n is fields[n - 1])
-    rejected = error is not None and (not first or not get(9))
+    rejected = error is not None and (reject or not first or not get(9))
     code = "AA" if error is None else ("AR" if rejected else "AE")
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
     control = get(9)
