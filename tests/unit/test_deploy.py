@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -56,22 +57,95 @@ def test_dockerfile_is_conventional_non_root_and_without_secrets() -> None:
     assert "ADD " not in text
 
 
-def manifests() -> list[dict[str, object]]:
-    return [doc for doc in yaml.safe_load_all((DEPLOY / "k8s" / "agent.yaml").read_text()) if doc]
+def manifests() -> list[dict[str, Any]]:
+    """The Kubernetes manifests of the core API (agent.yaml, sidecar.yaml); not the operator's CRDs."""
+    return [
+        doc
+        for name in ("agent.yaml", "sidecar.yaml")
+        for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text())
+        if doc
+    ]
 
 
-@pytest.mark.parametrize("doc", manifests(), ids=lambda d: str(d["kind"]))
-def test_kubernetes_manifests_validate(doc: dict[str, object]) -> None:
+@pytest.mark.parametrize("doc", manifests(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_kubernetes_manifests_validate(doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
-def test_deployment_runs_non_root_on_a_read_only_root() -> None:
-    [deployment] = [d for d in manifests() if d["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]  # type: ignore[index]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    [container] = pod["containers"]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert "/var/lib/slice-agent" in {m["mountPath"] for m in container["volumeMounts"]}
+def test_deployments_run_the_agent_non_root_on_a_read_only_root() -> None:
+    deployments = {d["metadata"]["name"]: d for d in manifests() if d["kind"] == "Deployment"}
+    assert set(deployments) == {"slice-agent", "inference-service"}
+    for deployment in deployments.values():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        [agent] = [c for c in pod["containers"] if c["name"] == "slice-agent"]
+        assert agent["securityContext"]["readOnlyRootFilesystem"] is True
+        assert "/var/lib/slice-agent" in {m["mountPath"] for m in agent["volumeMounts"]}
+    # The sidecar keeps its SQLite store on a claim; its pod is never run twice at once.
+    sidecar = deployments["inference-service"]["spec"]
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in sidecar["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["slice-agent-state"] and sidecar["strategy"]["type"] == "Recreate"
+    assert any(
+        d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "slice-agent-state"
+        for d in manifests()
+    )
+
+
+def _monitoring() -> dict[str, dict[str, Any]]:
+    docs = yaml.safe_load_all((DEPLOY / "k8s" / "monitoring.yaml").read_text())
+    return {d["kind"]: d for d in docs if d}
+
+
+def test_monitoring_manifests_are_generated_from_the_rules_file() -> None:
+    spec = importlib.util.spec_from_file_location("k8s_build", DEPLOY / "k8s" / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert build.render() == (DEPLOY / "k8s" / "monitoring.yaml").read_text(), (
+        "deploy/k8s/monitoring.yaml is out of date: run python deploy/k8s/build.py"
+    )
+
+
+def test_prometheus_rule_carries_exactly_the_rules_promtool_tests(tmp_path: Path) -> None:
+    rule = _monitoring()["PrometheusRule"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    rules_file = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "slice-agent.rules.yml").read_text())
+    assert rule["spec"]["groups"] == rules_file["groups"]
+    # The promtool unit tests pass on the rules as the PrometheusRule carries them.
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "rules" / "slice-agent.rules.yml").write_text(
+        yaml.safe_dump({"groups": rule["spec"]["groups"]})
+    )
+    tests = DEPLOY / "prometheus" / "tests" / "slice-agent.test.yml"
+    assert yaml.safe_load(tests.read_text())["rule_files"] == ["../rules/slice-agent.rules.yml"]
+    shutil.copy(tests, tmp_path / "tests" / tests.name)
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus"
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "tests" / tests.name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_service_monitor_scrapes_the_agent_services_as_job_slice_agent() -> None:
+    monitor = _monitoring()["ServiceMonitor"]["spec"]
+    services = [d for d in manifests() if d["kind"] == "Service"]
+    selected = [
+        s for s in services if monitor["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert {s["metadata"]["name"] for s in selected} == {"slice-agent", "inference-service-slice-agent"}
+    [endpoint] = monitor["endpoints"]
+    for service in selected:
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert service["metadata"]["labels"][monitor["jobLabel"]] == "slice-agent"
 
 
 # ----------------------------------------------------------------------------- compose
@@ -158,3 +232,45 @@ def test_compose_prometheus_config_passes_promtool_with_the_same_rules() -> None
     plain = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     composed = yaml.safe_load((DEPLOY / "prometheus" / "compose.yml").read_text())
     assert composed["rule_files"] == plain["rule_files"]
+
+
+# ----------------------------------------------------------------------------- systemd
+
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_systemd_units_verify_without_a_warning(unit: Path, tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: apt-get install systemd"
+    # ExecStart must name an executable that exists: a stand-in for the installed slice-agent.
+    binary = tmp_path / "slice-agent"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace("/opt/slice-agent/bin/slice-agent", str(binary)))
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=120
+    )
+    complaints = [line for line in (proc.stdout + proc.stderr).splitlines() if str(copy) in line]
+    assert proc.returncode == 0 and complaints == [], proc.stdout + proc.stderr
+    # A misspelt key is reported: the check can fail.
+    copy.write_text(copy.read_text().replace("NoNewPrivileges=", "NoNewPrivilege="))
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=120
+    )
+    assert "Unknown key" in proc.stdout + proc.stderr
+
+
+def test_systemd_units_run_unprivileged_on_a_read_only_system() -> None:
+    assert {u.name for u in UNITS} == {"slice-agent.service", "slice-agent-mllp.service"}
+    for unit in UNITS:
+        keys = dict(
+            line.split("=", 1)
+            for line in unit.read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+        assert keys["User"] == "slice-agent" and keys["NoNewPrivileges"] == "yes"
+        assert keys["ProtectSystem"] == "strict" and keys["CapabilityBoundingSet"] == ""
+    agent = UNITS[[u.name for u in UNITS].index("slice-agent.service")].read_text()
+    assert "StateDirectory=slice-agent" in agent and "StateDirectoryMode=0700" in agent
