@@ -189,6 +189,12 @@ class StreamSettings(BaseModel):
     heartbeat_interval_seconds: float = Field(2.0, gt=0)
     rebalance_timeout_seconds: float = Field(20.0, gt=0)
     request_timeout_seconds: float = Field(30.0, gt=0)
+    log_check_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="how often the agent checks that each partition's log is still the one it read"
+        " (a recreated topic, a lost log); also after every assignment",
+    )
 
 
 class ExporterSettings(BaseModel):

@@ -60,6 +60,7 @@ from agent.report import SliceReport
 
 __all__ = [
     "EVENT_TYPES",
+    "LOG_RESETS",
     "METRICS",
     "MODALITIES",
     "WAITING",
@@ -83,6 +84,9 @@ EVENT_TYPES = ("inference", "label", "report")
 MODALITIES = ("image", "report", "metadata")
 #: Slice ranks that may be exported (``AuditSettings.n_slices`` is at most 5).
 RANKS = ("1", "2", "3", "4", "5")
+#: Why a partition's log was read again, for ``slice_agent_log_resets_total{reason}`` (see
+#: :mod:`agent.stream.continuity`).
+LOG_RESETS = ("recreated", "reused", "truncated", "rewound")
 #: What waits in the join, for ``slice_agent_join_waiting_events{event_type}``.
 WAITING = ("inference", "label")
 
@@ -324,6 +328,14 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         "agent",
         "Messages between the consumer's position and the end of the log, by the topic's event type.",
         ("event_type",),
+    ),
+    MetricSpec(
+        "slice_agent_log_resets_total",
+        "counter",
+        "agent",
+        "Partitions whose log was not the one the agent had read (recreated, reused or truncated: read"
+        " again from the start of the new log) or that went back before a committed offset (rewound).",
+        ("event_type", "reason"),
     ),
     MetricSpec(
         "slice_agent_join_waiting_events",
@@ -678,6 +690,7 @@ class AgentMetrics:
         self._last_refit = gauge("slice_agent_last_refit_timestamp_seconds")
         self._lag = gauge("slice_agent_consumer_lag_messages")
         self._waiting = gauge("slice_agent_join_waiting_events")
+        self._resets = counter("slice_agent_log_resets_total")
         self._unsent = gauge("slice_agent_dead_letters_unsent")
         self._unembedded = gauge("slice_agent_oldest_unembedded_age_seconds")
         self._overflowed = counter("slice_agent_label_overflow_total")
@@ -690,6 +703,8 @@ class AgentMetrics:
             self._waiting.labels(waiting)
         for event_type in EVENT_TYPES:
             self._consumed.labels(event_type)
+            for reason in LOG_RESETS:
+                self._resets.labels(event_type, reason)
         for reason in REASONS:
             self._dead.labels(reason)
         for modality in MODALITIES:
@@ -773,6 +788,12 @@ class AgentMetrics:
     def set_consumer_lag(self, event_type: str, messages: int) -> None:
         """Set the lag, in messages, of the topic that carries ``event_type`` (summed over partitions)."""
         self._lag.labels(self._one_of(event_type, EVENT_TYPES, "event type")).set(max(messages, 0))
+
+    def log_reset(self, event_type: str, reason: str, partitions: int = 1) -> None:
+        """Count partitions of one event type whose log was reset or rewound (``reason`` one of
+        :data:`LOG_RESETS`)."""
+        event_type = self._one_of(event_type, EVENT_TYPES, "event type")
+        self._resets.labels(event_type, self._one_of(reason, LOG_RESETS, "log reset reason")).inc(partitions)
 
     def set_join_waiting(self, *, inferences: int, labels: int) -> None:
         """Set how many inferences wait for a label, and how many labels wait for an inference."""

@@ -629,6 +629,17 @@ def health() -> Json:
         ),
         timeseries(
             lay,
+            "Log resets (recreated topics, lost logs, rewound offsets)",
+            [
+                target(
+                    f"sum by (event_type, reason) (increase(slice_agent_log_resets_total{{{INST}}}[1h]))",
+                    "{{event_type}} {{reason}}",
+                )
+            ],
+            unit="short",
+        ),
+        timeseries(
+            lay,
             "Join: events waiting for their other half",
             [
                 target(

@@ -27,12 +27,14 @@ from pathlib import Path
 from agent.config import StreamSettings
 from agent.store.db import StoreError, store_url
 from agent.store.history import HistoryMixin
+from agent.store.logs import LogMixin
 from agent.store.records import (
     ApplyResult,
     DeadLetter,
     EmbedWork,
     Incoming,
     JoinedSample,
+    LogMark,
     StorePolicy,
 )
 from agent.store.window import WindowMixin
@@ -44,6 +46,7 @@ __all__ = [
     "EmbedWork",
     "Incoming",
     "JoinedSample",
+    "LogMark",
     "Store",
     "StoreError",
     "StorePolicy",
@@ -52,7 +55,7 @@ __all__ = [
 ]
 
 
-class Store(HistoryMixin, WindowMixin):
+class Store(HistoryMixin, WindowMixin, LogMixin):
     """The agent's state: SQLite (a file path or ``":memory:"``) or PostgreSQL (a URL).
 
     Parameters

@@ -218,6 +218,15 @@ Table(
     Column("position", BigInteger, nullable=False),
 )
 Table(
+    "log_marks",
+    metadata,
+    Column("topic", Text, nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("digest", Text, nullable=False),
+    PrimaryKeyConstraint("topic", "part"),
+)
+Table(
     "leases",
     metadata,
     Column("name", Text, primary_key=True),

@@ -25,7 +25,7 @@ from agent.drift import DriftMonitor
 from agent.embed.base import Embedder
 from agent.images import ImageAccess
 from agent.paths import open_private
-from agent.store import ApplyResult, Store
+from agent.store import ApplyResult, LogMark, Store
 from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
 from agent.stream.ingest import Message, decode_messages
 from agent.stream.lease import Lease
@@ -135,6 +135,7 @@ class Sidecar:
         messages: Sequence[Message],
         *,
         position: tuple[str, int] | None = None,
+        marks: Sequence[LogMark] = (),
         maintain: bool | None = None,
     ) -> ApplyResult:
         """Decode and apply one batch; durable when this returns (commit offsets after it).
@@ -146,7 +147,7 @@ class Sidecar:
             naive=self.settings.stream.naive_timestamps,
             limits=self.settings.events,
         )
-        result = self.store.apply(incoming, position=position, maintain=maintain)
+        result = self.store.apply(incoming, position=position, marks=marks, maintain=maintain)
         for joined in result.joined:
             self._update_drift(joined.model, joined.seq, joined.label, joined.prediction, joined.timestamp)
         if self.exporter is not None:
