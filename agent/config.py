@@ -173,6 +173,21 @@ class StreamSettings(BaseModel):
     batch_size: int = Field(100, ge=1, description="messages applied to the store per transaction")
     batch_seconds: float = Field(1.0, gt=0, description="longest wait to fill a batch")
     refit_min_samples: int = Field(50, ge=2, description="no refit on a smaller window")
+    warm_refits: bool = Field(
+        True,
+        description="each refit starts from the last one's PCA basis and mixtures; cases keep their"
+        " fold across refits (a hash of the study id)",
+    )
+    basis_refresh_refits: int = Field(
+        10, ge=1, description="refits one PCA basis serves at most before it is fitted again"
+    )
+    basis_max_drift: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="relative loss of captured variance on a new window that makes a refit fit its"
+        " basis again",
+    )
     resolve_refits: int = Field(2, ge=1, description="refits without an emerging slice before 'resolved'")
     track_min_overlap: float = Field(
         0.5, gt=0, le=1, description="member overlap |A&B|/min(|A|,|B|) that makes two refits' slices one"

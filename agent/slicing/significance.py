@@ -127,6 +127,14 @@ def _folds(y: np.ndarray, err: np.ndarray, n_splits: int, seed: int) -> list[tup
     return []
 
 
+def _given(folds: np.ndarray, n_splits: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` rows of each fold of a given assignment (a fold may be empty)."""
+    folds = np.asarray(folds).ravel()
+    if len(folds) != n:
+        raise FitError(f"expected one fold per case ({n}), got {len(folds)}")
+    return [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(n_splits)]
+
+
 def discover_slices(
     make_slicer: Callable[[int], Slicer],
     X: np.ndarray,
@@ -140,6 +148,7 @@ def discover_slices(
     min_size: int = 10,
     dedup_overlap: float = 0.5,
     random_state: int = 0,
+    folds: np.ndarray | None = None,
 ) -> list[SliceFinding]:
     """Find and test error slices; return the significant ones, most significant first.
 
@@ -161,6 +170,9 @@ def discover_slices(
     min_size
         Smallest territory, among training and among held-out cases of the class, that is
         chosen or tested at all.
+    folds
+        Each case's fold, ``0 .. n_splits - 1``, when the caller fixes them (a stream keeps a
+        case in one fold across refits); by default they are drawn, stratified by (label, error).
     """
     X = np.asarray(X)
     if X.dtype not in (np.float32, np.float64):
@@ -183,7 +195,8 @@ def discover_slices(
     territories: dict[int, np.ndarray] = {}
     typicalities: dict[tuple[int, int], np.ndarray] = {}
     n_chosen = 0
-    for fold, (train, test) in enumerate(_folds(y, err, n_splits, random_state)):
+    splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
+    for fold, (train, test) in enumerate(splits):
         slicer = make_slicer(random_state + fold)
         try:
             slicer.fit(_take(X, train), y[train], y_pred[train])

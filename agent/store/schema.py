@@ -241,6 +241,15 @@ Table(
     Column("at", Double, nullable=False),
     Index("name_digests_at", "at"),
 )
+Table(
+    "warm_states",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("model", "target"),
+)
 _vectors = Table(
     "vectors",
     metadata,

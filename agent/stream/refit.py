@@ -33,6 +33,7 @@ from agent.sample import Sample
 from agent.store import Store
 from agent.stream.lease import Lease
 from agent.tracking import SliceObservation, SliceTracker
+from agent.warm import WarmStart, WarmState
 
 __all__ = ["RefitOutcome", "Refitter", "load_latest", "report_dir"]
 
@@ -155,12 +156,20 @@ class Refitter:
     ) -> RefitOutcome | None:
         started = time.perf_counter()
         s = self.settings.stream
+        warm = None
+        if s.warm_refits:
+            warm = WarmStart(
+                WarmState.from_bytes(self.store.warm_state(model, target)),
+                refresh_refits=s.basis_refresh_refits,
+                max_drift=s.basis_max_drift,
+            )
         report, problems = run_audit(
             samples,
             embedder=self.embedder,
             settings=self.settings,
             target_class=target,
             known_names=self.store.known_names,
+            warm=warm,
         )
         for problem in problems:
             log.debug("refit of %s: %s: %s", model, problem.reason, problem.message)
@@ -186,9 +195,12 @@ class Refitter:
         number = self.store.next_refit_number(model, target)
         seconds = time.perf_counter() - started
         document = self._document(tracked, tracker, number, labels_total, trigger, seconds, report)
+        if warm is not None:
+            document["refit"]["start"] = warm.describe()
         held = None if lease is None else (lease.name, lease.holder)
+        saved = None if warm is None or warm.current is None else warm.current.to_bytes()
         if (lease is not None and lease.lost) or not self.store.record_refit(
-            model, target, number, document, tracker.to_state(), lease=held
+            model, target, number, document, tracker.to_state(), lease=held, warm_state=saved
         ):
             log.warning(
                 "refit %d of %s target=%r dropped: its lease passed to another worker", number, model, target
