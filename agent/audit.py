@@ -26,17 +26,18 @@ from agent.errors import AgentError, FitError, ImageRefusedError
 from agent.events import ClassLabel
 from agent.explain import TokenSpace, r_attr, scrub, separation, tokens
 from agent.findings import group_slices
-from agent.fuse import MODALITIES, fuse
+from agent.fuse import MODALITIES, Fused, fuse
 from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.sample import Problem, Sample
-from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover_slices
+from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, SliceFinding, Slicer, discover_slices
 
 if TYPE_CHECKING:
     from agent.images import ImageAccess
 
 __all__ = [
     "Embedded",
+    "FitView",
     "available_modalities",
     "default_target_class",
     "embed_samples",
@@ -68,6 +69,19 @@ class Embedded:
     that later refits find the vector without decoding the file again."""
     decoded: int = 0
     """Image files decoded by this call (cases whose vector was found by key are not)."""
+
+
+@dataclass(frozen=True)
+class FitView:
+    """What one audit fitted, for those who describe its slices further (the early warning): the
+    window, its embeddings and fusion, and each reported slice beside the finding it came from."""
+
+    samples: Sequence[Sample]
+    target: ClassLabel
+    blocks: dict[str, np.ndarray]
+    fused: Fused
+    slices: tuple[SliceResult, ...]
+    findings: tuple[SliceFinding, ...]
 
 
 def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
@@ -265,11 +279,13 @@ def run_audit(
     modalities: Sequence[str] | None = None,
     progress: bool = False,
     known_names: Callable[[Collection[str]], Collection[str]] | None = None,
+    on_fit: Callable[[FitView], None] | None = None,
 ) -> tuple[SliceReport, list[Problem]]:
     """Audit one model's labeled samples for one target class (binary: target vs rest).
 
     ``known_names`` tells which candidate token words are names known from elsewhere (the store's
-    person-name digests); they never become tokens."""
+    person-name digests); they never become tokens. ``on_fit`` is called with what was fitted
+    (:class:`FitView`) before the report is returned."""
     a = settings.audit
     if not samples:
         raise FitError("no labeled samples: nothing to audit")
@@ -403,6 +419,8 @@ def run_audit(
         notes=tuple(notes),
         findings=group_slices(slices, top_tokens=a.top_tokens),
     )
+    if on_fit is not None:
+        on_fit(FitView(samples, target, emb.blocks, fused, tuple(slices), tuple(findings)))
     log.info(
         "audit of %s done: %d significant slice(s) in %d finding(s)",
         model,

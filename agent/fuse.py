@@ -25,7 +25,7 @@ from sklearn.decomposition import PCA
 
 from agent.errors import FitError
 
-__all__ = ["MODALITIES", "Fused", "fuse"]
+__all__ = ["MODALITIES", "Fused", "fuse", "project"]
 
 MODALITIES = ("image", "report", "metadata")
 
@@ -35,12 +35,18 @@ _SLAB_BYTES = 8 * 2**20
 
 @dataclass(frozen=True)
 class Fused:
-    """The fused embedding ``(n, k)`` (float32) and what went into it."""
+    """The fused embedding ``(n, k)`` (float32) and what went into it.
+
+    ``center`` ``(width,)`` and ``basis`` ``(width, k)`` (float32) are the transform the window
+    went through after normalisation: :func:`project` applies it to new cases (None when the
+    window was too small for PCA)."""
 
     embedding: np.ndarray
     modalities: tuple[str, ...]
     missing: dict[str, int] = field(default_factory=dict)
     explained_variance: float = 1.0
+    center: np.ndarray | None = None
+    basis: np.ndarray | None = None
 
 
 class _Blocks:
@@ -101,6 +107,15 @@ class _Blocks:
             out[start:stop] = acc
         return out
 
+    def scan(self) -> None:
+        """Learn every row's scale and missing flag without building the fused rows."""
+        if self._scanned:
+            return
+        for start in range(0, self.n, self.slab):
+            for i, a in enumerate(self.arrays):
+                self._learn_scale(i, start, a[start : start + self.slab])
+        self._scanned = True
+
     def _learn_scale(self, i: int, start: int, source: np.ndarray) -> None:
         """Scale to unit norm of each row of ``source`` (block ``i``), 0 for a missing row."""
         squares = np.einsum("ij,ij->i", source, source)
@@ -117,8 +132,9 @@ class _Blocks:
         self.missing[i][start:stop] = ~ok
 
 
-def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
-    """Project the fused rows on their top ``k`` principal axes; return them and the variance kept.
+def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Project the fused rows on their top ``k`` principal axes; return them, the variance kept,
+    the mean and the axes (float32).
 
     One pass accumulates the sum and the scatter about a shift (the first slab's mean, close
     to the window's, so that the correction below cancels nothing); float32 products of each
@@ -148,9 +164,10 @@ def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
     # Deterministic signs, as scikit-learn's svd_flip: each axis's largest entry is positive.
     peak = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)]
     vectors *= np.where(peak < 0, -1.0, 1.0)
-    out = blocks.project(np.ascontiguousarray(vectors, dtype=np.float32), mean.astype(np.float64) @ vectors)
+    basis = np.ascontiguousarray(vectors, dtype=np.float32)
+    out = blocks.project(basis, mean.astype(np.float64) @ vectors)
     kept = float(np.sum(np.maximum(values, 0.0)))
-    return out, (kept / variance if variance > 0 else 1.0)
+    return out, (kept / variance if variance > 0 else 1.0), mean.astype(np.float32), basis
 
 
 def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_state: int = 0) -> Fused:
@@ -188,8 +205,8 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
     fused = _Blocks(arrays, _slab_rows(n, width))
     k = min(n_components, n, width)
     if n >= width and n >= 2 and k >= 1:
-        reduced, kept = _covariance_pca(fused, k)
-        return Fused(reduced, names, _missing(names, fused), kept)
+        reduced, kept, center, basis = _covariance_pca(fused, k)
+        return Fused(reduced, names, _missing(names, fused), kept, center, basis)
     joined = np.empty((n, width), dtype=np.float32)
     for start, rows in fused.slabs():
         joined[start : start + len(rows)] = rows
@@ -198,7 +215,33 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
     pca = PCA(n_components=k, random_state=random_state)
     reduced = pca.fit_transform(joined)
     variance = float(np.sum(pca.explained_variance_ratio_))
-    return Fused(reduced.astype(np.float32, copy=False), names, _missing(names, fused), variance)
+    return Fused(
+        reduced.astype(np.float32, copy=False),
+        names,
+        _missing(names, fused),
+        variance,
+        pca.mean_.astype(np.float32),
+        np.ascontiguousarray(pca.components_.T, dtype=np.float32),
+    )
+
+
+def project(blocks: list[np.ndarray], center: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """New cases through a fitted fusion: each block L2-normalised (NaN rows: zero), concatenated
+    in the order fitted, less ``center``, onto ``basis``; ``(n, k)`` float32.
+
+    >>> rng = np.random.default_rng(0)
+    >>> blocks = {"report": rng.normal(size=(60, 8)), "metadata": rng.normal(size=(60, 4))}
+    >>> f = fuse(blocks, n_components=3)
+    >>> bool(np.allclose(project(list(blocks.values()), f.center, f.basis), f.embedding, atol=1e-5))
+    True
+    """
+    arrays = [np.asarray(b) for b in blocks]
+    width = sum(a.shape[1] for a in arrays)
+    if width != basis.shape[0]:
+        raise FitError(f"expected blocks {basis.shape[0]} wide in all, as fitted; got {width}")
+    rows = _Blocks(arrays, _slab_rows(arrays[0].shape[0], width))
+    rows.scan()
+    return rows.project(basis, center.astype(np.float64) @ basis.astype(np.float64))
 
 
 def _slab_rows(n: int, width: int) -> int:

@@ -69,6 +69,9 @@ class SliceFinding:
     fold: int
     component: int
     held_out: np.ndarray | None = None
+    density: tuple[np.ndarray, np.ndarray, float] | None = None
+    """The component's diagonal Gaussian in the fused space: means, variances and weight (None
+    when the slicer keeps none)."""
 
     def ranking(self) -> np.ndarray:
         """Member indices, most probable first (ties: most typical by embedding first)."""
@@ -116,6 +119,14 @@ def _take(X: np.ndarray, rows: np.ndarray, slab: int = 4096) -> np.ndarray:
     for start in range(0, len(rows), slab):
         out[start : start + slab] = X[rows[start : start + slab]]
     return out
+
+
+def _density(slicer: Slicer, j: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Component ``j``'s means, variances and weight, when the slicer is a diagonal mixture."""
+    means, variances, weights = (getattr(slicer, a, None) for a in ("means_", "variances_", "weights_"))
+    if means is None or variances is None or weights is None:
+        return None
+    return np.array(means[j], dtype=np.float64), np.array(variances[j], dtype=np.float64), float(weights[j])
 
 
 def _folds(y: np.ndarray, err: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -243,6 +254,7 @@ def discover_slices(
                 fold=fold,
                 component=j,
                 held_out=held_out[fold],
+                density=_density(fitted[fold], j),
             )
         )
         if len(kept) == n_slices:

@@ -15,7 +15,8 @@ The parts, by concern: :mod:`~agent.store.schema` (tables, migrations), :mod:`~a
 (connections, transactions, locks), :mod:`~agent.store.join` (the one join, expiry, windows),
 :mod:`~agent.store.window` (reads), :mod:`~agent.store.outbox` (dead letters),
 :mod:`~agent.store.work` (embedding bookkeeping, the vector cache) and :mod:`~agent.store.history`
-(refit schedule, leases, reports, slice history, drift).
+(refit schedule, leases, reports, slice history, drift) and :mod:`~agent.store.warning` (the early
+warning's slice descriptions, live assignments and bucket tests).
 """
 
 from __future__ import annotations
@@ -35,15 +36,19 @@ from agent.store.records import (
     JoinedSample,
     StorePolicy,
 )
+from agent.store.warning import BucketRow, LiveCase, LiveOutcome, WarningMixin
 from agent.store.window import WindowMixin
 from agent.store.work import VectorCache
 
 __all__ = [
     "ApplyResult",
+    "BucketRow",
     "DeadLetter",
     "EmbedWork",
     "Incoming",
     "JoinedSample",
+    "LiveCase",
+    "LiveOutcome",
     "Store",
     "StoreError",
     "StorePolicy",
@@ -52,7 +57,7 @@ __all__ = [
 ]
 
 
-class Store(HistoryMixin, WindowMixin):
+class Store(HistoryMixin, WindowMixin, WarningMixin):
     """The agent's state: SQLite (a file path or ``":memory:"``) or PostgreSQL (a URL).
 
     Parameters
