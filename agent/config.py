@@ -262,12 +262,6 @@ class WarnSettings(BaseModel):
         "Bonferroni over the slices",
     )
     min_bucket_cases: int = Field(30, ge=1, description="a bucket with fewer assigned cases is not tested")
-    member_quantile: float = Field(
-        0.1,
-        gt=0,
-        lt=1,
-        description="a case is in a slice when its density is above this quantile of the members'",
-    )
     min_calibration_labels: int = Field(
         100, ge=10, description="labeled window cases a slice needs for a calibration of its own"
     )

@@ -35,7 +35,14 @@ import numpy as np
 
 from agent.warn import WarningState
 
-__all__ = ["EarlySpec", "EarlyWarningRun", "WordEmbedder", "early_stream", "run_early_warning"]
+__all__ = [
+    "EarlySpec",
+    "EarlyWarningRun",
+    "WordEmbedder",
+    "early_samples",
+    "early_stream",
+    "run_early_warning",
+]
 
 DAY = 86_400.0
 MODEL = "cxr-early"
@@ -163,6 +170,32 @@ def early_stream(spec: EarlySpec, seed: int = 0) -> tuple[list[Event], frozenset
     return events, frozenset(weak_ids)
 
 
+def early_samples(spec: EarlySpec, seed: int, start_day: float, end_day: float) -> list[Any]:
+    """The stream's studies with inference time in ``[start_day, end_day)``, as labeled
+    :class:`~agent.sample.Sample` objects (what a window would hold once every label came)."""
+    from agent.sample import Sample
+
+    events, _ = early_stream(spec, seed)
+    labels = {e.payload["study_uid"]: e.payload["label"] for e in events if e.payload["type"] == "label"}
+    out = []
+    for e in events:
+        p = e.payload
+        if p["type"] != "inference" or not start_day * DAY <= e.arrives < end_day * DAY:
+            continue
+        out.append(
+            Sample(
+                p["study_uid"],
+                p["model"],
+                p["prediction"],
+                labels[p["study_uid"]],
+                datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")),
+                score=p["score"],
+                metadata=p["metadata"],
+            )
+        )
+    return out
+
+
 class WordEmbedder:
     """A small deterministic text embedder for simulations: the mean of per-word random vectors
     (seeded by the word), so that sentences sharing words lie close. No images."""
@@ -246,8 +279,10 @@ def run_early_warning(
     seed: int = 0,
     evaluate_hours: float = 6.0,
     overrides: dict[str, Any] | None = None,
+    stop_when_confirmed: bool = False,
 ) -> EarlyWarningRun:
-    """Drive a sidecar through the stream; refit once at day 0 on the labels that came by then."""
+    """Drive a sidecar through the stream; refit once at day 0 on the labels that came by then.
+    ``stop_when_confirmed`` ends the run once the warning fired and the labeled path confirmed."""
     from agent.store import Store
     from agent.stream.ingest import Message
     from agent.stream.sidecar import Sidecar
@@ -307,6 +342,8 @@ def run_early_warning(
             if run.warned_at is None and any(s.new_warnings for s in states):
                 run.warned_at = day
                 run.warned_weak_fraction = _weak_fraction(sidecar, weak_ids)
+            if stop_when_confirmed and run.warned_at is not None and run.confirmed_at is not None:
+                break
         rows = sidecar.store.buckets(MODEL, TARGET)
         run.buckets_tested = len({r.bucket for r in rows})
         run.warnings = sum(r.warned for r in rows)

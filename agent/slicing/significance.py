@@ -69,9 +69,9 @@ class SliceFinding:
     fold: int
     component: int
     held_out: np.ndarray | None = None
-    density: tuple[np.ndarray, np.ndarray, float] | None = None
-    """The component's diagonal Gaussian in the fused space: means, variances and weight (None
-    when the slicer keeps none)."""
+    mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    """The fold's mixture in the fused space: means and diagonal variances ``(k, d)`` and weights
+    ``(k,)`` of every component (``component`` is the slice's); None when the slicer keeps none."""
 
     def ranking(self) -> np.ndarray:
         """Member indices, most probable first (ties: most typical by embedding first)."""
@@ -121,12 +121,16 @@ def _take(X: np.ndarray, rows: np.ndarray, slab: int = 4096) -> np.ndarray:
     return out
 
 
-def _density(slicer: Slicer, j: int) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """Component ``j``'s means, variances and weight, when the slicer is a diagonal mixture."""
+def _mixture(slicer: Slicer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The means, variances and weights of a diagonal mixture slicer's components."""
     means, variances, weights = (getattr(slicer, a, None) for a in ("means_", "variances_", "weights_"))
     if means is None or variances is None or weights is None:
         return None
-    return np.array(means[j], dtype=np.float64), np.array(variances[j], dtype=np.float64), float(weights[j])
+    return (
+        np.array(means, dtype=np.float64),
+        np.array(variances, dtype=np.float64),
+        np.array(weights, dtype=np.float64),
+    )
 
 
 def _folds(y: np.ndarray, err: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -254,7 +258,7 @@ def discover_slices(
                 fold=fold,
                 component=j,
                 held_out=held_out[fold],
-                density=_density(fitted[fold], j),
+                mixture=_mixture(fitted[fold]),
             )
         )
         if len(kept) == n_slices:

@@ -78,7 +78,7 @@ class Sidecar:
         self._drift_lock = threading.Lock()
         self._refit_lock = threading.Lock()
         #: The early warning from unlabeled traffic (assignment on arrival, share tests, estimates).
-        self.warning = EarlyWarning(self.store, settings.warn, clock=clock)
+        self.warning = EarlyWarning(self.store, settings.warn, beta=settings.audit.beta, clock=clock)
         self.arrival = ArrivalEmbedder(
             self.store,
             self.embedder,

@@ -1,17 +1,18 @@
 """What a refit leaves behind to recognise its slices in new, unlabeled cases.
 
 The fusion of the refit (per-modality normalisation, then its PCA mean and basis, float32) and,
-per reported slice, its mixture component's diagonal Gaussian in that space. A case belongs to a
-slice when its log density under the slice's Gaussian is at least the ``member_quantile`` of the
-log densities of the slice's members in the window. The rule reads the embedding only: no label
-and no prediction, which new cases do not have (the slice's members were chosen with their
-labels; the rule covers the region of the space they lie in, whatever the new cases' labels).
+per reported slice, the diagonal Gaussian mixture of the fold that found it (every component's
+means, variances and weight) with the slice's component. A case belongs to a slice when it lies
+in the component's *territory* as discovery defines it (:mod:`agent.slicing.significance`): the
+component's membership, from the embedding alone, is at least ``beta`` times the case's largest.
+Discovery also used the label to form the territory and kept the members of one class; new cases
+have no label, so the rule covers the region of the space the slice lies in, whatever the class.
 
 New cases are assigned when they are embedded on arrival, before any report: the *live view*
 drops the report modality (a zero block, as for any case that lacks a modality). Everything the
-tests compare against (each slice's window share, its density cut, its error and score in the
-window, the calibrations) is measured on the window in the same live view, so that a case in
-the window and a new case alike are judged on what is known at inference time.
+tests compare against (each slice's window share, its error and score in the window, the
+calibrations) is measured on the window in the same live view, so that a case in the window
+and a new case alike are judged on what is known at inference time.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ class KnownSlice:
 
     id: str
     rank: int
-    mean: np.ndarray
+    component: int
+    means: np.ndarray
     variances: np.ndarray
-    weight: float
-    threshold: float
-    """Log-density cut: a case at or above it is in the slice."""
+    weights: np.ndarray
+    """The fold's mixture: ``(k, d)``, ``(k, d)`` and ``(k,)``."""
     window_inside: int
     window_n: int
     error_rate: float
@@ -78,6 +79,8 @@ class SliceSpace:
     calibration: Calibration
     window_n: int
     window_error_rate: float
+    beta: float
+    """Territory threshold, relative to a case's most probable component."""
 
     def fuse(self, blocks: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         """``(n, k)`` fused rows of new cases in the live view (absent or late modalities: NaN)."""
@@ -89,18 +92,13 @@ class SliceSpace:
             arrays.append(block)
         return project(arrays, self.center, self.basis)
 
-    def log_densities(self, fused: np.ndarray) -> np.ndarray:
-        """``(n, slices)`` log density of each row under each slice's Gaussian."""
-        if not self.slices:
-            return np.empty((len(fused), 0))
-        means = np.stack([s.mean for s in self.slices]).astype(np.float64)
-        variances = np.stack([s.variances for s in self.slices]).astype(np.float64)
-        return diag_gaussian_log_prob(np.asarray(fused, dtype=np.float64), means, variances)
-
     def assign(self, fused: np.ndarray) -> np.ndarray:
-        """``(n, slices)`` boolean: which slices each row is in."""
-        cuts = np.array([s.threshold for s in self.slices])
-        return self.log_densities(fused) >= cuts[None, :]
+        """``(n, slices)`` boolean: which slices' territories each row is in."""
+        rows = np.asarray(fused, dtype=np.float64)
+        out = np.zeros((len(rows), len(self.slices)), dtype=bool)
+        for j, s in enumerate(self.slices):
+            out[:, j] = _territory(rows, s, self.beta)
+        return out
 
     def error_probabilities(
         self, scores: np.ndarray, predicted_target: np.ndarray, inside: np.ndarray
@@ -129,12 +127,13 @@ class SliceSpace:
             "calibration": self.calibration.to_dict(),
             "window_n": self.window_n,
             "window_error_rate": self.window_error_rate,
+            "beta": self.beta,
             "slices": [
                 {
                     "id": s.id,
                     "rank": s.rank,
-                    "weight": s.weight,
-                    "threshold": s.threshold,
+                    "component": s.component,
+                    "weights": [float(w) for w in s.weights],
                     "window_inside": s.window_inside,
                     "window_n": s.window_n,
                     "error_rate": s.error_rate,
@@ -145,8 +144,8 @@ class SliceSpace:
             ],
         }
         k = self.basis.shape[1]
-        dens = np.stack([np.concatenate([s.mean, s.variances]) for s in self.slices]) if self.slices else None
-        densities = np.zeros((0, 2 * k), dtype=_F32) if dens is None else dens.astype(_F32)
+        parts = [np.concatenate([s.means, s.variances], axis=1) for s in self.slices]
+        densities = np.concatenate(parts) if parts else np.zeros((0, 2 * k))
         return (
             json.dumps(document, sort_keys=True),
             np.ascontiguousarray(self.center, dtype=_F32).tobytes(),
@@ -161,22 +160,27 @@ class SliceSpace:
         k = int(doc["k"])
         width = sum(doc["widths"])
         dens = np.frombuffer(densities, dtype=_F32).reshape(-1, 2 * k).astype(np.float64)
-        slices = tuple(
-            KnownSlice(
-                id=str(s["id"]),
-                rank=int(s["rank"]),
-                mean=dens[j, :k],
-                variances=dens[j, k:],
-                weight=float(s["weight"]),
-                threshold=float(s["threshold"]),
-                window_inside=int(s["window_inside"]),
-                window_n=int(s["window_n"]),
-                error_rate=float(s["error_rate"]),
-                score_mean=None if s["score_mean"] is None else float(s["score_mean"]),
-                calibration=None if s["calibration"] is None else Calibration.from_dict(s["calibration"]),
+        slices = []
+        at = 0
+        for s in doc["slices"]:
+            m = len(s["weights"])
+            block = dens[at : at + m]
+            at += m
+            slices.append(
+                KnownSlice(
+                    id=str(s["id"]),
+                    rank=int(s["rank"]),
+                    component=int(s["component"]),
+                    means=block[:, :k],
+                    variances=block[:, k:],
+                    weights=np.array(s["weights"], dtype=np.float64),
+                    window_inside=int(s["window_inside"]),
+                    window_n=int(s["window_n"]),
+                    error_rate=float(s["error_rate"]),
+                    score_mean=None if s["score_mean"] is None else float(s["score_mean"]),
+                    calibration=None if s["calibration"] is None else Calibration.from_dict(s["calibration"]),
+                )
             )
-            for j, s in enumerate(doc["slices"])
-        )
         return cls(
             model=str(doc["model"]),
             target=doc["target"],
@@ -185,21 +189,31 @@ class SliceSpace:
             widths=tuple(int(w) for w in doc["widths"]),
             center=np.frombuffer(center, dtype=_F32).copy(),
             basis=np.frombuffer(basis, dtype=_F32).reshape(width, k).copy(),
-            slices=slices,
+            slices=tuple(slices),
             calibration=Calibration.from_dict(doc["calibration"]),
             window_n=int(doc["window_n"]),
             window_error_rate=float(doc["window_error_rate"]),
+            beta=float(doc["beta"]),
         )
+
+
+def _territory(rows: np.ndarray, s: KnownSlice, beta: float) -> np.ndarray:
+    """Whether each row's membership of the slice's component, from the embedding alone, is at
+    least ``beta`` times its largest membership (float32 parameters stored, float64 arithmetic)."""
+    joint = diag_gaussian_log_prob(rows, s.means, s.variances) + np.log(np.maximum(s.weights, 1e-300))
+    return np.asarray(joint[:, s.component] - joint.max(axis=1) >= np.log(beta))
 
 
 def _scores(samples: Sequence[Any]) -> np.ndarray:
     return np.array([np.nan if s.score is None else float(s.score) for s in samples], dtype=np.float64)
 
 
-def describe_fit(view: FitView, ids: Sequence[str], number: int, settings: WarnSettings) -> SliceSpace | None:
+def describe_fit(
+    view: FitView, ids: Sequence[str], number: int, settings: WarnSettings, *, beta: float
+) -> SliceSpace | None:
     """The description of one refit's reported slices (``ids``: their tracked ids, in report
-    order); None when the fit kept no transform or no slice has a Gaussian, or no modality is
-    known at inference time."""
+    order; ``beta``: the audit's territory threshold); None when the fit kept no transform, no
+    slice has a mixture, or no modality is known at inference time."""
     fused = view.fused
     if fused.center is None or fused.basis is None or not view.slices:
         return None
@@ -223,16 +237,19 @@ def describe_fit(view: FitView, ids: Sequence[str], number: int, settings: WarnS
         calibration=Calibration.fit(scores, side, err),
         window_n=n,
         window_error_rate=float(err.mean()) if n else 0.0,
+        beta=beta,
     )
     live = np.asarray(space.fuse(view.blocks, n), dtype=np.float64)
     known: list[KnownSlice] = []
     for result, finding, tracked in zip(view.slices, view.findings, ids, strict=True):
-        if finding.density is None:
+        if finding.mixture is None:
             continue
-        mean, variances, weight = finding.density
-        dens = diag_gaussian_log_prob(live, mean[None, :], variances[None, :])[:, 0]
-        cut = float(np.quantile(dens[finding.members], settings.member_quantile))
-        inside = dens >= cut
+        # Rounded to float32 here as the store keeps them: the window counts what new cases will meet.
+        means, variances, weights = (np.asarray(a, dtype=_F32).astype(np.float64) for a in finding.mixture)
+        probe = KnownSlice(
+            tracked, result.rank, finding.component, means, variances, weights, 0, n, 0, None, None
+        )
+        inside = _territory(live, probe, beta)
         calibration = (
             Calibration.fit(scores[inside], side[inside], err[inside])
             if inside.sum() >= settings.min_calibration_labels
@@ -240,15 +257,9 @@ def describe_fit(view: FitView, ids: Sequence[str], number: int, settings: WarnS
         )
         scored = scores[inside][np.isfinite(scores[inside])]
         known.append(
-            KnownSlice(
-                id=tracked,
-                rank=result.rank,
-                mean=mean,
-                variances=variances,
-                weight=weight,
-                threshold=cut,
+            replace(
+                probe,
                 window_inside=int(inside.sum()),
-                window_n=n,
                 error_rate=float(err[inside].mean()) if inside.any() else 0.0,
                 score_mean=float(scored.mean()) if len(scored) else None,
                 calibration=calibration,

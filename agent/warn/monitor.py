@@ -87,14 +87,22 @@ class EarlyWarning:
         Where descriptions, assignments and tests are kept.
     settings
         The ``warn`` section.
+    beta
+        The audit's territory threshold (``audit.beta``): what assigns a case to a slice.
     clock
         Wall-clock time source (when a test was made).
     """
 
     def __init__(
-        self, store: Store, settings: WarnSettings, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        settings: WarnSettings,
+        *,
+        beta: float = 0.1,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.beta = beta
         self.settings = settings
         self.clock = clock
         self._spaces: dict[tuple[str, str], SliceSpace] = {}
@@ -105,7 +113,7 @@ class EarlyWarning:
 
     def record_fit(self, view: FitView, ids: Sequence[str], number: int) -> SliceSpace | None:
         """Describe one refit's slices and keep the description (None: nothing to describe)."""
-        space = describe_fit(view, ids, number, self.settings)
+        space = describe_fit(view, ids, number, self.settings, beta=self.beta)
         if space is not None:
             self.store.record_slice_space(space.model, space.target, number, space.to_record())
             log.info(
