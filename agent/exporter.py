@@ -788,6 +788,10 @@ class WarningCollector(Collector):
         """Export exactly these states from now on."""
         self._states = tuple(states)
 
+    def forget_model(self, model: str) -> None:
+        """Stop exporting the model's states."""
+        self._states = tuple(s for s in self._states if s.model != model)
+
     def collect(self) -> Iterator[Metric]:
         families = {spec.name: _family(spec) for spec in _WARNING_METRICS}
         keys: set[tuple[str, str]] = set()
@@ -1130,7 +1134,7 @@ class Exporter:
 
     def forget_model(self, model: str) -> None:
         """Remove every series of ``model`` (it left the window) and free its slot for another."""
-        self.warnings.update(w for w in self.warnings._states if w.model != model)
+        self.warnings.forget_model(model)
         self.slices.forget_model(model)
         self.agent.forget(model)
         self.budget.release(model)
