@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Embedded",
+    "FitView",
     "available_modalities",
     "default_target_class",
     "embed_samples",
@@ -71,6 +72,19 @@ class Embedded:
     that later refits find the vector without decoding the file again."""
     decoded: int = 0
     """Image files decoded by this call (cases whose vector was found by key are not)."""
+
+
+@dataclass(frozen=True)
+class FitView:
+    """What one audit fitted, for those who describe its slices further (the early warning): the
+    window, its embeddings and fusion, and each reported slice beside the finding it came from."""
+
+    samples: Sequence[Sample]
+    target: ClassLabel
+    blocks: dict[str, np.ndarray]
+    fused: Fused
+    slices: tuple[SliceResult, ...]
+    findings: tuple[SliceFinding, ...]
 
 
 def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
@@ -325,13 +339,15 @@ def run_audit(
     progress: bool = False,
     known_names: Callable[[Collection[str]], Collection[str]] | None = None,
     warm: WarmStart | None = None,
+    on_fit: Callable[[FitView], None] | None = None,
 ) -> tuple[SliceReport, list[Problem]]:
     """Audit one model's labeled samples for one target class (binary: target vs rest).
 
     ``known_names`` tells which candidate token words are names known from elsewhere (the store's
     person-name digests); they never become tokens. With ``warm`` (a stream's refit) each case's
     fold is fixed by its study id, the fusion and the mixtures start from ``warm.previous``, and
-    ``warm.current`` is what the next refit starts from (:mod:`agent.warm`)."""
+    ``warm.current`` is what the next refit starts from (:mod:`agent.warm`). ``on_fit`` is called
+    with what was fitted (:class:`FitView`) before the report is returned."""
     a = settings.audit
     if not samples:
         raise FitError("no labeled samples: nothing to audit")
@@ -452,6 +468,8 @@ def run_audit(
         notes=tuple(notes),
         findings=group_slices(slices, top_tokens=a.top_tokens),
     )
+    if on_fit is not None:
+        on_fit(FitView(samples, target, emb.blocks, fused, tuple(slices), tuple(findings)))
     log.info(
         "audit of %s done: %d significant slice(s) in %d finding(s)",
         model,

@@ -28,6 +28,7 @@ __all__ = [
     "Settings",
     "StreamSettings",
     "SummarySettings",
+    "WarnSettings",
     "load_settings",
 ]
 
@@ -258,6 +259,37 @@ class ExporterSettings(BaseModel):
     unsent_dead_letters_threshold: int = Field(
         1000, ge=1, description="the dead-letter outbox alerts when more letters than this are unsent"
     )
+    estimated_error_threshold: float = Field(
+        0.3, gt=0, lt=1, description="alert: a slice's estimated error ratio (lower bound) above this"
+    )
+    label_coverage_threshold: float = Field(
+        0.5, gt=0, le=1, description="alert on estimates only while label coverage is below this"
+    )
+
+
+class WarnSettings(BaseModel):
+    """The early warning from unlabeled traffic: live assignment to the known slices, the share
+    test per time bucket, and the error estimated from calibrated scores (:mod:`agent.warn`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="describe each refit's slices and assign new inferences")
+    bucket_seconds: float = Field(86_400.0, gt=0, description="time bucket of the share test (event time)")
+    alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="false-alarm rate of the share test per bucket and (model, target class), "
+        "Bonferroni over the slices",
+    )
+    min_bucket_cases: int = Field(30, ge=1, description="a bucket with fewer assigned cases is not tested")
+    min_calibration_labels: int = Field(
+        100, ge=10, description="labeled window cases a slice needs for a calibration of its own"
+    )
+    horizon_seconds: float = Field(
+        14 * 86_400.0, gt=0, description="recent inferences (event time) the estimates cover"
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the estimate's interval")
 
 
 class PacsSettings(BaseModel):
@@ -331,6 +363,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     events: EventSettings = EventSettings()
     pacs: PacsSettings = PacsSettings()
+    warn: WarnSettings = WarnSettings()
     modalities: tuple[Modality, ...] | None = Field(
         None, description="modalities to fuse; by default those the stream carries"
     )

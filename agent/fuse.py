@@ -31,7 +31,7 @@ from sklearn.decomposition import PCA
 
 from agent.errors import FitError
 
-__all__ = ["MODALITIES", "Basis", "Fused", "fuse"]
+__all__ = ["MODALITIES", "Basis", "Fused", "fuse", "project"]
 
 MODALITIES = ("image", "report", "metadata")
 
@@ -135,6 +135,15 @@ class _Blocks:
     def present(self) -> np.ndarray:
         """Per case, the number of modalities it has: its unit row's squared norm."""
         return sum((~gone).astype(np.float64) for gone in self.missing)  # type: ignore[return-value]
+
+    def scan(self) -> None:
+        """Learn every row's scale and missing flag without building the fused rows."""
+        if self._scanned:
+            return
+        for start in range(0, self.n, self.slab):
+            for i, a in enumerate(self.arrays):
+                self._learn_scale(i, start, a[start : start + self.slab])
+        self._scanned = True
 
     def _learn_scale(self, i: int, start: int, source: np.ndarray) -> None:
         """Scale to unit norm of each row of ``source`` (block ``i``), 0 for a missing row."""
@@ -282,6 +291,26 @@ def fuse(
         variance,
     )
     return Fused(reduced.astype(np.float32, copy=False), names, _missing(names, fused), variance, wide)
+
+
+def project(blocks: list[np.ndarray], center: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """New cases through a fitted fusion: each block L2-normalised (NaN rows: zero), concatenated
+    in the order fitted, less ``center``, onto ``basis``; ``(n, k)`` float32.
+
+    >>> rng = np.random.default_rng(0)
+    >>> blocks = {"report": rng.normal(size=(60, 8)), "metadata": rng.normal(size=(60, 4))}
+    >>> f = fuse(blocks, n_components=3)
+    >>> again = project(list(blocks.values()), f.basis.centre, f.basis.axes)
+    >>> bool(np.allclose(again, f.embedding, atol=1e-5))
+    True
+    """
+    arrays = [np.asarray(b) for b in blocks]
+    width = sum(a.shape[1] for a in arrays)
+    if width != basis.shape[0]:
+        raise FitError(f"expected blocks {basis.shape[0]} wide in all, as fitted; got {width}")
+    rows = _Blocks(arrays, _slab_rows(arrays[0].shape[0], width))
+    rows.scan()
+    return rows.project(basis, center.astype(np.float64) @ basis.astype(np.float64))
 
 
 def _slab_rows(n: int, width: int) -> int:

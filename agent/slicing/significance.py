@@ -69,6 +69,9 @@ class SliceFinding:
     fold: int
     component: int
     held_out: np.ndarray | None = None
+    mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    """The fold's mixture in the fused space: means and diagonal variances ``(k, d)`` and weights
+    ``(k,)`` of every component (``component`` is the slice's); None when the slicer keeps none."""
 
     def ranking(self) -> np.ndarray:
         """Member indices, most probable first (ties: most typical by embedding first)."""
@@ -116,6 +119,18 @@ def _take(X: np.ndarray, rows: np.ndarray, slab: int = 4096) -> np.ndarray:
     for start in range(0, len(rows), slab):
         out[start : start + slab] = X[rows[start : start + slab]]
     return out
+
+
+def _mixture(slicer: Slicer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The means, variances and weights of a diagonal mixture slicer's components."""
+    means, variances, weights = (getattr(slicer, a, None) for a in ("means_", "variances_", "weights_"))
+    if means is None or variances is None or weights is None:
+        return None
+    return (
+        np.array(means, dtype=np.float64),
+        np.array(variances, dtype=np.float64),
+        np.array(weights, dtype=np.float64),
+    )
 
 
 def _folds(y: np.ndarray, err: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -256,6 +271,7 @@ def discover_slices(
                 fold=fold,
                 component=j,
                 held_out=held_out[fold],
+                mixture=_mixture(fitted[fold]),
             )
         )
         if len(kept) == n_slices:

@@ -15,7 +15,8 @@ The parts, by concern: :mod:`~agent.store.schema` (tables, migrations), :mod:`~a
 (connections, transactions, locks), :mod:`~agent.store.join` (the one join, expiry, windows),
 :mod:`~agent.store.window` (reads), :mod:`~agent.store.outbox` (dead letters),
 :mod:`~agent.store.work` (embedding bookkeeping, the vector cache) and :mod:`~agent.store.history`
-(refit schedule, leases, reports, slice history, drift).
+(refit schedule, leases, reports, slice history, drift) and :mod:`~agent.store.warning` (the early
+warning's slice descriptions, live assignments and bucket tests).
 """
 
 from __future__ import annotations
@@ -37,15 +38,19 @@ from agent.store.records import (
     LogMark,
     StorePolicy,
 )
+from agent.store.warning import BucketRow, LiveCase, LiveOutcome, WarningMixin
 from agent.store.window import WindowMixin
 from agent.store.work import VectorCache
 
 __all__ = [
     "ApplyResult",
+    "BucketRow",
     "DeadLetter",
     "EmbedWork",
     "Incoming",
     "JoinedSample",
+    "LiveCase",
+    "LiveOutcome",
     "LogMark",
     "Store",
     "StoreError",
@@ -55,7 +60,7 @@ __all__ = [
 ]
 
 
-class Store(HistoryMixin, WindowMixin, LogMixin):
+class Store(HistoryMixin, WindowMixin, LogMixin, WarningMixin):
     """The agent's state: SQLite (a file path or ``":memory:"``) or PostgreSQL (a URL).
 
     Parameters

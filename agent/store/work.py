@@ -42,7 +42,7 @@ class WorkMixin(OutboxMixin):
             p = {"n": limit, "lapse": lapse, "now": now}
             infs = q(
                 conn,
-                "SELECT model, study_uid, prediction, ts, metadata, image, event_id FROM inferences"
+                "SELECT model, study_uid, prediction, ts, metadata, image, event_id, score FROM inferences"
                 f" WHERE embedded = 0{claim} ORDER BY ts LIMIT :n{skip}",
                 p,
             ).fetchall()
@@ -78,12 +78,13 @@ class WorkMixin(OutboxMixin):
                     json.loads(pred),
                     json.loads(pred),
                     datetime.fromtimestamp(ts, UTC),
+                    score=score,
                     metadata=json.loads(meta) if meta is not None else None,
                     image=image,
                     event_id=event_id,
                 ),
             )
-            for model, study, pred, ts, meta, image, event_id in infs
+            for model, study, pred, ts, meta, image, event_id, score in infs
         ]
         out += [
             EmbedWork("report", (study,), Sample(study, "", "", "", epoch, report=text, event_id=event_id))

@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from agent.audit import embed_samples
+from agent.audit import Embedded, embed_samples
 from agent.embed.base import Embedder, WrappedEmbedder
 from agent.fuse import MODALITIES
 from agent.images import ImageAccess
+from agent.sample import Sample
 from agent.store import EmbedWork, Store
 
 __all__ = ["ArrivalEmbedder", "SerialEmbedder"]
@@ -71,6 +72,10 @@ class ArrivalEmbedder:
     claim_seconds
         Claim the rows taken for that long, so that workers sharing a store split them (None: one
         worker, no claims).
+    on_inferences
+        Called with each batch of inferences and their blocks by modality (NaN rows where a case
+        lacks one) once embedded, before they are marked so (the early warning's assignment). A
+        failure there is logged and does not stop embedding.
     """
 
     def __init__(
@@ -85,8 +90,10 @@ class ArrivalEmbedder:
         on_batch: Callable[[str, float], None] | None = None,
         claim_seconds: float | None = None,
         images: ImageAccess | None = None,
+        on_inferences: Callable[[Sequence[Sample], Mapping[str, np.ndarray]], object] | None = None,
     ) -> None:
         self.store = store
+        self.on_inferences = on_inferences
         self.embedder = embedder
         self.modalities = tuple(modalities) if modalities else MODALITIES
         self.batch_size = batch_size
@@ -147,13 +154,22 @@ class ArrivalEmbedder:
         if inferences:
             mods = [m for m in ("image", "metadata") if m in self.modalities]
             if mods:
-                self._run_batch(inferences, mods)
+                emb = self._run_batch(inferences, mods)
+                self._hand_on([w.sample for w in inferences], emb)
         if reports and "report" in self.modalities:
             self._run_batch(reports, ["report"])
         self.store.mark_embedded(work)
         self.embedded += len(work)
 
-    def _run_batch(self, work: Sequence[EmbedWork], modalities: Sequence[str]) -> None:
+    def _hand_on(self, samples: Sequence[Sample], emb: Embedded) -> None:
+        if self.on_inferences is None:
+            return
+        try:
+            self.on_inferences(samples, emb.blocks)
+        except Exception:  # the early warning must not stop embedding
+            log.exception("assigning %d embedded inference(s) to the known slices failed", len(samples))
+
+    def _run_batch(self, work: Sequence[EmbedWork], modalities: Sequence[str]) -> Embedded:
         started = time.perf_counter()
         samples = [w.sample for w in work]
         if "image" in modalities and not any(s.image for s in samples):
@@ -185,3 +201,4 @@ class ArrivalEmbedder:
             if self.store.dead_letter(source, problem.reason, problem.message) and self.on_problem:
                 self.on_problem(source, problem.reason, problem.message)
         log.debug("embedded %d %s row(s) in %.2f s", len(samples), "+".join(modalities), seconds)
+        return emb

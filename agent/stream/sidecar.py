@@ -30,6 +30,7 @@ from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
 from agent.stream.ingest import Message, decode_messages
 from agent.stream.lease import Lease
 from agent.stream.refit import RefitOutcome, Refitter
+from agent.warn import EarlyWarning, WarningState
 
 if TYPE_CHECKING:
     from agent.exporter import Exporter, Health
@@ -76,6 +77,8 @@ class Sidecar:
         self.drift = DriftMonitor(delta=s.drift_delta)
         self._drift_lock = threading.Lock()
         self._refit_lock = threading.Lock()
+        #: The early warning from unlabeled traffic (assignment on arrival, share tests, estimates).
+        self.warning = EarlyWarning(self.store, settings.warn, beta=settings.audit.beta, clock=clock)
         self.arrival = ArrivalEmbedder(
             self.store,
             self.embedder,
@@ -87,8 +90,16 @@ class Sidecar:
             # Several workers share a PostgreSQL store: each claims the rows it embeds.
             claim_seconds=s.embed_claim_seconds if self.store.postgres else None,
             images=ImageAccess.from_settings(settings.images),
+            on_inferences=self.warning.observe if settings.warn.enabled else None,
         )
-        self.refitter = Refitter(self.store, self.embedder, settings, extras=self._extras, clock=clock)
+        self.refitter = Refitter(
+            self.store,
+            self.embedder,
+            settings,
+            extras=self._extras,
+            clock=clock,
+            warning=self.warning if settings.warn.enabled else None,
+        )
         self.refits = 0
         self._started = False
         #: When the event loop last ticked, and when a partition assignment last came (runtime).
@@ -187,11 +198,24 @@ class Sidecar:
         )
         return Health(live, live and store_ok and self.assigned_at is not None, detail)
 
+    def watch(self) -> list[WarningState]:
+        """Run the early warning's tests on the buckets completed since, and its estimates; the
+        exporter, if any, shows them. Called by :meth:`refresh`."""
+        try:
+            states = self.warning.evaluate()
+        except Exception:  # the early warning must not stop the metrics or the stream
+            log.exception("the early warning's evaluation failed")
+            return []
+        if self.exporter is not None:
+            self.exporter.publish_warnings(states)
+        return states
+
     def refresh(self) -> None:
         """Bring the exporter up to the store: the latest report of every model (refitted by this
         worker or another, before a restart too, so dashboards never go blank in a quiet period),
-        the backlogs, and models that left (their series are forgotten). Called at start and on
-        the runtime's timer."""
+        the backlogs, and models that left (their series are forgotten); and run the early
+        warning (:meth:`watch`). Called at start and on the runtime's timer."""
+        self.watch()
         if self.exporter is None:
             return
         from agent.report import SliceReport
