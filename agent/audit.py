@@ -26,11 +26,13 @@ from agent.errors import AgentError, FitError, ImageRefusedError
 from agent.events import ClassLabel
 from agent.explain import TokenSpace, r_attr, scrub, separation, tokens
 from agent.findings import group_slices
-from agent.fuse import MODALITIES, fuse
+from agent.fuse import MODALITIES, Fused, fuse
 from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.sample import Problem, Sample
-from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover_slices
+from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, SliceFinding, Slicer, discover_slices
+from agent.slicing.mixture import MixtureParams
+from agent.warm import WarmStart, stable_folds
 
 if TYPE_CHECKING:
     from agent.images import ImageAccess
@@ -38,9 +40,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Embedded",
+    "FitView",
     "available_modalities",
     "default_target_class",
     "embed_samples",
+    "fit_slices",
     "run_audit",
     "validated_tokens",
     "window_capacity",
@@ -69,6 +73,19 @@ class Embedded:
     that later refits find the vector without decoding the file again."""
     decoded: int = 0
     """Images decoded by this call, from files or fetched (cases whose vector was found by key are not)."""
+
+
+@dataclass(frozen=True)
+class FitView:
+    """What one audit fitted, for those who describe its slices further (the early warning): the
+    window, its embeddings and fusion, and each reported slice beside the finding it came from."""
+
+    samples: Sequence[Sample]
+    target: ClassLabel
+    blocks: dict[str, np.ndarray]
+    fused: Fused
+    slices: tuple[SliceResult, ...]
+    findings: tuple[SliceFinding, ...]
 
 
 def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
@@ -206,14 +223,70 @@ def _image_access(settings: Settings) -> ImageAccess:
 
 
 def _make_slicer(settings: Settings, n_components: int) -> Callable[[int], Slicer]:
+    make = _slicer_from(settings, n_components)
+    return lambda seed: make(seed, None)
+
+
+def _slicer_from(settings: Settings, n_components: int) -> Callable[[int, MixtureParams | None], Slicer]:
+    """The configured slicer for a seed; the error-aware one starts EM from the parameters given."""
     a = settings.audit
     if a.slicer == "errors_only":
-        return lambda seed: ErrorsOnlyMixture(
+        return lambda seed, _: ErrorsOnlyMixture(
             a.n_slices, min_cluster_size=a.min_slice_size, reg_covar=a.reg_covar, random_state=seed
         )
-    return lambda seed: ErrorAwareMixture(
-        n_components, gamma=a.gamma, reg_covar=a.reg_covar, random_state=seed
+    return lambda seed, start: ErrorAwareMixture(
+        n_components, gamma=a.gamma, reg_covar=a.reg_covar, random_state=seed, init_params=start
     )
+
+
+def fit_slices(
+    blocks: dict[str, np.ndarray],
+    y: np.ndarray,
+    y_pred: np.ndarray,
+    settings: Settings,
+    dims: int,
+    components: int,
+    *,
+    keys: Sequence[str] = (),
+    warm: WarmStart | None = None,
+) -> tuple[Fused, list[SliceFinding]]:
+    """The numerical part of an audit: fuse the blocks, then find and test slices.
+
+    With ``warm``, each case's fold is fixed by its key (``keys``, one per case), and the fusion
+    and the mixtures start from ``warm.previous``; ``warm.current`` is set to what this fit leaves.
+    It runs on ``audit.blas_threads`` BLAS threads: on a small sidecar more would fight the
+    embedder's torch threads and the event loop for the same cores.
+    """
+    a = settings.audit
+    with threadpool_limits(limits=a.blas_threads, user_api="blas"):
+        fused = fuse(
+            blocks,
+            n_components=dims,
+            random_state=a.seed,
+            basis=None if warm is None else warm.basis(),
+            max_drift=0.0 if warm is None else warm.max_drift,
+        )
+        make_slicer = _make_slicer(settings, components)
+        folds = None
+        if warm is not None:
+            make_slicer = warm.slicers(_slicer_from(settings, components), a.seed, fused)
+            folds = stable_folds(keys, a.n_splits, a.seed)
+        findings = discover_slices(
+            make_slicer,
+            fused.embedding,
+            y,
+            y_pred,
+            n_slices=a.n_slices,
+            n_splits=a.n_splits,
+            beta=a.beta,
+            alpha=a.alpha,
+            min_size=a.min_slice_size,
+            random_state=a.seed,
+            folds=folds,
+        )
+    if warm is not None:
+        warm.finish(fused)
+    return fused, findings
 
 
 def window_capacity(settings: Settings, n: int) -> tuple[int, int]:
@@ -276,11 +349,16 @@ def run_audit(
     modalities: Sequence[str] | None = None,
     progress: bool = False,
     known_names: Callable[[Collection[str]], Collection[str]] | None = None,
+    warm: WarmStart | None = None,
+    on_fit: Callable[[FitView], None] | None = None,
 ) -> tuple[SliceReport, list[Problem]]:
     """Audit one model's labeled samples for one target class (binary: target vs rest).
 
     ``known_names`` tells which candidate token words are names known from elsewhere (the store's
-    person-name digests); they never become tokens."""
+    person-name digests); they never become tokens. With ``warm`` (a stream's refit) each case's
+    fold is fixed by its study id, the fusion and the mixtures start from ``warm.previous``, and
+    ``warm.current`` is what the next refit starts from (:mod:`agent.warm`). ``on_fit`` is called
+    with what was fitted (:class:`FitView`) before the report is returned."""
     a = settings.audit
     if not samples:
         raise FitError("no labeled samples: nothing to audit")
@@ -327,22 +405,9 @@ def run_audit(
         notes.append(
             f"window of {len(samples)} cases: {dims} PCA dimensions, {components} mixture components"
         )
-    # The numerical part runs on a.blas_threads BLAS threads: on a small sidecar more would
-    # fight the embedder's torch threads and the event loop for the same cores.
-    with threadpool_limits(limits=a.blas_threads, user_api="blas"):
-        fused = fuse(emb.blocks, n_components=dims, random_state=a.seed)
-        findings = discover_slices(
-            _make_slicer(settings, components),
-            fused.embedding,
-            y,
-            y_pred,
-            n_slices=a.n_slices,
-            n_splits=a.n_splits,
-            beta=a.beta,
-            alpha=a.alpha,
-            min_size=a.min_slice_size,
-            random_state=a.seed,
-        )
+    fused, findings = fit_slices(
+        emb.blocks, y, y_pred, settings, dims, components, keys=[s.study_uid for s in samples], warm=warm
+    )
     for name, count in fused.missing.items():
         if count:
             notes.append(f"{count} of {len(samples)} cases lack the {name} modality (zero block)")
@@ -414,6 +479,8 @@ def run_audit(
         notes=tuple(notes),
         findings=group_slices(slices, top_tokens=a.top_tokens),
     )
+    if on_fit is not None:
+        on_fit(FitView(samples, target, emb.blocks, fused, tuple(slices), tuple(findings)))
     log.info(
         "audit of %s done: %d significant slice(s) in %d finding(s)",
         model,

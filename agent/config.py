@@ -29,6 +29,7 @@ __all__ = [
     "Settings",
     "StreamSettings",
     "SummarySettings",
+    "WarnSettings",
     "load_settings",
 ]
 
@@ -174,6 +175,21 @@ class StreamSettings(BaseModel):
     batch_size: int = Field(100, ge=1, description="messages applied to the store per transaction")
     batch_seconds: float = Field(1.0, gt=0, description="longest wait to fill a batch")
     refit_min_samples: int = Field(50, ge=2, description="no refit on a smaller window")
+    warm_refits: bool = Field(
+        True,
+        description="each refit starts from the last one's PCA basis and mixtures; cases keep their"
+        " fold across refits (a hash of the study id)",
+    )
+    basis_refresh_refits: int = Field(
+        10, ge=1, description="refits one PCA basis serves at most before it is fitted again"
+    )
+    basis_max_drift: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="relative loss of captured variance on a new window that makes a refit fit its"
+        " basis again",
+    )
     resolve_refits: int = Field(2, ge=1, description="refits without an emerging slice before 'resolved'")
     track_min_overlap: float = Field(
         0.5, gt=0, le=1, description="member overlap |A&B|/min(|A|,|B|) that makes two refits' slices one"
@@ -190,6 +206,12 @@ class StreamSettings(BaseModel):
     heartbeat_interval_seconds: float = Field(2.0, gt=0)
     rebalance_timeout_seconds: float = Field(20.0, gt=0)
     request_timeout_seconds: float = Field(30.0, gt=0)
+    log_check_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="how often the agent checks that each partition's log is still the one it read"
+        " (a recreated topic, a lost log); also after every assignment",
+    )
 
 
 class ExporterSettings(BaseModel):
@@ -238,6 +260,37 @@ class ExporterSettings(BaseModel):
     unsent_dead_letters_threshold: int = Field(
         1000, ge=1, description="the dead-letter outbox alerts when more letters than this are unsent"
     )
+    estimated_error_threshold: float = Field(
+        0.3, gt=0, lt=1, description="alert: a slice's estimated error ratio (lower bound) above this"
+    )
+    label_coverage_threshold: float = Field(
+        0.5, gt=0, le=1, description="alert on estimates only while label coverage is below this"
+    )
+
+
+class WarnSettings(BaseModel):
+    """The early warning from unlabeled traffic: live assignment to the known slices, the share
+    test per time bucket, and the error estimated from calibrated scores (:mod:`agent.warn`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="describe each refit's slices and assign new inferences")
+    bucket_seconds: float = Field(86_400.0, gt=0, description="time bucket of the share test (event time)")
+    alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="false-alarm rate of the share test per bucket and (model, target class), "
+        "Bonferroni over the slices",
+    )
+    min_bucket_cases: int = Field(30, ge=1, description="a bucket with fewer assigned cases is not tested")
+    min_calibration_labels: int = Field(
+        100, ge=10, description="labeled window cases a slice needs for a calibration of its own"
+    )
+    horizon_seconds: float = Field(
+        14 * 86_400.0, gt=0, description="recent inferences (event time) the estimates cover"
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the estimate's interval")
 
 
 class PacsSettings(BaseModel):
@@ -329,6 +382,7 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     pacs: PacsSettings = PacsSettings()
     mllp: MllpSettings = MllpSettings()
+    warn: WarnSettings = WarnSettings()
     modalities: tuple[Modality, ...] | None = Field(
         None, description="modalities to fuse; by default those the stream carries"
     )

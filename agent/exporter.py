@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -59,8 +59,12 @@ from agent.errors import PACS_REASONS
 from agent.events import REASONS
 from agent.report import SliceReport
 
+if TYPE_CHECKING:
+    from agent.warn import WarningState
+
 __all__ = [
     "EVENT_TYPES",
+    "LOG_RESETS",
     "METRICS",
     "MODALITIES",
     "WAITING",
@@ -72,6 +76,7 @@ __all__ = [
     "ModelBudget",
     "SliceCollector",
     "SliceTracking",
+    "WarningCollector",
     "safe_label_value",
     "safe_tokens",
 ]
@@ -84,6 +89,9 @@ EVENT_TYPES = ("inference", "label", "report")
 MODALITIES = ("image", "report", "metadata")
 #: Slice ranks that may be exported (``AuditSettings.n_slices`` is at most 5).
 RANKS = ("1", "2", "3", "4", "5")
+#: Why a partition's log was read again, for ``slice_agent_log_resets_total{reason}`` (see
+#: :mod:`agent.stream.continuity`).
+LOG_RESETS = ("recreated", "reused", "truncated", "rewound")
 #: What waits in the join, for ``slice_agent_join_waiting_events{event_type}``.
 WAITING = ("inference", "label")
 
@@ -114,7 +122,7 @@ class MetricSpec:
 
     name: str
     kind: Literal["counter", "gauge", "histogram", "info"]
-    source: Literal["snapshot", "threshold", "agent"]
+    source: Literal["snapshot", "threshold", "agent", "warning"]
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] | None = None
@@ -262,6 +270,131 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         "threshold",
         "The dead-letter outbox alerts when more letters than this wait to be sent.",
     ),
+    MetricSpec(
+        "slice_agent_alert_estimated_error_threshold_ratio",
+        "gauge",
+        "threshold",
+        "A slice alerts when its estimated error ratio's lower bound exceeds this while labels are missing.",
+    ),
+    MetricSpec(
+        "slice_agent_alert_label_coverage_threshold_ratio",
+        "gauge",
+        "threshold",
+        "Labels count as missing while the label coverage of the recent inferences is below this.",
+    ),
+    # the early warning from unlabeled traffic (agent.warn): from WarningCollector
+    MetricSpec(
+        "slice_agent_slice_traffic_share_ratio",
+        "gauge",
+        "warning",
+        "Share of the last complete time bucket's inferences assigned to the slice (no labels needed).",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_window_share_ratio",
+        "gauge",
+        "warning",
+        "Share of the labeled window inside the slice, by the same assignment rule.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_share_p_value",
+        "gauge",
+        "warning",
+        "Bonferroni-adjusted p-value of the last bucket's test of a share above the window's.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_share_warning",
+        "gauge",
+        "warning",
+        "1 when the slice's share of the last complete bucket rose significantly above its window share.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_estimated_error_ratio",
+        "gauge",
+        "warning",
+        "Error rate of the slice's inferences still waiting for labels, estimated from calibrated scores.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_estimated_error_lower_ratio",
+        "gauge",
+        "warning",
+        "Lower bound of the interval of the slice's estimated error ratio.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_estimated_error_upper_ratio",
+        "gauge",
+        "warning",
+        "Upper bound of the interval of the slice's estimated error ratio.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_label_coverage_ratio",
+        "gauge",
+        "warning",
+        "Fraction of the slice's recent inferences that have their confirmed label.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_realised_error_ratio",
+        "gauge",
+        "warning",
+        "Error rate of the slice's recent inferences that have their labels (realised).",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_slice_estimate_abs_error_ratio",
+        "gauge",
+        "warning",
+        "Absolute gap between estimated and realised error rate of the slice's labeled recent inferences.",
+        _SLICE,
+    ),
+    MetricSpec(
+        "slice_agent_estimated_error_ratio",
+        "gauge",
+        "warning",
+        "Error rate of all inferences still waiting for labels, estimated from calibrated scores.",
+        _KEY,
+    ),
+    MetricSpec(
+        "slice_agent_estimated_error_lower_ratio",
+        "gauge",
+        "warning",
+        "Lower bound of the interval of the estimated error ratio.",
+        _KEY,
+    ),
+    MetricSpec(
+        "slice_agent_estimated_error_upper_ratio",
+        "gauge",
+        "warning",
+        "Upper bound of the interval of the estimated error ratio.",
+        _KEY,
+    ),
+    MetricSpec(
+        "slice_agent_label_coverage_ratio",
+        "gauge",
+        "warning",
+        "Fraction of the recent inferences that have their confirmed label.",
+        _KEY,
+    ),
+    MetricSpec(
+        "slice_agent_realised_error_ratio",
+        "gauge",
+        "warning",
+        "Error rate of the recent inferences that have their labels (realised).",
+        _KEY,
+    ),
+    MetricSpec(
+        "slice_agent_estimate_abs_error_ratio",
+        "gauge",
+        "warning",
+        "Absolute difference between estimated and realised error rate of the labeled recent inferences.",
+        _KEY,
+    ),
     # what the running agent does: AgentMetrics
     MetricSpec(
         "slice_agent_events_consumed_total",
@@ -327,6 +460,14 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         ("event_type",),
     ),
     MetricSpec(
+        "slice_agent_log_resets_total",
+        "counter",
+        "agent",
+        "Partitions whose log was not the one the agent had read (recreated, reused or truncated: read"
+        " again from the start of the new log) or that went back before a committed offset (rewound).",
+        ("event_type", "reason"),
+    ),
+    MetricSpec(
         "slice_agent_join_waiting_events",
         "gauge",
         "agent",
@@ -357,6 +498,13 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         "gauge",
         "agent",
         "Samples whose image waits for another try at the PACS.",
+    ),
+    MetricSpec(
+        "slice_agent_share_warnings_total",
+        "counter",
+        "agent",
+        "Buckets in which a slice's share of the unlabeled traffic rose significantly (early warnings).",
+        _KEY,
     ),
     MetricSpec(
         "slice_agent_label_overflow_total",
@@ -641,6 +789,85 @@ class SliceCollector(Collector):
         yield from families.values()
 
 
+_WARNING_METRICS = tuple(s for s in METRICS.values() if s.source == "warning")
+
+
+class WarningCollector(Collector):
+    """Exports, at scrape time, the early warning's last evaluation of each ``(model, target_class)``:
+    share tests and label-free estimates per slice rank, and the estimates overall. Bounded as
+    :class:`SliceCollector`: by the model budget, ``max_series_keys`` pairs and ranks 1 to 5; an
+    absent figure (no bucket tested, too few labels) is not exported."""
+
+    def __init__(
+        self,
+        *,
+        max_series_keys: int = 50,
+        budget: ModelBudget | None = None,
+        on_overflow: Callable[[str], None] | None = None,
+    ) -> None:
+        self.max_series_keys = max_series_keys
+        self.budget = budget if budget is not None else ModelBudget(max_models=max_series_keys)
+        self.on_overflow = on_overflow
+        self._states: tuple[WarningState, ...] = ()
+
+    def update(self, states: Iterable[WarningState]) -> None:
+        """Export exactly these states from now on."""
+        self._states = tuple(states)
+
+    def forget_model(self, model: str) -> None:
+        """Stop exporting the model's states."""
+        self._states = tuple(s for s in self._states if s.model != model)
+
+    def collect(self) -> Iterator[Metric]:
+        families = {spec.name: _family(spec) for spec in _WARNING_METRICS}
+        keys: set[tuple[str, str]] = set()
+
+        def gauge(name: str, labels: list[str], value: float | None) -> None:
+            if value is not None:
+                families[name].add_metric(labels, float(value))  # type: ignore[attr-defined]
+
+        for state in self._states:
+            t = safe_label_value(state.target)
+            m = self.budget.admit(state.model) if t is not None else None
+            if m is None or t is None or ((m, t) not in keys and len(keys) >= self.max_series_keys):
+                if self.on_overflow is not None:
+                    self.on_overflow("slice_agent_estimated_error_ratio")
+                continue
+            keys.add((m, t))
+            at = [m, t]
+            gauge("slice_agent_estimated_error_ratio", at, state.estimate.rate if state.estimate.n else None)
+            gauge(
+                "slice_agent_estimated_error_lower_ratio",
+                at,
+                state.estimate.lower if state.estimate.n else None,
+            )
+            gauge(
+                "slice_agent_estimated_error_upper_ratio",
+                at,
+                state.estimate.upper if state.estimate.n else None,
+            )
+            gauge("slice_agent_label_coverage_ratio", at, state.coverage)
+            gauge("slice_agent_realised_error_ratio", at, state.realised)
+            gauge("slice_agent_estimate_abs_error_ratio", at, state.estimate_error)
+            for sl in state.slices:
+                rank = str(sl.rank)
+                if rank not in RANKS:
+                    continue
+                at = [m, t, rank]
+                est = sl.estimate if sl.estimate.n else None
+                gauge("slice_agent_slice_traffic_share_ratio", at, sl.share)
+                gauge("slice_agent_slice_window_share_ratio", at, sl.window_share)
+                gauge("slice_agent_slice_share_p_value", at, sl.p_value)
+                gauge("slice_agent_slice_share_warning", at, None if sl.p_value is None else float(sl.warned))
+                gauge("slice_agent_slice_estimated_error_ratio", at, None if est is None else est.rate)
+                gauge("slice_agent_slice_estimated_error_lower_ratio", at, None if est is None else est.lower)
+                gauge("slice_agent_slice_estimated_error_upper_ratio", at, None if est is None else est.upper)
+                gauge("slice_agent_slice_label_coverage_ratio", at, sl.coverage)
+                gauge("slice_agent_slice_realised_error_ratio", at, sl.realised)
+                gauge("slice_agent_slice_estimate_abs_error_ratio", at, sl.estimate_error)
+        yield from families.values()
+
+
 class AgentMetrics:
     """Counters, gauges and histograms of the running agent, on an injected registry.
 
@@ -692,10 +919,12 @@ class AgentMetrics:
         self._last_refit = gauge("slice_agent_last_refit_timestamp_seconds")
         self._lag = gauge("slice_agent_consumer_lag_messages")
         self._waiting = gauge("slice_agent_join_waiting_events")
+        self._resets = counter("slice_agent_log_resets_total")
         self._unsent = gauge("slice_agent_dead_letters_unsent")
         self._unembedded = gauge("slice_agent_oldest_unembedded_age_seconds")
         self._pacs_failures = counter("slice_agent_pacs_fetch_failures_total")
         self._pacs_waiting = gauge("slice_agent_pacs_waiting_images")
+        self._share_warnings = counter("slice_agent_share_warnings_total")
         self._overflowed = counter("slice_agent_label_overflow_total")
         for spec in METRICS.values():
             if spec.labels and spec.source != "threshold":
@@ -706,6 +935,8 @@ class AgentMetrics:
             self._waiting.labels(waiting)
         for event_type in EVENT_TYPES:
             self._consumed.labels(event_type)
+            for reason in LOG_RESETS:
+                self._resets.labels(event_type, reason)
         for reason in REASONS:
             self._dead.labels(reason)
         for reason in PACS_REASONS:
@@ -788,9 +1019,21 @@ class AgentMetrics:
             self._drift.labels(*key).inc()
             self._keys.add(key)
 
+    def share_warnings(self, model: str, target_class: str | int, n: int = 1) -> None:
+        """Count ``n`` early warnings (buckets with a significant rise of a slice's share)."""
+        if (key := self._key(model, target_class, "slice_agent_share_warnings")) is not None:
+            self._share_warnings.labels(*key).inc(n)
+            self._keys.add(key)
+
     def set_consumer_lag(self, event_type: str, messages: int) -> None:
         """Set the lag, in messages, of the topic that carries ``event_type`` (summed over partitions)."""
         self._lag.labels(self._one_of(event_type, EVENT_TYPES, "event type")).set(max(messages, 0))
+
+    def log_reset(self, event_type: str, reason: str, partitions: int = 1) -> None:
+        """Count partitions of one event type whose log was reset or rewound (``reason`` one of
+        :data:`LOG_RESETS`)."""
+        event_type = self._one_of(event_type, EVENT_TYPES, "event type")
+        self._resets.labels(event_type, self._one_of(reason, LOG_RESETS, "log reset reason")).inc(partitions)
 
     def set_join_waiting(self, *, inferences: int, labels: int) -> None:
         """Set how many inferences wait for a label, and how many labels wait for an inference."""
@@ -821,7 +1064,7 @@ class AgentMetrics:
         for key in [
             k for k in self._keys if k[0] == m and (target_class is None or k[1] == str(target_class))
         ]:
-            for metric in (self._refit, self._refits, self._drift, self._last_refit):
+            for metric in (self._refit, self._refits, self._drift, self._last_refit, self._share_warnings):
                 with contextlib.suppress(KeyError):
                     metric.remove(*key)
             self._keys.discard(key)
@@ -898,6 +1141,10 @@ class Exporter:
             on_overflow=self.agent.overflow,
         )
         self.registry.register(self.slices)
+        self.warnings = WarningCollector(
+            max_series_keys=self.settings.max_series_keys, budget=self.budget, on_overflow=self.agent.overflow
+        )
+        self.registry.register(self.warnings)
         s = self.settings
         for name, value in (
             ("slice_agent_alert_p_value_threshold", s.p_value_threshold),
@@ -908,6 +1155,8 @@ class Exporter:
             ("slice_agent_alert_consumer_lag_threshold", s.consumer_lag_threshold),
             ("slice_agent_alert_unembedded_age_threshold_seconds", s.unembedded_age_threshold_seconds),
             ("slice_agent_alert_unsent_dead_letters_threshold", s.unsent_dead_letters_threshold),
+            ("slice_agent_alert_estimated_error_threshold_ratio", s.estimated_error_threshold),
+            ("slice_agent_alert_label_coverage_threshold_ratio", s.label_coverage_threshold),
         ):
             Gauge(name, METRICS[name].help, registry=self.registry).set(value)
         if process:
@@ -921,8 +1170,18 @@ class Exporter:
         """Export one refit's report (and its slices' tracking state) from now on."""
         self.slices.publish(report, tracking)
 
+    def publish_warnings(self, states: Iterable[WarningState]) -> None:
+        """Export the early warning's last evaluation (every (model, target class) at once), and
+        count the warnings it raised."""
+        states = tuple(states)
+        self.warnings.update(states)
+        for state in states:
+            if state.new_warnings:
+                self.agent.share_warnings(state.model, state.target, state.new_warnings)
+
     def forget_model(self, model: str) -> None:
         """Remove every series of ``model`` (it left the window) and free its slot for another."""
+        self.warnings.forget_model(model)
         self.slices.forget_model(model)
         self.agent.forget(model)
         self.budget.release(model)

@@ -11,6 +11,12 @@ an ``eigh`` in float64 for the top components only, and a second pass that proje
 That costs ``n d^2 / 2`` multiply-adds and ``O(d^2)`` memory beside the ``(n, k)`` result. A
 wider window (fewer cases than dimensions) is small: it is materialised once in float32 and
 reduced by scikit-learn's PCA with the solver it picks for that shape.
+
+A stream's refits may reuse the last refit's :class:`Basis` (its centre and axes): the window is
+then projected in one pass, no covariance, no ``eigh``. The pass also measures the fraction of the
+window's variance about the stored centre that the axes capture; when it falls more than
+``max_drift`` (relative) below the fraction they captured when they were fitted, the basis no
+longer describes the window and is fitted again.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from sklearn.decomposition import PCA
 
 from agent.errors import FitError
 
-__all__ = ["MODALITIES", "Fused", "fuse"]
+__all__ = ["MODALITIES", "Basis", "Fused", "fuse", "project"]
 
 MODALITIES = ("image", "report", "metadata")
 
@@ -34,13 +40,35 @@ _SLAB_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
+class Basis:
+    """The affine map a fusion used: ``(unit rows - centre) @ axes``, for the modalities and widths
+    it was fitted on, and the fraction of that window's variance it captured (``explained``)."""
+
+    centre: np.ndarray
+    axes: np.ndarray
+    modalities: tuple[str, ...]
+    widths: tuple[int, ...]
+    explained: float
+
+    def fits(self, modalities: tuple[str, ...], widths: tuple[int, ...], k: int) -> bool:
+        """Whether this basis can project blocks of these modalities and widths to ``k`` dimensions."""
+        return self.modalities == modalities and self.widths == widths and self.axes.shape[1] == k
+
+
+@dataclass(frozen=True)
 class Fused:
-    """The fused embedding ``(n, k)`` (float32) and what went into it."""
+    """The fused embedding ``(n, k)`` (float32) and what went into it.
+
+    ``basis`` is the map that produced it (None for a window too small to reduce), and ``reused``
+    whether that map was the one given to :func:`fuse` rather than fitted on this window.
+    """
 
     embedding: np.ndarray
     modalities: tuple[str, ...]
     missing: dict[str, int] = field(default_factory=dict)
     explained_variance: float = 1.0
+    basis: Basis | None = None
+    reused: bool = False
 
 
 class _Blocks:
@@ -91,6 +119,8 @@ class _Blocks:
             stop = min(start + self.slab, self.n)
             acc = np.zeros((stop - start, basis.shape[1]), dtype=np.float32)
             for i, a in enumerate(self.arrays):
+                if not self._scanned:  # a reused basis: no pass before this one learnt the scales
+                    self._learn_scale(i, start, a[start:stop])
                 part = a[start:stop] @ basis[self.offsets[i] : self.offsets[i + 1]]
                 gone = self.missing[i][start:stop]
                 if gone.any():
@@ -99,7 +129,21 @@ class _Blocks:
                 acc += part
             acc -= centre.astype(np.float32)
             out[start:stop] = acc
+        self._scanned = True
         return out
+
+    def present(self) -> np.ndarray:
+        """Per case, the number of modalities it has: its unit row's squared norm."""
+        return sum((~gone).astype(np.float64) for gone in self.missing)  # type: ignore[return-value]
+
+    def scan(self) -> None:
+        """Learn every row's scale and missing flag without building the fused rows."""
+        if self._scanned:
+            return
+        for start in range(0, self.n, self.slab):
+            for i, a in enumerate(self.arrays):
+                self._learn_scale(i, start, a[start : start + self.slab])
+        self._scanned = True
 
     def _learn_scale(self, i: int, start: int, source: np.ndarray) -> None:
         """Scale to unit norm of each row of ``source`` (block ``i``), 0 for a missing row."""
@@ -117,8 +161,9 @@ class _Blocks:
         self.missing[i][start:stop] = ~ok
 
 
-def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
-    """Project the fused rows on their top ``k`` principal axes; return them and the variance kept.
+def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Project the fused rows on their top ``k`` principal axes; return them, the variance kept,
+    the window's mean and the axes (float32).
 
     One pass accumulates the sum and the scatter about a shift (the first slab's mean, close
     to the window's, so that the correction below cancels nothing); float32 products of each
@@ -148,12 +193,39 @@ def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float]:
     # Deterministic signs, as scikit-learn's svd_flip: each axis's largest entry is positive.
     peak = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)]
     vectors *= np.where(peak < 0, -1.0, 1.0)
-    out = blocks.project(np.ascontiguousarray(vectors, dtype=np.float32), mean.astype(np.float64) @ vectors)
+    axes = np.ascontiguousarray(vectors, dtype=np.float32)
+    out = blocks.project(axes, mean.astype(np.float64) @ vectors)
     kept = float(np.sum(np.maximum(values, 0.0)))
-    return out, (kept / variance if variance > 0 else 1.0)
+    return out, (kept / variance if variance > 0 else 1.0), mean.astype(np.float32), axes
 
 
-def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_state: int = 0) -> Fused:
+def _reuse(blocks: _Blocks, basis: Basis) -> tuple[np.ndarray, float]:
+    """Project on a stored basis in one pass; return the projection and the fraction it captures
+    of the window's variance about the basis's centre.
+
+    The centre rides along as one more axis: the same pass gives each row's dot product with it,
+    hence ``|x - c|^2 = |x|^2 - 2 x.c + |c|^2`` with ``|x|^2`` the case's count of modalities.
+    """
+    k = basis.axes.shape[1]
+    centre = basis.centre.astype(np.float64)
+    both = np.concatenate([basis.axes, basis.centre[:, None]], axis=1)
+    shift = np.append(centre @ basis.axes.astype(np.float64), 0.0)
+    out = blocks.project(np.ascontiguousarray(both, dtype=np.float32), shift)
+    dots = out[:, k].astype(np.float64)
+    total = float(blocks.present().sum() - 2.0 * dots.sum() + blocks.n * (centre @ centre))
+    reduced = out[:, :k]
+    kept = float(np.einsum("ij,ij->", reduced, reduced, dtype=np.float64))
+    return reduced, (kept / total if total > 0 else 1.0)
+
+
+def fuse(
+    blocks: Mapping[str, np.ndarray],
+    *,
+    n_components: int = 128,
+    random_state: int = 0,
+    basis: Basis | None = None,
+    max_drift: float = 0.05,
+) -> Fused:
     """Fuse the given modality blocks (rows with NaN mark a missing modality for that case).
 
     The inputs are read, never modified, and never copied whole.
@@ -166,6 +238,12 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
         PCA components kept, capped by the number of cases and the total dimension.
     random_state
         Seed of the randomized solver a wide window (fewer cases than dimensions) may use.
+    basis
+        A basis from an earlier fusion to project on instead of fitting one, if it fits these
+        blocks and ``n_components`` and still captures the window's variance.
+    max_drift
+        Relative loss of captured variance, against ``basis.explained``, beyond which ``basis``
+        is dropped and the window's own is fitted.
 
     Examples
     --------
@@ -187,9 +265,16 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
     width = sum(a.shape[1] for a in arrays)
     fused = _Blocks(arrays, _slab_rows(n, width))
     k = min(n_components, n, width)
+    widths = tuple(a.shape[1] for a in arrays)
+    if basis is not None and n >= 2 and basis.fits(names, widths, k):
+        reduced, captured = _reuse(fused, basis)
+        if captured >= (1.0 - max_drift) * basis.explained:
+            return Fused(reduced, names, _missing(names, fused), captured, basis, reused=True)
+        fused = _Blocks(arrays, fused.slab)  # the scales are learnt again by the first pass
     if n >= width and n >= 2 and k >= 1:
-        reduced, kept = _covariance_pca(fused, k)
-        return Fused(reduced, names, _missing(names, fused), kept)
+        reduced, kept, mean, axes = _covariance_pca(fused, k)
+        fitted = Basis(mean, axes, names, widths, kept)
+        return Fused(reduced, names, _missing(names, fused), kept, fitted)
     joined = np.empty((n, width), dtype=np.float32)
     for start, rows in fused.slabs():
         joined[start : start + len(rows)] = rows
@@ -198,7 +283,34 @@ def fuse(blocks: Mapping[str, np.ndarray], *, n_components: int = 128, random_st
     pca = PCA(n_components=k, random_state=random_state)
     reduced = pca.fit_transform(joined)
     variance = float(np.sum(pca.explained_variance_ratio_))
-    return Fused(reduced.astype(np.float32, copy=False), names, _missing(names, fused), variance)
+    wide = Basis(
+        pca.mean_.astype(np.float32),
+        np.ascontiguousarray(pca.components_.T, dtype=np.float32),
+        names,
+        widths,
+        variance,
+    )
+    return Fused(reduced.astype(np.float32, copy=False), names, _missing(names, fused), variance, wide)
+
+
+def project(blocks: list[np.ndarray], center: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """New cases through a fitted fusion: each block L2-normalised (NaN rows: zero), concatenated
+    in the order fitted, less ``center``, onto ``basis``; ``(n, k)`` float32.
+
+    >>> rng = np.random.default_rng(0)
+    >>> blocks = {"report": rng.normal(size=(60, 8)), "metadata": rng.normal(size=(60, 4))}
+    >>> f = fuse(blocks, n_components=3)
+    >>> again = project(list(blocks.values()), f.basis.centre, f.basis.axes)
+    >>> bool(np.allclose(again, f.embedding, atol=1e-5))
+    True
+    """
+    arrays = [np.asarray(b) for b in blocks]
+    width = sum(a.shape[1] for a in arrays)
+    if width != basis.shape[0]:
+        raise FitError(f"expected blocks {basis.shape[0]} wide in all, as fitted; got {width}")
+    rows = _Blocks(arrays, _slab_rows(arrays[0].shape[0], width))
+    rows.scan()
+    return rows.project(basis, center.astype(np.float64) @ basis.astype(np.float64))
 
 
 def _slab_rows(n: int, width: int) -> int:

@@ -465,6 +465,7 @@ def overview() -> Json:
             unit="s",
         ),
     ]
+    panels += before_the_labels(lay, key)
     return dashboard(
         "slice-agent-overview",
         "slice-agent: error slices",
@@ -494,6 +495,107 @@ def overview() -> Json:
             }
         ],
     )
+
+
+def before_the_labels(lay: Layout, key: str) -> list[Json]:
+    """The early warning beside the realised figures: slice shares of the unlabeled traffic, the
+    error estimated from calibrated scores with its interval, and how good it was once labeled."""
+    ranked = "{{model}} / {{target_class}} rank {{slice_rank}}"
+    return [
+        stat(
+            lay,
+            "Early warnings",
+            f"sum(increase(slice_agent_share_warnings_total{{{SEL}}}[$__range])) or vector(0)",
+            unit="short",
+            w=6,
+            thresholds=green_red(1),
+            description="Complete time buckets in which a slice's share of the unlabeled traffic rose "
+            "significantly above its labeled-window share (agent-side test, stated false-alarm rate).",
+        ),
+        stat(
+            lay,
+            "Slices warning now",
+            f"count(slice_agent_slice_share_warning{{{SEL}}} == 1) or vector(0)",
+            unit="short",
+            w=6,
+            thresholds=green_red(1),
+        ),
+        stat(
+            lay,
+            "Estimated error, waiting for labels",
+            f"slice_agent_estimated_error_ratio{{{SEL}}}",
+            unit="percentunit",
+            legend=key,
+            w=6,
+            description="Error rate of the inferences still waiting for labels, estimated from "
+            "calibrated scores (CBPE-style). Breaks under a shift in prevalence or appearance.",
+        ),
+        stat(
+            lay,
+            "Label coverage",
+            f"slice_agent_label_coverage_ratio{{{SEL}}}",
+            unit="percentunit",
+            legend=key,
+            w=6,
+            more=[
+                target(
+                    "max(slice_agent_alert_label_coverage_threshold_ratio)", "labels missing below", ref="B"
+                )
+            ],
+        ),
+        timeseries(
+            lay,
+            "Slice share of the traffic (before the labels)",
+            [
+                target(f"slice_agent_slice_traffic_share_ratio{{{SEL}}}", f"{ranked} last bucket"),
+                target(f"slice_agent_slice_window_share_ratio{{{SEL}}}", f"{ranked} labeled window", ref="B"),
+                target(f"slice_agent_slice_share_warning{{{SEL}}}", f"{ranked} warning", ref="C"),
+            ],
+            unit="percentunit",
+            description="Share of each complete time bucket's inferences assigned to the slice, against its "
+            "share of the labeled window by the same rule; warning is 1 when the rise is significant.",
+        ),
+        timeseries(
+            lay,
+            "Slice error: estimated (no labels) and realised",
+            [
+                target(f"slice_agent_slice_estimated_error_ratio{{{SEL}}}", f"{ranked} estimated"),
+                target(f"slice_agent_slice_estimated_error_lower_ratio{{{SEL}}}", f"{ranked} lower", ref="B"),
+                target(f"slice_agent_slice_estimated_error_upper_ratio{{{SEL}}}", f"{ranked} upper", ref="C"),
+                target(f"slice_agent_slice_realised_error_ratio{{{SEL}}}", f"{ranked} realised", ref="D"),
+                target(f"slice_agent_slice_error_ratio{{{SEL}}}", f"{ranked} last refit", ref="E"),
+                target("max(slice_agent_alert_estimated_error_threshold_ratio)", "alert threshold", ref="F"),
+            ],
+            unit="percentunit",
+        ),
+        timeseries(
+            lay,
+            "Overall error: estimated (no labels) and realised",
+            [
+                target(f"slice_agent_estimated_error_ratio{{{SEL}}}", f"{key} estimated"),
+                target(f"slice_agent_estimated_error_lower_ratio{{{SEL}}}", f"{key} lower", ref="B"),
+                target(f"slice_agent_estimated_error_upper_ratio{{{SEL}}}", f"{key} upper", ref="C"),
+                target(f"slice_agent_realised_error_ratio{{{SEL}}}", f"{key} realised", ref="D"),
+                target(f"slice_agent_window_error_ratio{{{SEL}}}", f"{key} window", ref="E"),
+            ],
+            unit="percentunit",
+        ),
+        timeseries(
+            lay,
+            "How good the estimates were, once labeled",
+            [
+                target(f"slice_agent_estimate_abs_error_ratio{{{SEL}}}", f"{key} overall"),
+                target(f"slice_agent_slice_estimate_abs_error_ratio{{{SEL}}}", ranked, ref="B"),
+                target(
+                    f"slice_agent_slice_label_coverage_ratio{{{SEL}}}", f"{ranked} label coverage", ref="C"
+                ),
+                target(f"slice_agent_slice_share_p_value{{{SEL}}}", f"{ranked} share test p-value", ref="D"),
+            ],
+            unit="percentunit",
+            description="Absolute difference between the estimated and the realised error rate of the "
+            "recent inferences whose labels have come.",
+        ),
+    ]
 
 
 # ------------------------------------------------------------------------------------ agent health
@@ -624,6 +726,17 @@ def health() -> Json:
                     f"sum by (event_type) (slice_agent_consumer_lag_messages{{{INST}}})", "{{event_type}}"
                 ),
                 target(f"max(slice_agent_alert_consumer_lag_threshold{{{INST}}})", "threshold", ref="B"),
+            ],
+            unit="short",
+        ),
+        timeseries(
+            lay,
+            "Log resets (recreated topics, lost logs, rewound offsets)",
+            [
+                target(
+                    f"sum by (event_type, reason) (increase(slice_agent_log_resets_total{{{INST}}}[1h]))",
+                    "{{event_type}} {{reason}}",
+                )
             ],
             unit="short",
         ),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -31,7 +32,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from agent.errors import FitError
 from agent.slicing.base import SlicerEstimator, as_binary, as_embedding
 
-__all__ = ["ErrorAwareMixture", "diag_gaussian_log_prob", "logsumexp_rows", "mahalanobis_sq"]
+__all__ = [
+    "ErrorAwareMixture",
+    "MixtureParams",
+    "diag_gaussian_log_prob",
+    "logsumexp_rows",
+    "mahalanobis_sq",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +147,30 @@ class _Stats:
         self.y_pred += resp.T @ y_pred
 
 
+@dataclass(frozen=True)
+class MixtureParams:
+    """A fitted mixture's parameters: where a later fit on a similar window may start EM from."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    variances: np.ndarray
+    y_probs: np.ndarray
+    y_pred_probs: np.ndarray
+
+    @classmethod
+    def of(cls, mixture: ErrorAwareMixture) -> MixtureParams:
+        """The parameters of a fitted mixture."""
+        mixture._check_fitted()
+        return cls(
+            mixture.weights_, mixture.means_, mixture.variances_, mixture.y_probs_, mixture.y_pred_probs_
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_components, n_features)``."""
+        return (int(self.means.shape[0]), int(self.means.shape[1]))
+
+
 class ErrorAwareMixture(SlicerEstimator):
     """Gaussian mixture over ``[embedding, label, prediction]`` with the label terms weighted by ``gamma``.
 
@@ -161,6 +192,9 @@ class ErrorAwareMixture(SlicerEstimator):
         the cell); ``"random"`` draws random responsibilities.
     random_state
         Seed or ``numpy.random.RandomState``.
+    init_params
+        Parameters of an earlier fit to start EM from instead of ``init``, when they have
+        ``n_components`` components over as many features as ``X`` (otherwise ``init`` is used).
 
     Attributes
     ----------
@@ -172,6 +206,8 @@ class ErrorAwareMixture(SlicerEstimator):
         Whether EM converged, the iterations run, and the final mean per-sample lower bound.
     lower_bounds_
         The mean lower bound after every iteration (non-decreasing up to rounding).
+    warm_started_
+        Whether EM started from ``init_params``.
 
     Examples
     --------
@@ -197,6 +233,7 @@ class ErrorAwareMixture(SlicerEstimator):
         "init": [StrOptions({"confusion", "random"})],
         "min_init_size": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
+        "init_params": [MixtureParams, None],
     }
 
     def __init__(
@@ -210,6 +247,7 @@ class ErrorAwareMixture(SlicerEstimator):
         init: str = "confusion",
         min_init_size: int = 40,
         random_state: int | np.random.RandomState | None = None,
+        init_params: MixtureParams | None = None,
     ) -> None:
         self.n_components = n_components
         self.gamma = gamma
@@ -219,6 +257,7 @@ class ErrorAwareMixture(SlicerEstimator):
         self.init = init
         self.min_init_size = min_init_size
         self.random_state = random_state
+        self.init_params = init_params
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -235,9 +274,14 @@ class ErrorAwareMixture(SlicerEstimator):
             )
         self.n_features_in_ = X.shape[1]
         self._shift = X.mean(axis=0)
-        rng = check_random_state(self.random_state)
-        resp = self._initial_resp(X, y, y_pred, rng)
-        self._m_step(X, y, y_pred, resp)
+        start = self.init_params
+        self.warm_started_ = start is not None and start.shape == (self.n_components, X.shape[1])
+        if start is not None and self.warm_started_:
+            self._set_start(start)
+        else:
+            rng = check_random_state(self.random_state)
+            resp = self._initial_resp(X, y, y_pred, rng)
+            self._m_step(X, y, y_pred, resp)
 
         self.lower_bounds_: list[float] = []
         self.converged_ = False
@@ -259,6 +303,15 @@ class ErrorAwareMixture(SlicerEstimator):
                 stacklevel=2,
             )
         return self
+
+    def _set_start(self, start: MixtureParams) -> None:
+        """Take an earlier fit's parameters (in float64, variances floored at ``reg_covar``)."""
+        weights = np.maximum(np.asarray(start.weights, dtype=np.float64), _EPS)
+        self.weights_ = weights / weights.sum()
+        self.means_ = np.array(start.means, dtype=np.float64)
+        self.variances_ = np.maximum(np.asarray(start.variances, dtype=np.float64), self.reg_covar)
+        self.y_probs_ = np.clip(np.asarray(start.y_probs, dtype=np.float64), _EPS, 1 - _EPS)
+        self.y_pred_probs_ = np.clip(np.asarray(start.y_pred_probs, dtype=np.float64), _EPS, 1 - _EPS)
 
     def _validate(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X = as_embedding(X)

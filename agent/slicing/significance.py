@@ -69,6 +69,9 @@ class SliceFinding:
     fold: int
     component: int
     held_out: np.ndarray | None = None
+    mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    """The fold's mixture in the fused space: means and diagonal variances ``(k, d)`` and weights
+    ``(k,)`` of every component (``component`` is the slice's); None when the slicer keeps none."""
 
     def ranking(self) -> np.ndarray:
         """Member indices, most probable first (ties: most typical by embedding first)."""
@@ -118,6 +121,18 @@ def _take(X: np.ndarray, rows: np.ndarray, slab: int = 4096) -> np.ndarray:
     return out
 
 
+def _mixture(slicer: Slicer) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The means, variances and weights of a diagonal mixture slicer's components."""
+    means, variances, weights = (getattr(slicer, a, None) for a in ("means_", "variances_", "weights_"))
+    if means is None or variances is None or weights is None:
+        return None
+    return (
+        np.array(means, dtype=np.float64),
+        np.array(variances, dtype=np.float64),
+        np.array(weights, dtype=np.float64),
+    )
+
+
 def _folds(y: np.ndarray, err: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Folds stratified by (label, error), falling back to coarser strata when one is too rare."""
     for strata in ((2 * y + err).astype(int), y.astype(int), np.zeros(len(y), dtype=int)):
@@ -125,6 +140,14 @@ def _folds(y: np.ndarray, err: np.ndarray, n_splits: int, seed: int) -> list[tup
             splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             return list(splitter.split(np.zeros(len(y)), strata))
     return []
+
+
+def _given(folds: np.ndarray, n_splits: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` rows of each fold of a given assignment (a fold may be empty)."""
+    folds = np.asarray(folds).ravel()
+    if len(folds) != n:
+        raise FitError(f"expected one fold per case ({n}), got {len(folds)}")
+    return [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(n_splits)]
 
 
 def discover_slices(
@@ -140,6 +163,7 @@ def discover_slices(
     min_size: int = 10,
     dedup_overlap: float = 0.5,
     random_state: int = 0,
+    folds: np.ndarray | None = None,
 ) -> list[SliceFinding]:
     """Find and test error slices; return the significant ones, most significant first.
 
@@ -161,6 +185,9 @@ def discover_slices(
     min_size
         Smallest territory, among training and among held-out cases of the class, that is
         chosen or tested at all.
+    folds
+        Each case's fold, ``0 .. n_splits - 1``, when the caller fixes them (a stream keeps a
+        case in one fold across refits); by default they are drawn, stratified by (label, error).
     """
     X = np.asarray(X)
     if X.dtype not in (np.float32, np.float64):
@@ -183,7 +210,8 @@ def discover_slices(
     territories: dict[int, np.ndarray] = {}
     typicalities: dict[tuple[int, int], np.ndarray] = {}
     n_chosen = 0
-    for fold, (train, test) in enumerate(_folds(y, err, n_splits, random_state)):
+    splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
+    for fold, (train, test) in enumerate(splits):
         slicer = make_slicer(random_state + fold)
         try:
             slicer.fit(_take(X, train), y[train], y_pred[train])
@@ -243,6 +271,7 @@ def discover_slices(
                 fold=fold,
                 component=j,
                 held_out=held_out[fold],
+                mixture=_mixture(fitted[fold]),
             )
         )
         if len(kept) == n_slices:

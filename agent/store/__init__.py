@@ -15,7 +15,8 @@ The parts, by concern: :mod:`~agent.store.schema` (tables, migrations), :mod:`~a
 (connections, transactions, locks), :mod:`~agent.store.join` (the one join, expiry, windows),
 :mod:`~agent.store.window` (reads), :mod:`~agent.store.outbox` (dead letters),
 :mod:`~agent.store.work` (embedding bookkeeping, the vector cache) and :mod:`~agent.store.history`
-(refit schedule, leases, reports, slice history, drift).
+(refit schedule, leases, reports, slice history, drift) and :mod:`~agent.store.warning` (the early
+warning's slice descriptions, live assignments and bucket tests).
 """
 
 from __future__ import annotations
@@ -27,23 +28,30 @@ from pathlib import Path
 from agent.config import StreamSettings
 from agent.store.db import StoreError, store_url
 from agent.store.history import HistoryMixin
+from agent.store.logs import LogMixin
 from agent.store.records import (
     ApplyResult,
     DeadLetter,
     EmbedWork,
     Incoming,
     JoinedSample,
+    LogMark,
     StorePolicy,
 )
+from agent.store.warning import BucketRow, LiveCase, LiveOutcome, WarningMixin
 from agent.store.window import WindowMixin
 from agent.store.work import VectorCache
 
 __all__ = [
     "ApplyResult",
+    "BucketRow",
     "DeadLetter",
     "EmbedWork",
     "Incoming",
     "JoinedSample",
+    "LiveCase",
+    "LiveOutcome",
+    "LogMark",
     "Store",
     "StoreError",
     "StorePolicy",
@@ -52,7 +60,7 @@ __all__ = [
 ]
 
 
-class Store(HistoryMixin, WindowMixin):
+class Store(HistoryMixin, WindowMixin, LogMixin, WarningMixin):
     """The agent's state: SQLite (a file path or ``":memory:"``) or PostgreSQL (a URL).
 
     Parameters

@@ -106,6 +106,16 @@ class HistoryMixin(WorkMixin):
             ).scalar()
         return json.loads(value) if value else None
 
+    def warm_state(self, model: str, target: ClassLabel) -> bytes | None:
+        """What the last refit of a (model, target class) left for the next to start from, if any."""
+        with self._read() as conn:
+            value = q(
+                conn,
+                "SELECT state FROM warm_states WHERE model = :m AND target = :t",
+                {"m": model, "t": _dump(target)},
+            ).scalar()
+        return bytes(value) if value is not None else None
+
     def next_refit_number(self, model: str, target: ClassLabel) -> int:
         """The number the next refit of a (model, target class) will get (1 for the first)."""
         with self._read() as conn:
@@ -125,9 +135,11 @@ class HistoryMixin(WorkMixin):
         tracker_state: Mapping[str, Any],
         *,
         lease: tuple[str, str] | None = None,
+        warm_state: bytes | None = None,
     ) -> bool:
-        """Keep one refit's report, its slices' tracked ids and states, and the tracker state; older
-        refits beyond ``keep_refits`` go.
+        """Keep one refit's report, its slices' tracked ids and states, the tracker state and the
+        state the next refit starts from (``warm_state``, when given); older refits beyond
+        ``keep_refits`` go.
 
         With ``lease=(name, holder)`` nothing is written unless ``holder`` still holds the lease (a
         worker that lost it while refitting must not overwrite its successor's history); returns
@@ -185,6 +197,14 @@ class HistoryMixin(WorkMixin):
                 " ON CONFLICT (model, target) DO UPDATE SET state = excluded.state",
                 {"m": model, "t": t, "s": json.dumps(tracker_state)},
             )
+            if warm_state is not None:
+                q(
+                    conn,
+                    "INSERT INTO warm_states (model, target, number, state) VALUES (:m, :t, :num, :w)"
+                    " ON CONFLICT (model, target) DO UPDATE SET number = excluded.number,"
+                    " state = excluded.state",
+                    {**key, "w": warm_state},
+                )
             oldest = {"m": model, "t": t, "keep": number - self.policy.keep_refits}
             q(conn, "DELETE FROM refits WHERE model = :m AND target = :t AND number <= :keep", oldest)
             q(conn, "DELETE FROM slice_history WHERE model = :m AND target = :t AND number <= :keep", oldest)

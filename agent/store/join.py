@@ -49,7 +49,16 @@ from agent.dicom import safe_metadata
 from agent.events import ClassLabel, Event, InferenceEvent, LabelEvent, ReportEvent
 from agent.explain.names import person_name_words
 from agent.store.db import Database, bump, flush_counters, q, q_in
-from agent.store.records import ApplyResult, Incoming, JoinedSample, StorePolicy, excerpt, withheld
+from agent.store.logs import write_log_marks
+from agent.store.records import (
+    ApplyResult,
+    Incoming,
+    JoinedSample,
+    LogMark,
+    StorePolicy,
+    excerpt,
+    withheld,
+)
 
 __all__ = ["JoinMixin"]
 
@@ -96,6 +105,7 @@ class JoinMixin(Database):
         items: Sequence[Incoming],
         *,
         position: tuple[str, int] | None = None,
+        marks: Sequence[LogMark] = (),
         maintain: bool | None = None,
     ) -> ApplyResult:
         """Apply a batch of inputs in one transaction, then expire and prune; return what changed.
@@ -107,17 +117,20 @@ class JoinMixin(Database):
         position
             ``(source, offset)`` to record with the batch (a replayed file's next line), so that
             reading can resume exactly where the durable state ends.
+        marks
+            The last message read from each Kafka partition in the batch, recorded with it (see
+            :mod:`agent.store.logs`).
         maintain
             Expire and prune after this batch (True), or not (False); by default when
             ``maintenance_interval_seconds`` have passed since the last time. Windows are read by
             their rule whatever was pruned, so skipping only delays expiry.
         """
         try:
-            result: ApplyResult = self._run(self._apply_batch, items, position, False)
+            result: ApplyResult = self._run(self._apply_batch, items, position, marks, False)
         except _UNSTORABLE:
             # Some input is valid by the contract but not storable: the batch again, one savepoint
             # per input, so that only that input is dead-lettered.
-            result = self._run(self._apply_batch, items, position, True)
+            result = self._run(self._apply_batch, items, position, marks, True)
         now = time.monotonic()
         if maintain or (
             maintain is None and now - self._maintained >= self.policy.maintenance_interval_seconds
@@ -127,7 +140,12 @@ class JoinMixin(Database):
         return result
 
     def _apply_batch(
-        self, conn: Connection, items: Sequence[Incoming], position: tuple[str, int] | None, careful: bool
+        self,
+        conn: Connection,
+        items: Sequence[Incoming],
+        position: tuple[str, int] | None,
+        marks: Sequence[LogMark],
+        careful: bool,
     ) -> ApplyResult:
         batch = _Batch(ApplyResult())
         self._lock_names(conn, (f"study:{i.event.study_uid}" for i in items if i.event is not None))
@@ -153,6 +171,7 @@ class JoinMixin(Database):
                 " ON CONFLICT (source) DO UPDATE SET position = excluded.position",
                 {"s": position[0], "p": position[1]},
             )
+        write_log_marks(conn, marks)
         return batch.result
 
     def _flush(self, conn: Connection, batch: _Batch) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "EmbedWork",
     "Incoming",
     "JoinedSample",
+    "LogMark",
     "StorePolicy",
     "excerpt",
     "withheld",
@@ -94,6 +95,20 @@ class Incoming:
     event: Event | None = None
     reason: str | None = None
     message: str = ""
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """The last message of a batch applied from one partition: its offset and a digest of its bytes.
+
+    Kept with the batch, so that the agent can later ask the broker whether that message is still
+    where it was read (:mod:`agent.stream.continuity`).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    digest: str
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,15 @@ Table(
     Column("position", BigInteger, nullable=False),
 )
 Table(
+    "log_marks",
+    metadata,
+    Column("topic", Text, nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("digest", Text, nullable=False),
+    PrimaryKeyConstraint("topic", "part"),
+)
+Table(
     "leases",
     metadata,
     Column("name", Text, primary_key=True),
@@ -237,6 +246,15 @@ Table(
     Column("at", Double, nullable=False),
     Index("name_digests_at", "at"),
 )
+Table(
+    "warm_states",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("model", "target"),
+)
 _vectors = Table(
     "vectors",
     metadata,
@@ -244,6 +262,52 @@ _vectors = Table(
     Column("vec", LargeBinary, nullable=False),
     Column("at", Double, nullable=False),
     Index("vectors_at", "at"),
+)
+
+# The early warning (agent.warn): the latest description of each (model, target class)'s known
+# slices, every inference assigned to them on arrival, and each complete time bucket's share test.
+Table(
+    "slice_spaces",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("document", Text, nullable=False),
+    Column("center", LargeBinary, nullable=False),
+    Column("basis", LargeBinary, nullable=False),
+    Column("densities", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("model", "target"),
+)
+Table(
+    "live_cases",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("study_uid", Text, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("ts", Double, nullable=False),
+    Column("p_error", Double, nullable=False),
+    Column("slices", Text, nullable=False),
+    PrimaryKeyConstraint("model", "target", "study_uid"),
+    Index("live_cases_ts", "model", "target", "ts"),
+)
+Table(
+    "slice_buckets",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("slice_id", Text, nullable=False),
+    Column("bucket", Double, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("inside", Integer, nullable=False),
+    Column("window_share", Double, nullable=False),
+    Column("p_value", Double, nullable=False),
+    Column("warned", Integer, nullable=False),
+    Column("at", Double, nullable=False),
+    PrimaryKeyConstraint("model", "target", "slice_id", "bucket"),
 )
 
 

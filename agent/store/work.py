@@ -43,8 +43,8 @@ class WorkMixin(OutboxMixin):
             p = {"n": limit, "lapse": lapse, "now": now}
             infs = q(
                 conn,
-                "SELECT model, study_uid, prediction, ts, metadata, image, event_id, series_uid, image_uid,"
-                " fetch_failures, first_failure_at FROM inferences"
+                "SELECT model, study_uid, prediction, ts, metadata, image, event_id, score, series_uid,"
+                " image_uid, fetch_failures, first_failure_at FROM inferences"
                 f" WHERE embedded = 0{claim}{due} ORDER BY ts LIMIT :n{skip}",
                 p,
             ).fetchall()
@@ -80,6 +80,7 @@ class WorkMixin(OutboxMixin):
                     json.loads(pred),
                     json.loads(pred),
                     datetime.fromtimestamp(ts, UTC),
+                    score=score,
                     metadata=json.loads(meta) if meta is not None else None,
                     image=image,
                     event_id=event_id,
@@ -89,7 +90,20 @@ class WorkMixin(OutboxMixin):
                 fetch_failures=int(failures or 0),
                 first_failure_at=first,
             )
-            for model, study, pred, ts, meta, image, event_id, series, instance, failures, first in infs
+            for (
+                model,
+                study,
+                pred,
+                ts,
+                meta,
+                image,
+                event_id,
+                score,
+                series,
+                instance,
+                failures,
+                first,
+            ) in infs
         ]
         out += [
             EmbedWork("report", (study,), Sample(study, "", "", "", epoch, report=text, event_id=event_id))

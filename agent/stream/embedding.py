@@ -22,12 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from agent.audit import embed_samples
+from agent.audit import Embedded, embed_samples
 from agent.embed.base import Embedder, WrappedEmbedder
 from agent.errors import AgentError, ImageRefusedError
 from agent.fuse import MODALITIES
 from agent.images import ImageAccess
 from agent.pacs import FetchedImage, PacsClient, PacsError, RetryPolicy
+from agent.sample import Sample
 from agent.store import EmbedWork, Store
 
 __all__ = ["ArrivalEmbedder", "SerialEmbedder"]
@@ -87,6 +88,10 @@ class ArrivalEmbedder:
         Called with the reason of each failed fetch (for metrics).
     clock
         The store's wall clock: retry times are kept on it.
+    on_inferences
+        Called with each batch of inferences and their blocks by modality (NaN rows where a case
+        lacks one) once embedded, before they are marked so (the early warning's assignment). A
+        failure there is logged and does not stop embedding.
     """
 
     def __init__(
@@ -105,8 +110,10 @@ class ArrivalEmbedder:
         retry: RetryPolicy | None = None,
         on_fetch_failure: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        on_inferences: Callable[[Sequence[Sample], Mapping[str, np.ndarray]], object] | None = None,
     ) -> None:
         self.store = store
+        self.on_inferences = on_inferences
         self.embedder = embedder
         self.modalities = tuple(modalities) if modalities else MODALITIES
         self.batch_size = batch_size
@@ -175,7 +182,8 @@ class ArrivalEmbedder:
                 fetched, waiting = self._fetch(inferences, mods)
                 ready = [w for w in inferences if w.key not in waiting]
                 if ready:
-                    self._run_batch(ready, mods, fetched)
+                    emb = self._run_batch(ready, mods, fetched)
+                    self._hand_on([w.sample for w in ready], emb)
         if reports and "report" in self.modalities:
             self._run_batch(reports, ["report"])
         done = [w for w in work if w.key not in waiting or w.kind != "inference"]
@@ -244,12 +252,20 @@ class ArrivalEmbedder:
         if self.store.dead_letter(source, reason, message) and self.on_problem:
             self.on_problem(source, reason, message)
 
+    def _hand_on(self, samples: Sequence[Sample], emb: Embedded) -> None:
+        if self.on_inferences is None:
+            return
+        try:
+            self.on_inferences(samples, emb.blocks)
+        except Exception:  # the early warning must not stop embedding
+            log.exception("assigning %d embedded inference(s) to the known slices failed", len(samples))
+
     def _run_batch(
         self,
         work: Sequence[EmbedWork],
         modalities: Sequence[str],
         fetched: Mapping[tuple[str, ...], FetchedImage] | None = None,
-    ) -> None:
+    ) -> Embedded:
         started = time.perf_counter()
         samples = [w.sample for w in work]
         fetched = fetched or {}
@@ -283,3 +299,4 @@ class ArrivalEmbedder:
             if self.store.dead_letter(source, problem.reason, problem.message) and self.on_problem:
                 self.on_problem(source, problem.reason, problem.message)
         log.debug("embedded %d %s row(s) in %.2f s", len(samples), "+".join(modalities), seconds)
+        return emb

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.audit import default_target_class, embed_samples, run_audit
+from agent.audit import FitView, default_target_class, embed_samples, run_audit
 from agent.config import Settings
 from agent.embed.base import Embedder
 from agent.errors import AgentError
@@ -33,6 +33,8 @@ from agent.sample import Sample
 from agent.store import Store
 from agent.stream.lease import Lease
 from agent.tracking import SliceObservation, SliceTracker
+from agent.warm import WarmStart, WarmState
+from agent.warn import EarlyWarning
 
 __all__ = ["RefitOutcome", "Refitter", "load_latest", "report_dir"]
 
@@ -89,6 +91,8 @@ class Refitter:
         Called with the model; what it returns is added to each report (the drift summary).
     clock
         Wall-clock time source.
+    warning
+        Where each refit's slices are described for the early warning (None: not described).
     """
 
     def __init__(
@@ -99,7 +103,9 @@ class Refitter:
         *,
         extras: Callable[[str], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
+        warning: EarlyWarning | None = None,
     ) -> None:
+        self.warning = warning
         self.store = store
         self.embedder = embedder
         self.settings = settings
@@ -155,12 +161,22 @@ class Refitter:
     ) -> RefitOutcome | None:
         started = time.perf_counter()
         s = self.settings.stream
+        warm = None
+        if s.warm_refits:
+            warm = WarmStart(
+                WarmState.from_bytes(self.store.warm_state(model, target)),
+                refresh_refits=s.basis_refresh_refits,
+                max_drift=s.basis_max_drift,
+            )
+        fits: list[FitView] = []
         report, problems = run_audit(
             samples,
             embedder=self.embedder,
             settings=self.settings,
             target_class=target,
             known_names=self.store.known_names,
+            warm=warm,
+            on_fit=fits.append if self.warning is not None else None,
         )
         for problem in problems:
             log.debug("refit of %s: %s: %s", model, problem.reason, problem.message)
@@ -186,14 +202,19 @@ class Refitter:
         number = self.store.next_refit_number(model, target)
         seconds = time.perf_counter() - started
         document = self._document(tracked, tracker, number, labels_total, trigger, seconds, report)
+        if warm is not None:
+            document["refit"]["start"] = warm.describe()
         held = None if lease is None else (lease.name, lease.holder)
+        saved = None if warm is None or warm.current is None else warm.current.to_bytes()
         if (lease is not None and lease.lost) or not self.store.record_refit(
-            model, target, number, document, tracker.to_state(), lease=held
+            model, target, number, document, tracker.to_state(), lease=held, warm_state=saved
         ):
             log.warning(
                 "refit %d of %s target=%r dropped: its lease passed to another worker", number, model, target
             )
             return None
+        if self.warning is not None and fits:
+            self._describe(fits[0], tracked, number)
         folder = report_dir(s.reports_dir, model, target)
         path = folder / f"refit-{number:06d}.json"
         _write_atomic(path, json.dumps(document, indent=2) + "\n")
@@ -214,6 +235,17 @@ class Refitter:
         return RefitOutcome(
             model, target, number, tracked, document, path, tracker.emerged, tracker.resolved, seconds
         )
+
+    def _describe(self, view: FitView, tracked: SliceReport, number: int) -> None:
+        """Leave the early warning a description of the refit's slices; a failure there is
+        logged and does not lose the refit."""
+        assert self.warning is not None
+        try:
+            self.warning.record_fit(view, [sl.id for sl in tracked.slices], number)
+        except Exception:
+            log.exception(
+                "refit %d of %s: describing its slices for the early warning failed", number, view.target
+            )
 
     def _centroid(self, members: Sequence[Sample], modalities: Sequence[str]) -> tuple[float, ...] | None:
         """Mean of the members' unit vectors per modality, concatenated: a space refits share."""

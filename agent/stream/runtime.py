@@ -15,6 +15,13 @@ found off the loop (unreadable images) and starts due refits in a worker thread,
 the consumer never waits for a refit or for the embedding model. These are the settings and the
 shape that were crash-tested on the Tansu broker: no faust Tables (their changelogs cannot be
 restored there), no ``exactly_once``, no agent concurrency.
+
+Every batch keeps, per partition, a mark of its last message; a timer (and every assignment) asks
+the broker whether those marks and the topics' ids still hold (:mod:`agent.stream.continuity`). A
+partition whose log is not the one the agent read is read again from the start of its current
+log, between two batches: the consumer's bookkeeping for it is reset as on a revocation, its
+position and committed offset are set to the log's first offset, and messages that were fetched
+from the old position before the seek are passed over unacknowledged.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent.config import Settings
+from agent.config import Settings, StreamSettings
 from agent.store import DeadLetter
+from agent.stream.continuity import Continuity, LogProbe, Reset, batch_marks, rewinds
 from agent.stream.ingest import Message
 from agent.stream.sidecar import Sidecar
 
@@ -54,8 +62,11 @@ def dead_letter_payload(letter: DeadLetter) -> bytes:
     return json.dumps(record).encode("utf-8")
 
 
-def build_app(settings: Settings, sidecar: Sidecar) -> Any:
+def build_app(settings: Settings, sidecar: Sidecar, probe: LogProbe | None = None) -> Any:
     """A faust app whose agents feed ``sidecar`` from the three event topics.
+
+    ``probe`` asks the broker whether the logs are the ones the agent read (one of its own when
+    None; the caller closes one it passes).
 
     Returns
     -------
@@ -90,6 +101,16 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
     delivering = asyncio.Lock()
     refits: dict[str, asyncio.Future[Any] | None] = {"running": None}
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
+    kinds = {s.inference_topic: "inference", s.label_topic: "label", s.report_topic: "report"}
+    # Batches and log resets take turns: a reset never lands between a batch's apply and its commit.
+    batch_lock = asyncio.Lock()
+    if probe is None:
+        probe = log_probe(s)
+    continuity = Continuity(sidecar.store, probe)
+    probing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-check")
+    committed: dict[tuple[str, int], int] = {}  # what this process committed, per partition
+    rereading: dict[tuple[str, int], tuple[int, int | None]] = {}  # (first offset, last passed over)
+    checks = {"due": 0.0, "running": False}
 
     async def deliver_dead_letters() -> None:
         async with delivering:
@@ -112,13 +133,53 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
                 finally:
                     sidecar.store.mark_dead_letters_sent(sent)
 
+    def fresh(event: Any) -> bool:
+        """False for a message fetched from a partition's old position before it was reset."""
+        key = (event.message.topic, event.message.partition)
+        held = rereading.get(key)
+        if held is None:
+            return True
+        first, passed = held
+        offset = event.message.offset
+        if offset <= first or (passed is not None and offset <= passed):
+            del rereading[key]  # the seek took effect: this is the new log from its start
+            return True
+        rereading[key] = (first, offset)
+        return False
+
     async def handle(stream: Any, events: Sequence[Any]) -> None:
+        async with batch_lock:
+            await apply_batch(stream, [e for e in events if fresh(e)])
+        try:
+            await deliver_dead_letters()
+        except Exception as err:
+            log.warning("dead letters not delivered yet (%s); retrying", type(err).__name__)
+
+    async def apply_batch(stream: Any, events: Sequence[Any]) -> None:
+        if not events:
+            return
         messages = [
             Message(f"{e.message.topic}:{e.message.partition}:{e.message.offset}", e.message.value)
             for e in events
         ]
+        firsts: dict[tuple[str, int], int] = {}
+        for e in events:
+            key = (e.message.topic, e.message.partition)
+            firsts[key] = min(firsts.get(key, e.message.offset), e.message.offset)
+        for (topic, partition), (first, done) in rewinds(firsts, committed).items():
+            log.error(
+                "%s partition %d went back to offset %d, before the offset %d this worker committed:"
+                " the group's offsets were reset or lost. Reading on; events already applied are"
+                " recognised by their ids.",
+                topic,
+                partition,
+                first,
+                done,
+            )
+            count_reset(topic, "rewound", 1)
+            committed[(topic, partition)] = first
         try:
-            sidecar.ingest(messages)
+            sidecar.ingest(messages, marks=batch_marks(messages))
         except Exception as err:
             # The store cannot take writes (disk full, file gone): stop rather than skip inputs.
             log.critical("the state store failed; stopping the worker: %s", err)
@@ -130,10 +191,72 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
             await app.consumer.commit()
         except Exception as err:  # a rebalance or a broker away: the batch comes again, idempotently
             log.warning("offset commit failed (%s); the batch will be delivered again", type(err).__name__)
+            return
+        for key, offset in ((k, o) for k, o in batch_ends(events).items()):
+            committed[key] = max(committed.get(key, 0), offset)
+
+    def batch_ends(events: Sequence[Any]) -> dict[tuple[str, int], int]:
+        ends: dict[tuple[str, int], int] = {}
+        for e in events:
+            key = (e.message.topic, e.message.partition)
+            ends[key] = max(ends.get(key, 0), e.message.offset + 1)
+        return ends
+
+    def count_reset(topic: str, reason: str, partitions: int) -> None:
+        if reason == "rewound":
+            sidecar.store.count_rewind(partitions)
+        if sidecar.exporter is not None and topic in kinds:
+            sidecar.exporter.agent.log_reset(kinds[topic], reason, partitions)
+
+    async def reset(found: Reset) -> None:
+        """Read ``found``'s partitions again from the start of their current log."""
+        from faust.types import TP
+
+        loop = asyncio.get_running_loop()
+        assignment = app.consumer.assignment()
+        tps = [tp for tp in (TP(found.topic, p) for p in found.partitions) if tp in assignment]
+        if not tps:
+            return
+        log.error(
+            "%s: the log of partition(s) %s is not the one this agent read (%s: %s). Reading them"
+            " again from the start of their current log; events already applied are recognised by"
+            " their ids.",
+            found.topic,
+            ", ".join(str(tp.partition) for tp in tps),
+            found.reason,
+            found.detail,
+        )
+        async with batch_lock:
+            starts = await app.consumer.earliest_offsets(*tps)
+            forget_progress(app.consumer, tps)
+            await app.consumer.seek_wait({tp: int(starts.get(tp) or 0) for tp in tps})
+            # Committed before the marks are dropped: a crash in between finds the reset again.
+            await app.consumer._commit({tp: int(starts.get(tp) or 0) for tp in tps})  # type: ignore[attr-defined]
+            for tp in tps:
+                first = int(starts.get(tp) or 0)
+                committed[(tp.topic, tp.partition)] = first
+                rereading[(tp.topic, tp.partition)] = (first, None)
+            await loop.run_in_executor(
+                None,
+                sidecar.store.reset_log,
+                found.topic,
+                found.topic_id,
+                [tp.partition for tp in tps],
+                found.reason,
+            )
+        count_reset(found.topic, found.reason, len(tps))
+
+    async def check_logs() -> None:
+        """Compare the assigned partitions' logs with what the store read from them."""
+        loop = asyncio.get_running_loop()
+        assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in kinds]
         try:
-            await deliver_dead_letters()
-        except Exception as err:
-            log.warning("dead letters not delivered yet (%s); retrying", type(err).__name__)
+            found = await loop.run_in_executor(probing, continuity.check, assigned)
+        except Exception as err:  # the broker is away: the next check tries again
+            log.debug("log check skipped (%s: %s)", type(err).__name__, err)
+            return
+        for each in found:
+            await reset(each)
 
     def make_agent(kind: str, topic_name: str) -> None:
         topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
@@ -155,8 +278,6 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
                 await loop.run_in_executor(pool, sidecar.refit, model)
             except Exception:
                 log.exception("refit of %s failed", model)
-
-    kinds = {s.inference_topic: "inference", s.label_topic: "label", s.report_topic: "report"}
 
     async def consumer_lag() -> dict[str, int]:
         """Messages behind the partitions' high watermarks, by event type. The broker's high
@@ -187,6 +308,13 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
             await deliver_dead_letters()
         except Exception as err:
             log.warning("dead letters not delivered yet (%s); retrying", type(err).__name__)
+        now = asyncio.get_running_loop().time()
+        if not checks["running"] and now >= checks["due"]:
+            checks["running"], checks["due"] = True, now + s.log_check_seconds
+            try:
+                await check_logs()
+            finally:
+                checks["running"] = False
         running = refits["running"]
         if running is not None and not running.done():
             return
@@ -197,6 +325,8 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
         partitions = sorted((tp.topic, tp.partition) for tp in assigned)
         sidecar.store.record_assignment(partitions, worker=sidecar.worker)
         sidecar.assigned_at = sidecar.clock()
+        checks["due"] = 0.0  # check the new partitions' logs at the next tick
+        continuity.forget(key for key in list(continuity.strikes) if key not in set(partitions))
         log.info("assigned %d partition(s): %s", len(partitions), partitions)
         topics = {s.inference_topic, s.label_topic, s.report_topic}
         mine = sum(1 for t, _ in partitions if t in topics)
@@ -216,6 +346,23 @@ def build_app(settings: Settings, sidecar: Sidecar) -> Any:
     return app
 
 
+def log_probe(settings: StreamSettings) -> LogProbe:
+    """The probe that checks the event topics' logs (see :mod:`agent.stream.continuity`)."""
+    return LogProbe(
+        settings.bootstrap_servers, request_timeout_seconds=min(settings.request_timeout_seconds, 10.0)
+    )
+
+
+def forget_progress(consumer: Any, partitions: Sequence[Any]) -> None:
+    """Reset faust's acknowledgement bookkeeping for ``partitions``, as it does itself when they are
+    revoked, so that offsets of a new log are acknowledged and committed from its start (faust
+    otherwise ignores acknowledgements below the offset it last committed)."""
+    for tp in partitions:
+        for kept in (consumer._gap, consumer._acked, consumer._acked_index, consumer._read_offset):
+            kept.pop(tp, None)
+        consumer._committed_offset.pop(tp, None)
+
+
 def run_worker(settings: Settings, sidecar: Sidecar, *, loglevel: str = "WARNING") -> None:
     """Run the agent until SIGTERM or SIGINT (blocking); exits the process when done."""
     import faust
@@ -225,7 +372,8 @@ def run_worker(settings: Settings, sidecar: Sidecar, *, loglevel: str = "WARNING
     if settings.stream.create_topics:
         ensure_topics(settings.stream)
     sidecar.start()
-    app = build_app(settings, sidecar)
+    probe = log_probe(settings.stream)
+    app = build_app(settings, sidecar, probe)
     worker = faust.Worker(
         app,
         loglevel=loglevel.upper(),
@@ -236,4 +384,5 @@ def run_worker(settings: Settings, sidecar: Sidecar, *, loglevel: str = "WARNING
     try:
         worker.execute_from_commandline()
     finally:
+        probe.close()
         sidecar.close()

@@ -26,11 +26,12 @@ from agent.embed.base import Embedder
 from agent.images import ImageAccess
 from agent.pacs import PacsClient, RetryPolicy
 from agent.paths import open_private
-from agent.store import ApplyResult, Store
+from agent.store import ApplyResult, LogMark, Store
 from agent.stream.embedding import ArrivalEmbedder, SerialEmbedder
 from agent.stream.ingest import Message, decode_messages
 from agent.stream.lease import Lease
 from agent.stream.refit import RefitOutcome, Refitter
+from agent.warn import EarlyWarning, WarningState
 
 if TYPE_CHECKING:
     from agent.exporter import Exporter, Health
@@ -78,6 +79,8 @@ class Sidecar:
         self._drift_lock = threading.Lock()
         self._refit_lock = threading.Lock()
         access = ImageAccess.from_settings(settings.images)
+        #: The early warning from unlabeled traffic (assignment on arrival, share tests, estimates).
+        self.warning = EarlyWarning(self.store, settings.warn, beta=settings.audit.beta, clock=clock)
         self.arrival = ArrivalEmbedder(
             self.store,
             self.embedder,
@@ -93,8 +96,16 @@ class Sidecar:
             retry=RetryPolicy.from_settings(settings.pacs),
             on_fetch_failure=self._on_fetch_failure,
             clock=clock,
+            on_inferences=self.warning.observe if settings.warn.enabled else None,
         )
-        self.refitter = Refitter(self.store, self.embedder, settings, extras=self._extras, clock=clock)
+        self.refitter = Refitter(
+            self.store,
+            self.embedder,
+            settings,
+            extras=self._extras,
+            clock=clock,
+            warning=self.warning if settings.warn.enabled else None,
+        )
         self.refits = 0
         self._started = False
         #: When the event loop last ticked, and when a partition assignment last came (runtime).
@@ -141,6 +152,7 @@ class Sidecar:
         messages: Sequence[Message],
         *,
         position: tuple[str, int] | None = None,
+        marks: Sequence[LogMark] = (),
         maintain: bool | None = None,
     ) -> ApplyResult:
         """Decode and apply one batch; durable when this returns (commit offsets after it).
@@ -152,7 +164,7 @@ class Sidecar:
             naive=self.settings.stream.naive_timestamps,
             limits=self.settings.events,
         )
-        result = self.store.apply(incoming, position=position, maintain=maintain)
+        result = self.store.apply(incoming, position=position, marks=marks, maintain=maintain)
         for joined in result.joined:
             self._update_drift(joined.model, joined.seq, joined.label, joined.prediction, joined.timestamp)
         if self.exporter is not None:
@@ -192,11 +204,24 @@ class Sidecar:
         )
         return Health(live, live and store_ok and self.assigned_at is not None, detail)
 
+    def watch(self) -> list[WarningState]:
+        """Run the early warning's tests on the buckets completed since, and its estimates; the
+        exporter, if any, shows them. Called by :meth:`refresh`."""
+        try:
+            states = self.warning.evaluate()
+        except Exception:  # the early warning must not stop the metrics or the stream
+            log.exception("the early warning's evaluation failed")
+            return []
+        if self.exporter is not None:
+            self.exporter.publish_warnings(states)
+        return states
+
     def refresh(self) -> None:
         """Bring the exporter up to the store: the latest report of every model (refitted by this
         worker or another, before a restart too, so dashboards never go blank in a quiet period),
-        the backlogs, and models that left (their series are forgotten). Called at start and on
-        the runtime's timer."""
+        the backlogs, and models that left (their series are forgotten); and run the early
+        warning (:meth:`watch`). Called at start and on the runtime's timer."""
+        self.watch()
         if self.exporter is None:
             return
         from agent.report import SliceReport

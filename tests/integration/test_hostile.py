@@ -40,7 +40,10 @@ def _events(tmp_path: Path) -> tuple[Path, Path, int]:
     deep = b'{"type": "label", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     big = {"type": "report", "event_id": "big", "study_uid": "s", "timestamp": "2026-11-20T00:00:00Z"}
     with path.open("ab") as fh:
-        fh.write(deep + b"\n" + json.dumps({**big, "text": "word " * 40_000}).encode() + b"\n")
+        # About 1 MB with quotes to escape: as a whole dead letter it would outgrow the producer's
+        # largest request, and every retry would send the letters in front of it again.
+        text = 'a "quoted" word ' * 55_500
+        fh.write(deep + b"\n" + json.dumps({**big, "text": text}).encode() + b"\n")
     return path, root, len(hostile)
 
 

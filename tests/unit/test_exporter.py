@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -273,7 +274,51 @@ def full_exporter() -> Exporter:
     m.set_join_waiting(inferences=2, labels=1)
     m.set_unsent_dead_letters(0)
     m.set_oldest_unembedded_age(0.0)
+    exporter.publish_warnings([_warning_state()])
     return exporter
+
+
+def _warning_state(new_warnings: int = 1):
+    from agent.warn import Estimate, SliceState, WarningState
+
+    est = Estimate(120, 0.3, 0.22, 0.38)
+    sl = SliceState("s-1", 1, 0.05, 0.2, 1e-6, True, 1, est, 0.1, 0.33, 0.03)
+    return WarningState(
+        "ptx", "pneumothorax", 1, Estimate(900, 0.1, 0.08, 0.12), 0.2, 0.11, 0.01, (sl,), new_warnings
+    )
+
+
+def test_warnings_are_exported_per_rank_with_bounded_labels_and_counted():
+    from agent.warn import Estimate, SliceState, WarningState
+
+    exporter = Exporter(ExporterSettings(), process=False)
+    est = Estimate(50, 0.4, 0.3, 0.5)
+    untested = SliceState("s-2", 2, 0.1, None, None, False, 0, Estimate(0, 0.0, 0.0, 1.0), 0.0, None, None)
+    bad_rank = SliceState("s-9", 9, 0.1, 0.5, 1e-9, True, 1, est, 0.0, None, None)
+    state = _warning_state(new_warnings=2)
+    state = dataclasses.replace(state, slices=(*state.slices, untested, bad_rank))
+    person = WarningState("Jane Doe", "ptx", 1, est, 0.0, None, None, (), 0)
+    exporter.publish_warnings([state, person])
+    r = exporter.registry
+    at = {"model": "ptx", "target_class": "pneumothorax", "slice_rank": "1"}
+    assert r.get_sample_value("slice_agent_slice_estimated_error_ratio", at) == 0.3
+    assert r.get_sample_value("slice_agent_slice_estimated_error_lower_ratio", at) == 0.22
+    assert r.get_sample_value("slice_agent_slice_estimated_error_upper_ratio", at) == 0.38
+    assert r.get_sample_value("slice_agent_slice_share_warning", at) == 1.0
+    assert r.get_sample_value("slice_agent_slice_traffic_share_ratio", at) == 0.2
+    two = {**at, "slice_rank": "2"}
+    # nothing tested and nothing waiting: absent, not zero
+    assert r.get_sample_value("slice_agent_slice_share_warning", two) is None
+    assert r.get_sample_value("slice_agent_slice_estimated_error_ratio", two) is None
+    assert r.get_sample_value("slice_agent_slice_window_share_ratio", two) == 0.1
+    assert r.get_sample_value("slice_agent_slice_window_share_ratio", {**at, "slice_rank": "9"}) is None
+    key = {"model": "ptx", "target_class": "pneumothorax"}
+    assert r.get_sample_value("slice_agent_share_warnings_total", key) == 2.0
+    assert r.get_sample_value("slice_agent_estimated_error_ratio", key) == 0.1
+    body = generate_latest(r).decode()
+    assert "Jane Doe" not in body and "s-1" not in body
+    exporter.forget_model("ptx")
+    assert r.get_sample_value("slice_agent_estimated_error_ratio", key) is None
 
 
 def test_every_declared_metric_is_exposed_under_its_declared_names(full_exporter):
@@ -460,7 +505,7 @@ def test_every_metric_a_dashboard_or_rule_names_exists(dashboards, full_exporter
         assert not missing, f"{missing} in {expr!r}"
     # and every metric the overview needs is shown somewhere
     for spec in METRICS.values():
-        if spec.source in ("snapshot", "threshold"):
+        if spec.source in ("snapshot", "threshold", "warning"):
             assert any(n in used for n in spec.series_names), (
                 f"{spec.name} is neither on a dashboard nor in a rule"
             )

@@ -115,6 +115,7 @@ def test_clone_and_get_params_round_trip():
         "init": "random",
         "min_init_size": 40,
         "random_state": 3,
+        "init_params": None,
     }
     X, y, y_pred = _data()
     fitted = m.fit(X, y, y_pred)
