@@ -95,11 +95,17 @@ def _publish(events: list[dict[str, Any]], path: Path, config: Path, *, create: 
 
 
 def _rows(config: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the agent's store, read beside it; none before the agent has created its tables."""
     path = stream_settings(config).store_path
     if not path.exists():
         return []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return conn.execute(sql).fetchall()
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60) as conn:
+        try:
+            return conn.execute(sql).fetchall()
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return []
+            raise
 
 
 def _report(config: Path, model: str) -> dict[str, Any] | None:
