@@ -428,6 +428,13 @@ def summary(
     embeddings: Annotated[
         Path | None, typer.Option(help="directory holding WEEK/MODALITY.npy for this and the previous week")
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="the agent's store (SQLite path or PostgreSQL URL) holding its weekly embedding samples;"
+            " default: the configured store, when it exists"
+        ),
+    ] = None,
     events: Annotated[
         Path | None, typer.Option(help="event file whose image paths give slice members' thumbnails")
     ] = None,
@@ -477,6 +484,15 @@ def summary(
         for current in sorted((embeddings / week).glob("*.npy")):
             if (before / current.name).exists():
                 arrays[current.stem] = (np.load(before / current.name), np.load(current))
+    elif (location := _summary_store(store, settings)) is not None:
+        from agent.drift.weekly import weekly_samples
+        from agent.store import Store
+
+        opened = Store(location)
+        try:
+            arrays = weekly_samples(opened, week, settings.summary.drift_max_samples)
+        finally:
+            opened.close()
     built = build_summary(week, timed, drift_events=drifts, embeddings=arrays, settings=settings.summary)
     if events is not None and settings.summary.examples_per_slice > 0:
         from agent.images import ImageAccess
@@ -499,6 +515,16 @@ def summary(
         f"{week}: {len(built.reports)} report(s), {len(built.latest)} model and class pair(s); "
         f"wrote {files.html} and {files.markdown}"
     )
+
+
+def _summary_store(given: str | None, settings: Settings) -> str | None:
+    """The store the summary reads: the one given, else the configured one if it exists."""
+    if given is not None:
+        return given
+    s = settings.stream
+    if s.store_url:
+        return s.store_url
+    return str(s.store_path) if s.store_path.is_file() else None
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -30,7 +30,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,9 +39,11 @@ from matplotlib.dates import DateFormatter, DayLocator, date2num
 from matplotlib.figure import Figure
 
 from agent.config import SummarySettings
+from agent.drift.embedding import EmbeddingDrift, embedding_drift
 from agent.errors import AgentError
 from agent.exporter import safe_label_value, safe_tokens
 from agent.report import SliceReport, SliceResult
+from agent.weeks import iso_week, previous_week
 
 if TYPE_CHECKING:
     from agent.images import ImageAccess
@@ -91,28 +93,6 @@ class DriftEvent:
 
 
 @dataclass(frozen=True)
-class EmbeddingDrift:
-    """Week-over-week shift of one modality's embeddings.
-
-    ``mmd2`` is the unbiased squared maximum mean discrepancy (Gaussian kernel, median-distance
-    bandwidth); ``threshold`` is its ``1 - alpha`` quantile when the two weeks are exchanged at
-    random, so ``drifted`` has false-alarm rate ``alpha``. ``centroid_shift`` is the cosine distance
-    between the two weeks' mean embeddings, an easier number to read.
-    """
-
-    modality: str
-    mmd2: float
-    threshold: float
-    centroid_shift: float
-    n_previous: int
-    n_current: int
-
-    @property
-    def drifted(self) -> bool:
-        return self.mmd2 > self.threshold
-
-
-@dataclass(frozen=True)
 class WeeklySummary:
     """What one week's summary shows, as data."""
 
@@ -148,36 +128,6 @@ class SummaryFiles:
     images: tuple[Path, ...]
 
 
-# ------------------------------------------------------------------------------------------ weeks
-
-
-def iso_week(week: str) -> tuple[datetime, datetime]:
-    """The UTC start (Monday 00:00) and end (next Monday 00:00) of an ISO week such as ``2026-W48``.
-
-    >>> start, end = iso_week("2026-W48")
-    >>> start.isoformat(), (end - start).days
-    ('2026-11-23T00:00:00+00:00', 7)
-    """
-    try:
-        year, number = week.upper().split("-W")
-        monday = date.fromisocalendar(int(year), int(number), 1)
-    except ValueError as err:
-        raise AgentError(f"expected an ISO week such as 2026-W48, got {week!r}") from err
-    start = datetime(monday.year, monday.month, monday.day, tzinfo=UTC)
-    return start, start + timedelta(days=7)
-
-
-def previous_week(week: str) -> str:
-    """The ISO week before ``week``.
-
-    >>> previous_week("2027-W01")
-    '2026-W53'
-    """
-    start, _ = iso_week(week)
-    year, number, _ = (start - timedelta(days=7)).isocalendar()
-    return f"{year}-W{number:02d}"
-
-
 # ----------------------------------------------------------------------------------------- inputs
 
 
@@ -211,85 +161,6 @@ def _key(report: SliceReport) -> tuple[str, str]:
 
 def _safe(report: SliceReport) -> bool:
     return safe_label_value(report.model) is not None and safe_label_value(report.target_class) is not None
-
-
-# ------------------------------------------------------------------------------- embedding drift
-
-
-def _sq_dists(x: np.ndarray) -> np.ndarray:
-    sq = np.sum(x * x, axis=1)
-    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
-
-
-def _mmd2(k: np.ndarray, first: np.ndarray) -> float:
-    """Unbiased MMD² of the two groups of a pooled kernel matrix (``first`` marks group one)."""
-    a, b = first, ~first
-    na, nb = int(a.sum()), int(b.sum())
-    kaa = (k[np.ix_(a, a)].sum() - np.trace(k[np.ix_(a, a)])) / (na * (na - 1))
-    kbb = (k[np.ix_(b, b)].sum() - np.trace(k[np.ix_(b, b)])) / (nb * (nb - 1))
-    kab = k[np.ix_(a, b)].mean()
-    return float(kaa + kbb - 2.0 * kab)
-
-
-def embedding_drift(
-    previous: np.ndarray,
-    current: np.ndarray,
-    *,
-    modality: str,
-    alpha: float = 0.01,
-    n_permutations: int = 200,
-    max_samples: int = 300,
-    seed: int = 0,
-) -> EmbeddingDrift:
-    """Compare two weeks of one modality's embeddings (rows with NaN, a missing modality, are dropped).
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> same = embedding_drift(rng.normal(size=(80, 8)), rng.normal(size=(80, 8)), modality="report")
-    >>> moved = embedding_drift(rng.normal(size=(80, 8)), rng.normal(1.0, 1, (80, 8)), modality="report")
-    >>> same.drifted, moved.drifted
-    (False, True)
-    """
-    rng = np.random.default_rng(seed)
-
-    def rows(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        x = x[np.all(np.isfinite(x), axis=1)]
-        if len(x) > max_samples:
-            x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
-        return x
-
-    prev, cur = rows(previous), rows(current)
-    if len(prev) < 5 or len(cur) < 5:
-        raise AgentError(
-            f"embedding drift of {modality} needs at least 5 embeddings a week, "
-            f"got {len(prev)} and {len(cur)}"
-        )
-    if prev.shape[1] != cur.shape[1]:
-        raise AgentError(
-            f"expected embeddings of one width for {modality}, got {prev.shape[1]} and {cur.shape[1]}"
-        )
-    pooled = np.vstack([prev, cur])
-    d2 = _sq_dists(pooled)
-    off = d2[np.triu_indices(len(pooled), k=1)]
-    bandwidth = float(np.median(off[off > 0])) if np.any(off > 0) else 1.0
-    k = np.exp(-d2 / bandwidth)
-    first = np.zeros(len(pooled), dtype=bool)
-    first[: len(prev)] = True
-    stat = _mmd2(k, first)
-    null = np.array([_mmd2(k, rng.permutation(first)) for _ in range(n_permutations)])
-    mu_p, mu_c = prev.mean(axis=0), cur.mean(axis=0)
-    norm = float(np.linalg.norm(mu_p) * np.linalg.norm(mu_c))
-    shift = 1.0 - float(mu_p @ mu_c) / norm if norm > 0 else 0.0
-    return EmbeddingDrift(
-        modality=modality,
-        mmd2=stat,
-        threshold=float(np.quantile(null, 1.0 - alpha)),
-        centroid_shift=shift,
-        n_previous=len(prev),
-        n_current=len(cur),
-    )
 
 
 # ------------------------------------------------------------------------------------ thumbnails
