@@ -431,8 +431,8 @@ def summary(
     store: Annotated[
         str | None,
         typer.Option(
-            help="the agent's store (SQLite path or PostgreSQL URL) holding its weekly embedding samples;"
-            " default: the configured store, when it exists"
+            help="the agent's store (SQLite path or PostgreSQL URL): its weekly embedding samples and"
+            " its early warnings; default: the configured store, when it exists"
         ),
     ] = None,
     events: Annotated[
@@ -480,20 +480,26 @@ def summary(
                 raise AgentError(f"{drift_events} line {number}: not a drift event ({err!r})") from err
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if embeddings is not None:
-        before = embeddings / previous_week(week)
+        last_week = embeddings / previous_week(week)
         for current in sorted((embeddings / week).glob("*.npy")):
-            if (before / current.name).exists():
-                arrays[current.stem] = (np.load(before / current.name), np.load(current))
-    elif (location := _summary_store(store, settings)) is not None:
+            if (last_week / current.name).exists():
+                arrays[current.stem] = (np.load(last_week / current.name), np.load(current))
+    before = None
+    if (location := _summary_store(store, settings)) is not None:
         from agent.drift.weekly import weekly_samples
         from agent.store import Store
+        from agent.summary.early import before_labels
 
         opened = Store(location)
         try:
-            arrays = weekly_samples(opened, week, settings.summary.drift_max_samples)
+            if embeddings is None:
+                arrays = weekly_samples(opened, week, settings.summary.drift_max_samples)
+            before = before_labels(opened, week)
         finally:
             opened.close()
-    built = build_summary(week, timed, drift_events=drifts, embeddings=arrays, settings=settings.summary)
+    built = build_summary(
+        week, timed, drift_events=drifts, embeddings=arrays, before=before, settings=settings.summary
+    )
     if events is not None and settings.summary.examples_per_slice > 0:
         from agent.images import ImageAccess
         from agent.ingest import read_jsonl
@@ -508,7 +514,13 @@ def summary(
             access=ImageAccess.from_settings(settings.images),
         )
         built = build_summary(
-            week, timed, drift_events=drifts, embeddings=arrays, thumbnails=thumbs, settings=settings.summary
+            week,
+            timed,
+            drift_events=drifts,
+            embeddings=arrays,
+            thumbnails=thumbs,
+            before=before,
+            settings=settings.summary,
         )
     files = write_summary(built, out or settings.summary.out_dir)
     typer.echo(

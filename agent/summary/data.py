@@ -16,6 +16,7 @@ from agent.drift.embedding import EmbeddingDrift, embedding_drift
 from agent.errors import AgentError
 from agent.exporter import safe_label_value
 from agent.report import SliceReport, SliceResult
+from agent.summary.early import BeforeLabels
 from agent.weeks import iso_week
 
 __all__ = [
@@ -68,6 +69,8 @@ class WeeklySummary:
     embedding_drift: tuple[EmbeddingDrift, ...] = ()
     thumbnails: Mapping[SliceKey, tuple[np.ndarray, ...]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    before: BeforeLabels | None = None
+    """The early warning's week, read from the agent's store (None: no store was read)."""
 
     def seen_in(self, report: SliceReport, s: SliceResult) -> int:
         """In how many of the week's reports of the same model and class the slice was found."""
@@ -124,6 +127,7 @@ def build_summary(
     drift_events: Sequence[DriftEvent] = (),
     embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     thumbnails: Mapping[SliceKey, Sequence[np.ndarray]] | None = None,
+    before: BeforeLabels | None = None,
     settings: SummarySettings | None = None,
 ) -> WeeklySummary:
     """Keep what falls in ``week`` and compute the summary's data.
@@ -141,6 +145,8 @@ def build_summary(
     thumbnails
         Member images per ``(model, target_class, rank)`` of the week's latest reports; dropped
         unless ``settings.thumbnails`` is set.
+    before
+        The early warning's week (:func:`agent.summary.early.before_labels`), if a store was read.
     """
     settings = settings or SummarySettings()
     start, end = iso_week(week)
@@ -195,4 +201,5 @@ def build_summary(
             if settings.thumbnails
         },
         notes=tuple(notes),
+        before=before,
     )

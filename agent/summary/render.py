@@ -13,6 +13,7 @@ import numpy as np
 
 from agent.exporter import safe_tokens
 from agent.summary.data import WeeklySummary, report_key
+from agent.summary.early import BeforeLabels
 from agent.summary.plots import figures as draw_figures
 from agent.weeks import previous_week
 
@@ -142,7 +143,73 @@ def _sections(summary: WeeklySummary) -> list[_Section]:
             ("embedding-drift.png",),
         )
     )
+    if summary.before is not None:
+        out += _before_sections(summary.before)
     return out
+
+
+def _fmt_days(days: float | None) -> str:
+    return "not confirmed yet" if days is None else f"{days:.1f} days"
+
+
+def _before_sections(before: BeforeLabels) -> list[_Section]:
+    """Warnings raised from unlabeled traffic, their lead over the labeled path, and how good the
+    label-free estimates were once labels came."""
+    warnings = [
+        [
+            w.model,
+            w.target,
+            str(w.rank),
+            w.bucket.strftime("%a %H:%M"),
+            str(w.n),
+            _fmt_rate(w.share),
+            _fmt_rate(w.window_share),
+            _fmt_p(w.p_value),
+        ]
+        for w in before.warnings
+    ]
+    leads = [
+        [lead.model, lead.target, lead.warned_at.strftime("%a %H:%M"), _fmt_days(lead.days)]
+        for lead in before.leads
+    ]
+    checks = [
+        [
+            c.model,
+            c.target,
+            "all" if c.rank is None else str(c.rank),
+            str(c.n_labeled),
+            "-" if c.estimated is None else _fmt_rate(c.estimated),
+            "-" if c.realised is None else _fmt_rate(c.realised),
+            "-" if c.abs_error is None else _fmt_rate(c.abs_error),
+        ]
+        for c in before.estimates
+    ]
+    return [
+        _Section(
+            f"Before the labels: warnings raised ({before.watched} model and class pair(s) watched)",
+            [
+                "model",
+                "target class",
+                "slice rank",
+                "bucket from",
+                "inferences",
+                "share in slice",
+                "labeled window share",
+                "adjusted p-value",
+            ],
+            warnings,
+        ),
+        _Section(
+            "Before the labels: lead over the labeled path (first warning to error-rate drift on labels)",
+            ["model", "target class", "first warning", "labels confirmed it after"],
+            leads,
+        ),
+        _Section(
+            "Before the labels: estimated against realised error of the week's inferences labeled so far",
+            ["model", "target class", "slice rank", "labeled", "estimated", "realised", "absolute error"],
+            checks,
+        ),
+    ]
 
 
 _CSS = """
