@@ -578,7 +578,8 @@ def run(
             f"replayed {summary.lines} line(s) of {path}"
             + (f" (resumed after line {summary.skipped})" if summary.skipped else "")
             + f": {summary.joined} labeled sample(s) joined, {summary.duplicates} duplicate(s), "
-            f"dead-lettered: {dead} (to {settings.stream.dead_letter_path})"
+            f"dead-lettered: {dead} (to {settings.stream.dead_letter_path}); "
+            f"early warnings: {summary.warnings}"
         )
         for outcome in summary.refits:
             emerging = [s["id"] for s in outcome.document["slices"] if s["status"] == "emerging"]
