@@ -428,6 +428,13 @@ def summary(
     embeddings: Annotated[
         Path | None, typer.Option(help="directory holding WEEK/MODALITY.npy for this and the previous week")
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="the agent's store (SQLite path or PostgreSQL URL): its weekly embedding samples and"
+            " its early warnings; default: the configured store, when it exists"
+        ),
+    ] = None,
     events: Annotated[
         Path | None, typer.Option(help="event file whose image paths give slice members' thumbnails")
     ] = None,
@@ -473,11 +480,26 @@ def summary(
                 raise AgentError(f"{drift_events} line {number}: not a drift event ({err!r})") from err
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if embeddings is not None:
-        before = embeddings / previous_week(week)
+        last_week = embeddings / previous_week(week)
         for current in sorted((embeddings / week).glob("*.npy")):
-            if (before / current.name).exists():
-                arrays[current.stem] = (np.load(before / current.name), np.load(current))
-    built = build_summary(week, timed, drift_events=drifts, embeddings=arrays, settings=settings.summary)
+            if (last_week / current.name).exists():
+                arrays[current.stem] = (np.load(last_week / current.name), np.load(current))
+    before = None
+    if (location := _summary_store(store, settings)) is not None:
+        from agent.drift.weekly import weekly_samples
+        from agent.store import Store
+        from agent.summary.early import before_labels
+
+        opened = Store(location)
+        try:
+            if embeddings is None:
+                arrays = weekly_samples(opened, week, settings.summary.drift_max_samples)
+            before = before_labels(opened, week)
+        finally:
+            opened.close()
+    built = build_summary(
+        week, timed, drift_events=drifts, embeddings=arrays, before=before, settings=settings.summary
+    )
     if events is not None and settings.summary.examples_per_slice > 0:
         from agent.images import ImageAccess
         from agent.ingest import read_jsonl
@@ -492,13 +514,29 @@ def summary(
             access=ImageAccess.from_settings(settings.images),
         )
         built = build_summary(
-            week, timed, drift_events=drifts, embeddings=arrays, thumbnails=thumbs, settings=settings.summary
+            week,
+            timed,
+            drift_events=drifts,
+            embeddings=arrays,
+            thumbnails=thumbs,
+            before=before,
+            settings=settings.summary,
         )
     files = write_summary(built, out or settings.summary.out_dir)
     typer.echo(
         f"{week}: {len(built.reports)} report(s), {len(built.latest)} model and class pair(s); "
         f"wrote {files.html} and {files.markdown}"
     )
+
+
+def _summary_store(given: str | None, settings: Settings) -> str | None:
+    """The store the summary reads: the one given, else the configured one if it exists."""
+    if given is not None:
+        return given
+    s = settings.stream
+    if s.store_url:
+        return s.store_url
+    return str(s.store_path) if s.store_path.is_file() else None
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -540,7 +578,8 @@ def run(
             f"replayed {summary.lines} line(s) of {path}"
             + (f" (resumed after line {summary.skipped})" if summary.skipped else "")
             + f": {summary.joined} labeled sample(s) joined, {summary.duplicates} duplicate(s), "
-            f"dead-lettered: {dead} (to {settings.stream.dead_letter_path})"
+            f"dead-lettered: {dead} (to {settings.stream.dead_letter_path}); "
+            f"early warnings: {summary.warnings}"
         )
         for outcome in summary.refits:
             emerging = [s["id"] for s in outcome.document["slices"] if s["status"] == "emerging"]

@@ -357,6 +357,19 @@ class SummarySettings(BaseModel):
     )
     drift_permutations: int = Field(200, ge=20, description="permutations behind the drift threshold")
     drift_max_samples: int = Field(300, ge=10, description="embeddings per week compared at most")
+    embedding_samples: int = Field(
+        300,
+        ge=0,
+        description="embeddings the agent keeps per model, modality and ISO week (a uniform sample of the "
+        "week's studies) for the embedding drift; 0 keeps none",
+    )
+    embedding_weeks: int = Field(8, ge=2, description="weeks of embedding samples kept")
+    drift_every_seconds: float = Field(
+        1800.0, gt=0, description="how often the agent recomputes its embedding drift gauges"
+    )
+    drift_min_samples: int = Field(
+        30, ge=5, description="a week with fewer embeddings of a modality is not compared by the agent"
+    )
     thumbnails: bool = Field(
         False,
         description="show slice members' thumbnails (each checked for burned-in text on its pixels first)",

@@ -47,6 +47,7 @@ __all__ = [
     "SAFE_TAGS",
     "DicomSource",
     "age_band",
+    "burned_in_annotation",
     "metadata_sentence",
     "read_header",
     "read_pixels",
@@ -429,6 +430,20 @@ def _square(grey: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float32]
     canvas = np.zeros((size, size), dtype=np.float32)
     canvas[top : top + rows, left : left + cols] = grey
     return canvas
+
+
+def burned_in_annotation(source: DicomSource, *, access: ImageAccess | None = None) -> bool:
+    """Whether the header says ``BurnedInAnnotation`` is ``YES`` (read as :func:`read_header`
+    reads, through the image access boundary; the tag says nothing when absent or ``NO``, as many
+    devices never set it).
+
+    Raises
+    ------
+    ImageRefusedError
+        As :func:`read_header`.
+    """
+    ds = _read(source, access, header_only=True)
+    return (_text(ds.get("BurnedInAnnotation")) or "").upper() == "YES"
 
 
 def read_pixels(

@@ -8,8 +8,9 @@ Two kinds of metrics live here:
   snapshot of the latest :class:`~agent.report.SliceReport` objects. Publishing a report swaps the
   snapshot; a scrape never sees half of a refit, and a slice that disappears stops being exported.
 - What the running agent does (events consumed, dead-lettered, join backlog, label delay, refit and
-  embedding durations, drift detections, last refit time) is counted by :class:`AgentMetrics`,
-  ordinary counters, gauges and histograms that the stream calls.
+  embedding durations, drift detections, last refit time, week-over-week embedding drift per
+  modality) is counted by :class:`AgentMetrics`, ordinary counters, gauges and histograms that the
+  stream calls.
 
 The thresholds the alert rules compare against are exported too (``slice_agent_alert_*``), so that
 the rules in ``deploy/prometheus/`` hold no magic numbers: export the statistic and its threshold,
@@ -60,6 +61,7 @@ from agent.events import REASONS
 from agent.report import SliceReport
 
 if TYPE_CHECKING:
+    from agent.drift import EmbeddingDrift
     from agent.warn import WarningState
 
 __all__ = [
@@ -507,6 +509,22 @@ METRICS: Mapping[str, MetricSpec] = _specs(
         _KEY,
     ),
     MetricSpec(
+        "slice_agent_embedding_drift_mmd",
+        "gauge",
+        "agent",
+        "Squared MMD between the embeddings of the newest week and of the week before, by modality"
+        " (no labels needed).",
+        ("modality",),
+    ),
+    MetricSpec(
+        "slice_agent_embedding_drift_mmd_threshold",
+        "gauge",
+        "agent",
+        "Permutation threshold of the embedding drift's squared MMD (its 1 - summary.drift_alpha quantile"
+        " when the two weeks are exchanged at random), by modality.",
+        ("modality",),
+    ),
+    MetricSpec(
         "slice_agent_label_overflow_total",
         "counter",
         "agent",
@@ -925,6 +943,8 @@ class AgentMetrics:
         self._pacs_failures = counter("slice_agent_pacs_fetch_failures_total")
         self._pacs_waiting = gauge("slice_agent_pacs_waiting_images")
         self._share_warnings = counter("slice_agent_share_warnings_total")
+        self._mmd = gauge("slice_agent_embedding_drift_mmd")
+        self._mmd_threshold = gauge("slice_agent_embedding_drift_mmd_threshold")
         self._overflowed = counter("slice_agent_label_overflow_total")
         for spec in METRICS.values():
             if spec.labels and spec.source != "threshold":
@@ -1024,6 +1044,20 @@ class AgentMetrics:
         if (key := self._key(model, target_class, "slice_agent_share_warnings")) is not None:
             self._share_warnings.labels(*key).inc(n)
             self._keys.add(key)
+
+    def set_embedding_drift(self, drifts: Iterable[EmbeddingDrift]) -> None:
+        """Show these embedding drift statistics (one per modality) and no other: a modality left
+        out (too few embeddings this week) loses its series rather than keep a stale value."""
+        shown = {self._one_of(d.modality, MODALITIES, "modality"): d for d in drifts}
+        for modality in MODALITIES:
+            d = shown.get(modality)
+            if d is not None:
+                self._mmd.labels(modality).set(d.mmd2)
+                self._mmd_threshold.labels(modality).set(d.threshold)
+                continue
+            for metric in (self._mmd, self._mmd_threshold):
+                with contextlib.suppress(KeyError):
+                    metric.remove(modality)
 
     def set_consumer_lag(self, event_type: str, messages: int) -> None:
         """Set the lag, in messages, of the topic that carries ``event_type`` (summed over partitions)."""

@@ -595,6 +595,21 @@ def before_the_labels(lay: Layout, key: str) -> list[Json]:
             description="Absolute difference between the estimated and the realised error rate of the "
             "recent inferences whose labels have come.",
         ),
+        timeseries(
+            lay,
+            "Embedding drift per modality, this week against the last (no labels)",
+            [
+                target("slice_agent_embedding_drift_mmd", "{{modality}} MMD²"),
+                target(
+                    "slice_agent_embedding_drift_mmd_threshold", "{{modality}} permutation threshold", ref="B"
+                ),
+            ],
+            unit="none",
+            w=24,
+            description="Squared MMD between the newest week's sample of each modality's embeddings and "
+            "the week before's, against its permutation threshold (false-alarm rate summary.drift_alpha). "
+            "Above the threshold, the traffic changed: read it beside the estimated and realised error.",
+        ),
     ]
 
 

@@ -16,7 +16,8 @@ The parts, by concern: :mod:`~agent.store.schema` (tables, migrations), :mod:`~a
 :mod:`~agent.store.window` (reads), :mod:`~agent.store.outbox` (dead letters),
 :mod:`~agent.store.work` (embedding bookkeeping, the vector cache) and :mod:`~agent.store.history`
 (refit schedule, leases, reports, slice history, drift) and :mod:`~agent.store.warning` (the early
-warning's slice descriptions, live assignments and bucket tests).
+warning's slice descriptions, live assignments and bucket tests) and :mod:`~agent.store.samples`
+(the weekly embedding samples of embedding drift).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from agent.store.records import (
     LogMark,
     StorePolicy,
 )
+from agent.store.samples import EmbeddedCase, SampleMixin
 from agent.store.warning import BucketRow, LiveCase, LiveOutcome, WarningMixin
 from agent.store.window import WindowMixin
 from agent.store.work import VectorCache
@@ -47,6 +49,7 @@ __all__ = [
     "BucketRow",
     "DeadLetter",
     "EmbedWork",
+    "EmbeddedCase",
     "Incoming",
     "JoinedSample",
     "LiveCase",
@@ -60,7 +63,7 @@ __all__ = [
 ]
 
 
-class Store(HistoryMixin, WindowMixin, LogMixin, WarningMixin):
+class Store(HistoryMixin, WindowMixin, LogMixin, WarningMixin, SampleMixin):
     """The agent's state: SQLite (a file path or ``":memory:"``) or PostgreSQL (a URL).
 
     Parameters

@@ -272,6 +272,14 @@ class HistoryMixin(WorkMixin):
             ).fetchall()
         return [(json.loads(c), int(s), float(e)) for c, s, e in rows]
 
+    def drift_times(self, model: str) -> list[float]:
+        """When (wall-clock time) each drift of a model was detected, in order."""
+        with self._read() as conn:
+            rows = q(
+                conn, "SELECT at FROM drift_events WHERE model = :m ORDER BY at", {"m": model}
+            ).fetchall()
+        return [float(a) for (a,) in rows]
+
     def record_assignment(self, partitions: Sequence[tuple[str, int]], *, worker: str = "") -> None:
         """Record the partitions a worker was just given (after a rebalance); the last 1,000 are kept."""
 

@@ -310,6 +310,20 @@ Table(
     PrimaryKeyConstraint("model", "target", "slice_id", "bucket"),
 )
 
+# Weekly embedding samples (agent.store.samples): per model, modality and ISO week of the event
+# time, the cases of lowest priority (a keyed digest of the study uid), float32 vectors.
+Table(
+    "embedding_samples",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("modality", Text, nullable=False),
+    Column("week", Text, nullable=False),
+    Column("priority", Double, nullable=False),
+    Column("vec", LargeBinary, nullable=False),
+    Column("at", Double, nullable=False),
+    PrimaryKeyConstraint("model", "modality", "week", "priority"),
+)
+
 
 def _v1_to_v2(conn: Connection) -> None:
     """Version 1 (one SQLite worker) to 2: embedding claims, image vector keys, the worker of an

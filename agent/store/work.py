@@ -33,7 +33,6 @@ class WorkMixin(OutboxMixin):
         this skip them until the claim lapses (a worker that dies mid-batch releases its rows that way).
         """
         now = self._clock()
-        epoch = datetime.fromtimestamp(0, UTC)
         lapse = now - (claim_seconds or 0.0)
         skip = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
         claim = "" if claim_seconds is None else " AND (claimed_at IS NULL OR claimed_at < :lapse)"
@@ -106,8 +105,12 @@ class WorkMixin(OutboxMixin):
             ) in infs
         ]
         out += [
-            EmbedWork("report", (study,), Sample(study, "", "", "", epoch, report=text, event_id=event_id))
-            for study, _, text, event_id in reps
+            EmbedWork(
+                "report",
+                (study,),
+                Sample(study, "", "", "", datetime.fromtimestamp(ts, UTC), report=text, event_id=event_id),
+            )
+            for study, ts, text, event_id in reps
         ]
         return out
 

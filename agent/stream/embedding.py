@@ -92,6 +92,9 @@ class ArrivalEmbedder:
         Called with each batch of inferences and their blocks by modality (NaN rows where a case
         lacks one) once embedded, before they are marked so (the early warning's assignment). A
         failure there is logged and does not stop embedding.
+    on_vectors
+        Called likewise with every embedded batch, of inferences and of reports (the weekly
+        embedding samples of embedding drift); a failure there is logged too.
     """
 
     def __init__(
@@ -111,9 +114,11 @@ class ArrivalEmbedder:
         on_fetch_failure: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         on_inferences: Callable[[Sequence[Sample], Mapping[str, np.ndarray]], object] | None = None,
+        on_vectors: Callable[[Sequence[Sample], Mapping[str, np.ndarray]], object] | None = None,
     ) -> None:
         self.store = store
         self.on_inferences = on_inferences
+        self.on_vectors = on_vectors
         self.embedder = embedder
         self.modalities = tuple(modalities) if modalities else MODALITIES
         self.batch_size = batch_size
@@ -183,9 +188,12 @@ class ArrivalEmbedder:
                 ready = [w for w in inferences if w.key not in waiting]
                 if ready:
                     emb = self._run_batch(ready, mods, fetched)
-                    self._hand_on([w.sample for w in ready], emb)
+                    samples = [w.sample for w in ready]
+                    self._hand_on(self.on_inferences, samples, emb, "assigning them to the known slices")
+                    self._hand_on(self.on_vectors, samples, emb, "sampling their embeddings")
         if reports and "report" in self.modalities:
-            self._run_batch(reports, ["report"])
+            emb = self._run_batch(reports, ["report"])
+            self._hand_on(self.on_vectors, [w.sample for w in reports], emb, "sampling their embeddings")
         done = [w for w in work if w.key not in waiting or w.kind != "inference"]
         self.store.mark_embedded(done)
         self.embedded += len(done)
@@ -252,13 +260,19 @@ class ArrivalEmbedder:
         if self.store.dead_letter(source, reason, message) and self.on_problem:
             self.on_problem(source, reason, message)
 
-    def _hand_on(self, samples: Sequence[Sample], emb: Embedded) -> None:
-        if self.on_inferences is None:
+    @staticmethod
+    def _hand_on(
+        to: Callable[[Sequence[Sample], Mapping[str, np.ndarray]], object] | None,
+        samples: Sequence[Sample],
+        emb: Embedded,
+        what: str,
+    ) -> None:
+        if to is None:
             return
         try:
-            self.on_inferences(samples, emb.blocks)
-        except Exception:  # the early warning must not stop embedding
-            log.exception("assigning %d embedded inference(s) to the known slices failed", len(samples))
+            to(samples, emb.blocks)
+        except Exception:  # the early warning and the samples must not stop embedding
+            log.exception("%d embedded row(s): %s failed", len(samples), what)
 
     def _run_batch(
         self,

@@ -5,6 +5,8 @@ Kafka messages, and the line reached is stored with the batch, so a replay inter
 resumes where its durable state ends. Dead letters go to a JSONL file; refits run when due (every
 ``refit_every_labels`` labels or ``refit_every_seconds``) and once more at the end of the file for
 every model with labels its last refit did not see, so a replay always ends with current reports.
+After every batch the early warning runs as on the live sidecar's timer (share tests of the
+buckets completed, estimates), and once more at the end, when everything has been embedded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class ReplaySummary:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     joined: int = 0
     refits: list[RefitOutcome] = field(default_factory=list)
+    warnings: int = 0
+    """Early warnings raised (buckets in which a slice's share rose significantly)."""
 
 
 def write_dead_letters(store: Store, path: Path) -> int:
@@ -142,9 +146,20 @@ def replay_file(path: str | Path, sidecar: Sidecar, *, final_refit: bool = True)
         write_dead_letters(sidecar.store, dead_letter_path)
         for model in sidecar.due_models():
             summary.refits += sidecar.refit(model)
+        summary.warnings += _watch(sidecar)
     if final_refit:
         for model in sidecar.store.models():
             if sidecar.store.labels_since_refit(model):
                 summary.refits += sidecar.refit(model, trigger="end of replay")
+    # what the arrival worker has not embedded yet is embedded here, so that the early warning
+    # tests every bucket the file completed
+    sidecar.arrival.drain()
+    summary.warnings += _watch(sidecar)
+    sidecar.watch_embeddings(force=True)
     write_dead_letters(sidecar.store, dead_letter_path)
     return summary
+
+
+def _watch(sidecar: Sidecar) -> int:
+    """Run the early warning as the live sidecar's refresh does; returns the warnings it raised."""
+    return sum(state.new_warnings for state in sidecar.watch())

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
-from agent.drift import DriftMonitor
+from agent.drift import DriftMonitor, EmbeddingDrift
+from agent.drift.weekly import EmbeddingSampler, weekly_drift
 from agent.embed.base import Embedder
 from agent.images import ImageAccess
 from agent.pacs import PacsClient, RetryPolicy
@@ -81,6 +82,9 @@ class Sidecar:
         access = ImageAccess.from_settings(settings.images)
         #: The early warning from unlabeled traffic (assignment on arrival, share tests, estimates).
         self.warning = EarlyWarning(self.store, settings.warn, beta=settings.audit.beta, clock=clock)
+        #: The weekly embedding samples behind the embedding drift (none kept when the size is 0).
+        self.sampler = EmbeddingSampler(self.store, settings.summary)
+        self._embedding_drift_at: float | None = None
         self.arrival = ArrivalEmbedder(
             self.store,
             self.embedder,
@@ -97,6 +101,7 @@ class Sidecar:
             on_fetch_failure=self._on_fetch_failure,
             clock=clock,
             on_inferences=self.warning.observe if settings.warn.enabled else None,
+            on_vectors=self.sampler.observe if settings.summary.embedding_samples else None,
         )
         self.refitter = Refitter(
             self.store,
@@ -216,12 +221,32 @@ class Sidecar:
             self.exporter.publish_warnings(states)
         return states
 
+    def watch_embeddings(self, *, force: bool = False) -> list[tuple[str, EmbeddingDrift]] | None:
+        """Compare the newest weeks' embedding samples per modality (:func:`weekly_drift`), at most
+        every ``summary.drift_every_seconds`` unless ``force``; the exporter, if any, shows the
+        result. None when not due. Called by :meth:`refresh`."""
+        now = self.clock()
+        every = self.settings.summary.drift_every_seconds
+        if not force and self._embedding_drift_at is not None and now - self._embedding_drift_at < every:
+            return None
+        self._embedding_drift_at = now
+        try:
+            drifts = weekly_drift(self.store, self.settings.summary)
+        except Exception:  # the drift statistic must not stop the metrics or the stream
+            log.exception("the embedding drift statistic failed")
+            return None
+        if self.exporter is not None:
+            self.exporter.agent.set_embedding_drift(d for _, d in drifts)
+        return drifts
+
     def refresh(self) -> None:
         """Bring the exporter up to the store: the latest report of every model (refitted by this
         worker or another, before a restart too, so dashboards never go blank in a quiet period),
-        the backlogs, and models that left (their series are forgotten); and run the early
-        warning (:meth:`watch`). Called at start and on the runtime's timer."""
+        the backlogs, and models that left (their series are forgotten); run the early warning
+        (:meth:`watch`) and, on its slower timer, the embedding drift (:meth:`watch_embeddings`).
+        Called at start and on the runtime's timer (in a worker thread, off the event loop)."""
         self.watch()
+        self.watch_embeddings()
         if self.exporter is None:
             return
         from agent.report import SliceReport

@@ -29,7 +29,7 @@ from agent.warn.describe import SliceSpace, describe_fit
 from agent.warn.estimate import Estimate, estimate
 from agent.warn.share import share_test
 
-__all__ = ["EarlyWarning", "SliceState", "WarningState"]
+__all__ = ["MIN_REALISED", "EarlyWarning", "SliceState", "WarningState", "labeled_check"]
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,20 @@ def _slice_p(slice_id: str) -> Callable[[LiveOutcome], float]:
     return lambda o: o.slices[slice_id]
 
 
+def labeled_check(
+    outcomes: Sequence[LiveOutcome], p_of: Callable[[LiveOutcome], float], target: ClassLabel
+) -> tuple[int, float | None, float | None]:
+    """For the cases among ``outcomes`` that have their label: how many, and (from
+    :data:`MIN_REALISED` of them) the mean of their estimated error probabilities and their
+    realised error rate (a case is wrong when label and prediction fall on different sides of
+    ``target``)."""
+    labeled = [o for o in outcomes if o.label is not None]
+    if len(labeled) < MIN_REALISED:
+        return len(labeled), None, None
+    wrong = np.array([(o.label == target) != (o.prediction == target) for o in labeled], dtype=np.float64)
+    return len(labeled), float(np.mean([p_of(o) for o in labeled])), float(wrong.mean())
+
+
 def _summarise(
     outcomes: Sequence[LiveOutcome],
     p_of: Callable[[LiveOutcome], float],
@@ -304,13 +318,10 @@ def _summarise(
     """The estimate over the cases still waiting, the label coverage, and for the labeled ones the
     realised error rate and the absolute error of their estimate."""
     pending = np.array([p_of(o) for o in outcomes if o.pending and o.label is None])
-    labeled = [o for o in outcomes if o.label is not None]
     est = estimate(pending, confidence)
-    counted = len(pending) + len(labeled)
-    coverage = len(labeled) / counted if counted else 0.0
-    if len(labeled) < MIN_REALISED:
+    n_labeled, predicted, realised = labeled_check(outcomes, p_of, target)
+    counted = len(pending) + n_labeled
+    coverage = n_labeled / counted if counted else 0.0
+    if predicted is None or realised is None:
         return est, coverage, None, None
-    wrong = np.array([(o.label == target) != (o.prediction == target) for o in labeled], dtype=np.float64)
-    realised = float(wrong.mean())
-    predicted = float(np.mean([p_of(o) for o in labeled]))
     return est, coverage, realised, abs(predicted - realised)

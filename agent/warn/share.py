@@ -6,7 +6,7 @@ raise false alarms whenever the window happened to hold few of the slice's cases
 Bonferroni-adjusted over the slices of the (model, target class); a bucket is tested once, when
 it is complete, so the false-alarm rate per bucket and (model, target class) is at most ``alpha``
 (Fisher's test is conservative). A river drift detector (ADWIN, as for the labeled error rate in
-:mod:`agent.drift`) would watch the incoming share for change against its own past, not against
+:mod:`agent.drift.errors`) would watch the incoming share for change against its own past, not against
 the window the slice was measured on, and gives no false-alarm rate to state.
 """
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import ExporterSettings
+from agent.drift import EmbeddingDrift
 from agent.events import REASONS
 from agent.exporter import EVENT_TYPES, METRICS, MODALITIES, AgentMetrics, Exporter, SliceCollector
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
@@ -275,6 +276,7 @@ def full_exporter() -> Exporter:
     m.set_unsent_dead_letters(0)
     m.set_oldest_unembedded_age(0.0)
     exporter.publish_warnings([_warning_state()])
+    m.set_embedding_drift([EmbeddingDrift("report", 0.2, 0.01, 0.3, 150, 150)])
     return exporter
 
 
@@ -319,6 +321,26 @@ def test_warnings_are_exported_per_rank_with_bounded_labels_and_counted():
     assert "Jane Doe" not in body and "s-1" not in body
     exporter.forget_model("ptx")
     assert r.get_sample_value("slice_agent_estimated_error_ratio", key) is None
+
+
+def test_embedding_drift_is_a_gauge_per_modality_and_a_modality_left_out_loses_its_series():
+    exporter = Exporter(ExporterSettings(), process=False)
+    r, m = exporter.registry, exporter.agent
+    assert r.get_sample_value("slice_agent_embedding_drift_mmd", {"modality": "report"}) is None
+    m.set_embedding_drift(
+        [
+            EmbeddingDrift("report", 0.2, 0.01, 0.3, 150, 150),
+            EmbeddingDrift("image", 0.001, 0.02, 0.0, 80, 90),
+        ]
+    )
+    assert r.get_sample_value("slice_agent_embedding_drift_mmd", {"modality": "report"}) == 0.2
+    assert r.get_sample_value("slice_agent_embedding_drift_mmd_threshold", {"modality": "image"}) == 0.02
+    m.set_embedding_drift([EmbeddingDrift("report", 0.3, 0.01, 0.3, 150, 150)])
+    assert r.get_sample_value("slice_agent_embedding_drift_mmd", {"modality": "report"}) == 0.3
+    assert r.get_sample_value("slice_agent_embedding_drift_mmd", {"modality": "image"}) is None
+    assert r.get_sample_value("slice_agent_embedding_drift_mmd_threshold", {"modality": "image"}) is None
+    with pytest.raises(ValueError, match="modality"):
+        m.set_embedding_drift([EmbeddingDrift("Jane Doe", 0.3, 0.01, 0.3, 150, 150)])
 
 
 def test_every_declared_metric_is_exposed_under_its_declared_names(full_exporter):
@@ -396,6 +418,7 @@ def test_every_alert_has_a_for_period_severity_and_summary():
         "SliceAgentStalled",
         "SliceAgentDeadLetterSpike",
         "SliceAgentLabelBacklog",
+        "SliceAgentEmbeddingDrift",
     }
     for a in alerts:
         assert re.fullmatch(r"\d+[smh]", a["for"]), a["alert"]
