@@ -1,7 +1,8 @@
 """The stream fetches images from a real Orthanc (DICOMweb) by UID, on the real broker.
 
 - Inferences that carry only UIDs are audited on the image modality with the same vectors and the
-  same slices as the same files read from disk.
+  same slices as the same files read from disk, and both find the planted slice: a third of the
+  studies show a bright block, and the classifier calls a finding on most of them though none has one.
 - Orthanc stopped for 30 s and started again loses no sample: every image is embedded in the end.
 - An event that carries a URL is never followed: nothing but the configured PACS is asked for
   anything, and each such event is dead-lettered and counted.
@@ -27,13 +28,21 @@ from pydicom.uid import generate_uid
 from agent.embed import SqliteCache
 from agent.stream import publish_file
 
-N_STUDIES = 60
+#: A window of this size holds 40 planted studies, about 20 per fold: enough for the held-out test
+#: (``audit.min_slice_size`` members of the class in the held-out fold) to see the slice.
+N_STUDIES = 120
+#: Error rates inside the planted group (false positives) and outside it.
+GROUP_ERROR, BASE_ERROR = 0.7, 0.05
 #: Backoff of the tests: the first retry after 1 s, none more than 4 s apart.
 RETRY = {"retry_initial_seconds": 1.0, "retry_multiplier": 2.0, "retry_max_seconds": 4.0}
 
 
 def _images(folder: Path, n: int, seed: int) -> list[tuple[Path, bool]]:
-    """``n`` small CR images of their own study and series; a third carry a bright block (the slice)."""
+    """``n`` small CR images of their own study and series; a third carry a bright block (the slice).
+
+    The UIDs are derived from ``seed``: a stream's folds are drawn from a hash of the study UIDs,
+    so the same images give the same audit on every run.
+    """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -43,7 +52,9 @@ def _images(folder: Path, n: int, seed: int) -> list[tuple[Path, bool]]:
         if bright:
             pixels[8:56, 8:56] = rng.integers(3500, 4095, (48, 48), dtype=np.uint16)
         ds = dataset(64, 64)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = (
+            generate_uid(entropy_srcs=[str(seed), str(i), level]) for level in ("study", "series")
+        )
         ds.PatientID = f"P{i:04d}"
         out.append((write(ds, folder / f"{i:03d}.dcm", pixels), bright))
     return out
@@ -141,16 +152,32 @@ class Trap:
 
 
 def _slices(report: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What two audits of the same window must share: each slice's figures, its members in rank
+    order, and its names (those that passed the held-out check and those that did not)."""
     return [
         (
             s["size"],
             s["error_rate"],
             s["rest_error_rate"],
             s["p_value"],
-            tuple(sorted(m["study_uid"] for m in s["members"])),
+            s["error_precision_at_10"],
+            s["slice_class"],
+            tuple(m["study_uid"] for m in s["members"]),
+            tuple(t["token"] for t in s["tokens"]),
+            tuple(t["token"] for t in s["rejected_tokens"]),
         )
         for s in report["slices"]
     ]
+
+
+def _assert_finds_the_planted_group(report: dict[str, Any], planted: set[str]) -> None:
+    """The rank-1 slice is the planted group: its first ten members and most of the rest."""
+    assert report["slices"], f"no significant slice in {report['window']}"
+    top = report["slices"][0]
+    members = [m["study_uid"] for m in top["members"]]
+    assert sum(m in planted for m in members[:10]) >= 9, top
+    assert sum(m in planted for m in members) >= 0.8 * len(members), top
+    assert top["p_value"] <= 0.05 and top["error_rate"] > top["rest_error_rate"], top
 
 
 def test_uid_only_inferences_are_audited_like_files_and_urls_are_never_followed(
@@ -166,8 +193,9 @@ def test_uid_only_inferences_are_audited_like_files_and_urls_are_never_followed(
     inferences, labels = [], []
     for i, ((path, bright), (study, series, instance)) in enumerate(zip(images, uids, strict=True)):
         at = start + timedelta(minutes=i)
-        label = "pos" if rng.random() < 0.3 else "neg"
-        wrong = rng.random() < (0.7 if bright else 0.05)
+        # The bright block is no finding, but the classifier mostly calls one: false positives.
+        label = "pos" if rng.random() < 0.3 and not bright else "neg"
+        wrong = rng.random() < (GROUP_ERROR if bright else BASE_ERROR)
         prediction = ("neg" if label == "pos" else "pos") if wrong else label
         inferences.append(_inference("disk", study, at, prediction, image=str(path)))
         inferences.append(_inference("pacs", study, at, prediction, series_uid=series, image_uid=instance))
@@ -223,7 +251,10 @@ def test_uid_only_inferences_are_audited_like_files_and_urls_are_never_followed(
     assert pacs["modalities"] == disk["modalities"] == ["image"]
     assert pacs["window"]["n"] == disk["window"]["n"] == N_STUDIES
     assert pacs["window"]["n_errors"] == disk["window"]["n_errors"]
-    # The same inputs give the same audit (this small window may hold no significant slice).
+    # Both find the planted group, and the same inputs give the same audit.
+    planted = {study for (_, bright), (study, _, _) in zip(images, uids, strict=True) if bright}
+    _assert_finds_the_planted_group(disk, planted)
+    _assert_finds_the_planted_group(pacs, planted)
     assert _slices(pacs) == _slices(disk)
     # Never followed: the trap saw no connection; each URL is dead-lettered (or ignored, where the
     # event names its image by UIDs and the URL sits in a field the agent does not read).
