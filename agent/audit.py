@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Embedded",
+    "audit_embedded",
     "available_modalities",
     "default_target_class",
     "embed_samples",
@@ -270,7 +271,6 @@ def run_audit(
 
     ``known_names`` tells which candidate token words are names known from elsewhere (the store's
     person-name digests); they never become tokens."""
-    a = settings.audit
     if not samples:
         raise FitError("no labeled samples: nothing to audit")
     models = {s.model for s in samples}
@@ -311,6 +311,41 @@ def run_audit(
         progress=progress,
         images=_image_access(settings),
     )
+    return audit_embedded(
+        samples,
+        emb,
+        embedder=embedder,
+        settings=settings,
+        target=target,
+        modalities=chosen,
+        notes=notes,
+        known_names=known_names,
+    ), emb.problems
+
+
+def audit_embedded(
+    samples: Sequence[Sample],
+    emb: Embedded,
+    *,
+    embedder: Embedder,
+    settings: Settings,
+    target: ClassLabel,
+    modalities: Sequence[str],
+    notes: Sequence[str] = (),
+    known_names: Callable[[Collection[str]], Collection[str]] | None = None,
+) -> SliceReport:
+    """Discover, test, name and group the slices of samples already embedded (``emb``).
+
+    The part of :func:`run_audit` after embedding: a benchmark that embeds a pool of cases once
+    audits many windows drawn from it through here.
+    """
+    a = settings.audit
+    notes = list(notes)
+    chosen = tuple(modalities)
+    model = samples[0].model
+    y = np.array([s.label == target for s in samples], dtype=np.float64)
+    y_pred = np.array([s.prediction == target for s in samples], dtype=np.float64)
+    err = y != y_pred
     dims, components = window_capacity(settings, len(samples))
     if (dims, components) != (a.pca_components, a.n_components) and a.slicer == "error_aware":
         notes.append(
@@ -409,4 +444,4 @@ def run_audit(
         len(slices),
         len(report.findings),
     )
-    return report, emb.problems
+    return report

@@ -2,6 +2,14 @@
 
 from agent.slicing.errors_only import ErrorsOnlyMixture
 from agent.slicing.mixture import ErrorAwareMixture
-from agent.slicing.significance import SliceFinding, Slicer, discover_slices
+from agent.slicing.significance import SliceFinding, Slicer, Space, discover_in_spaces, discover_slices
 
-__all__ = ["ErrorAwareMixture", "ErrorsOnlyMixture", "SliceFinding", "Slicer", "discover_slices"]
+__all__ = [
+    "ErrorAwareMixture",
+    "ErrorsOnlyMixture",
+    "SliceFinding",
+    "Slicer",
+    "Space",
+    "discover_in_spaces",
+    "discover_slices",
+]
