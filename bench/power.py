@@ -6,8 +6,8 @@ torchxrayvision's data folder, never copied; see :mod:`agent.bench.indiana`). Th
 makes up a share (``--shares``) of the cases:
 
 * ``words``: the group carries a report word that no other case of the window carries;
-* ``header``: the group has a header value (view, image type, study description, age decade)
-  that no other case has;
+* ``header``: the group has a header value that the audit's metadata sentence shows (view,
+  age decade) and no other case has;
 * ``both``: the group has a report word and a header value; the rest may have either, not both;
 * ``image``: simulated radiographs (:mod:`agent.simulate.images`); the group carries a burned-in
   corner annotation that no report word or header mentions (windows of 1,000 at most: the pool
@@ -72,7 +72,7 @@ log = logging.getLogger("power")
 KINDS = ("words", "header", "both", "image")
 METHODS = ("product", "domino", "tfidf")
 _START = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
-_HEADER_FIELDS = ("ViewPosition", "ImageType", "StudyDescription")
+_LATERAL = frozenset({"LL", "RL", "LATERAL", "LARGE LATERAL"})
 _GROUP_ERROR, _BASE_ERROR = 0.5, 0.06
 _DETECTED = 0.9
 
@@ -117,7 +117,11 @@ class Record:
 
 
 def _header_values(meta: dict[str, object]) -> frozenset[str]:
-    out = {f"{k}={meta[k]}" for k in _HEADER_FIELDS if meta.get(k)}
+    """The header values the audit can see (the metadata sentence shows view and age band)."""
+    out = set()
+    view = str(meta.get("ViewPosition") or "").upper()
+    if view:
+        out.add(f"ViewPosition={'lateral' if view in _LATERAL else view}")
     age = str(meta.get("PatientAge") or "")
     if age[:2].isdigit():
         out.add(f"PatientAge={age[:2]}0s")
