@@ -30,7 +30,14 @@ from agent.fuse import MODALITIES, fuse
 from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.sample import Problem, Sample
-from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, Slicer, discover_slices
+from agent.slicing import (
+    ErrorAwareMixture,
+    ErrorsOnlyMixture,
+    Slicer,
+    Space,
+    TermRuleSlicer,
+    discover_in_spaces,
+)
 
 if TYPE_CHECKING:
     from agent.images import ImageAccess
@@ -206,6 +213,38 @@ def _make_slicer(settings: Settings, n_components: int) -> Callable[[int], Slice
     )
 
 
+def _spaces(
+    settings: Settings,
+    fused: np.ndarray,
+    blocks: dict[str, np.ndarray],
+    space: TokenSpace,
+    dims: int,
+    components: int,
+) -> list[Space]:
+    """The views slices are sought in (``audit.spaces``), under one multiplicity correction.
+
+    ``fused``: the fused embedding. ``modalities``: each modality's own embedding, when there is
+    more than one (a marker only the pixels show is drowned beside two text blocks). ``terms``:
+    the binary presence of each report and header term carried by at least ``min_slice_size``
+    cases (:class:`~agent.slicing.TermRuleSlicer`; a slice two rare words define is a needle
+    in a whole-report embedding).
+    """
+    a = settings.audit
+    mixture = _make_slicer(settings, components)
+    out = [Space("fused", fused, mixture)] if "fused" in a.spaces else []
+    if "modalities" in a.spaces and len(blocks) > 1:
+        for name, block in blocks.items():
+            own = fuse({name: block}, n_components=dims, random_state=a.seed).embedding
+            out.append(Space(name, own, mixture))
+    if "terms" in a.spaces and space.matrix_ is not None:
+        present = (space.matrix_ > 0).tocsc()
+        carried = np.flatnonzero(np.asarray(present.sum(axis=0)).ravel() >= a.min_slice_size)
+        if len(carried):
+            terms = present[:, carried].toarray().astype(np.float32)
+            out.append(Space("terms", terms, lambda seed: TermRuleSlicer(min_support=a.min_slice_size)))
+    return out or [Space("fused", fused, mixture)]
+
+
 def window_capacity(settings: Settings, n: int) -> tuple[int, int]:
     """PCA dimensions and mixture components a window of ``n`` cases can support.
 
@@ -351,13 +390,14 @@ def audit_embedded(
         notes.append(
             f"window of {len(samples)} cases: {dims} PCA dimensions, {components} mixture components"
         )
+    space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
+    space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata, known_names=known_names)
     # The numerical part runs on a.blas_threads BLAS threads: on a small sidecar more would
     # fight the embedder's torch threads and the event loop for the same cores.
     with threadpool_limits(limits=a.blas_threads, user_api="blas"):
         fused = fuse(emb.blocks, n_components=dims, random_state=a.seed)
-        findings = discover_slices(
-            _make_slicer(settings, components),
-            fused.embedding,
+        findings = discover_in_spaces(
+            _spaces(settings, fused.embedding, emb.blocks, space, dims, components),
             y,
             y_pred,
             n_slices=a.n_slices,
@@ -371,8 +411,6 @@ def audit_embedded(
         if count:
             notes.append(f"{count} of {len(samples)} cases lack the {name} modality (zero block)")
 
-    space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
-    space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata, known_names=known_names)
     shared = embedder.shared_space and "image" in emb.blocks
     case_vectors: np.ndarray | None
     if shared:

@@ -2,6 +2,7 @@
 
 from agent.slicing.errors_only import ErrorsOnlyMixture
 from agent.slicing.mixture import ErrorAwareMixture
+from agent.slicing.rules import TermRuleSlicer
 from agent.slicing.significance import SliceFinding, Slicer, Space, discover_in_spaces, discover_slices
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "SliceFinding",
     "Slicer",
     "Space",
+    "TermRuleSlicer",
     "discover_in_spaces",
     "discover_slices",
 ]
