@@ -530,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if text_kinds:
         pools.append((indiana_pool(embedder), text_kinds))
     if "image" in args.kinds:
-        pools.append((image_pool(embedder, args.image_pool, args.seed), ["image"]))
+        pools.append((image_pool(embedder, args.image_pool, args.seed, args.cache.parent), ["image"]))
     with threadpool_limits(limits=settings.audit.blas_threads, user_api="blas"):
         for pool, kinds in pools:
             for window in args.windows:
