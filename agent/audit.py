@@ -271,6 +271,15 @@ def _unit_mean(blocks: Sequence[np.ndarray]) -> np.ndarray:
     return np.nan_to_num(mean)
 
 
+def _profile(vectors: np.ndarray, members: np.ndarray, same_class: np.ndarray) -> np.ndarray:
+    """Mean case vector of a slice's members less that of the rest of its class (finite rows)."""
+    ok = np.all(np.isfinite(vectors), axis=1)
+    inside, rest = vectors[members & ok], vectors[same_class & ~members & ok]
+    if not len(inside) or not len(rest):
+        return np.zeros(vectors.shape[1])
+    return np.asarray(inside.mean(axis=0) - rest.mean(axis=0), dtype=np.float64)
+
+
 def validated_tokens(
     space: TokenSpace,
     candidates: Sequence[TokenResult],
@@ -431,6 +440,7 @@ def audit_embedded(
 
     uids = [s.study_uid for s in samples]
     slices: list[SliceResult] = []
+    profiles: list[np.ndarray] = []
     everyone = np.ones(len(samples), dtype=bool)
     for finding in findings:
         order = finding.ranking()
@@ -445,6 +455,8 @@ def audit_embedded(
         names, rejected = validated_tokens(
             space, scored(chosen_on, ref), check_rows, finding.members[check_rows], alpha=a.alpha
         )
+        if case_vectors is not None:
+            profiles.append(_profile(case_vectors, finding.members, same_class))
         slices.append(
             SliceResult(
                 rank=len(slices) + 1,
@@ -474,7 +486,9 @@ def audit_embedded(
         r_attr_space=("image" if shared else "text") if case_vectors is not None else None,
         embedder=embedder.name,
         notes=tuple(notes),
-        findings=group_slices(slices, top_tokens=a.top_tokens),
+        findings=group_slices(
+            slices, top_tokens=a.top_tokens, profiles=profiles if case_vectors is not None else None
+        ),
     )
     log.info(
         "audit of %s done: %d significant slice(s) in %d finding(s)",

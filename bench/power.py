@@ -173,10 +173,10 @@ def indiana_pool(embedder: Embedder) -> Pool:
     )
 
 
-def image_pool(embedder: Embedder, n: int, seed: int) -> Pool:
-    """``n`` simulated cases, each rendered plain and with a burned-in annotation (``2n`` rows)."""
-    rng = np.random.default_rng([seed, 42])
-    cases = draw_cases(rng, n)
+def _image_vectors(embedder: Embedder, cases: Sequence[Any], cache: Path) -> np.ndarray:
+    """Each case's image embedded plain, then marked (``2n`` rows); kept in ``cache`` once drawn."""
+    if cache.is_file():
+        return np.asarray(np.load(cache))
     spec = ImageSpec()
     started = time.perf_counter()
     plain = [render(c, spec) for c in cases]
@@ -190,6 +190,16 @@ def image_pool(embedder: Embedder, n: int, seed: int) -> Pool:
     log.info(
         "image pool: %d images rendered and embedded in %.0f s", len(images), time.perf_counter() - started
     )
+    np.save(cache, vectors)
+    return vectors
+
+
+def image_pool(embedder: Embedder, n: int, seed: int, cache: Path) -> Pool:
+    """``n`` simulated cases, each rendered plain and with a burned-in annotation (``2n`` rows)."""
+    rng = np.random.default_rng([seed, 42])
+    cases = draw_cases(rng, n)
+    safe = "".join(ch if ch.isalnum() else "-" for ch in embedder.name)
+    vectors = _image_vectors(embedder, cases, cache / f"images-{safe}-{n}-{seed}.npy")
     meta = [
         {
             "Modality": "CR",
