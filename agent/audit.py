@@ -32,6 +32,7 @@ from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.sample import Problem, Sample
 from agent.slicing import (
     ErrorAwareMixture,
+    ErrorScoreSlicer,
     ErrorsOnlyMixture,
     Slicer,
     Space,
@@ -224,7 +225,10 @@ def _spaces(
     """The views slices are sought in (``audit.spaces``), under one multiplicity correction.
 
     ``fused``: the fused embedding. ``modalities``: each modality's own embedding, when there is
-    more than one (a marker only the pixels show is drowned beside two text blocks). ``terms``:
+    more than one (a marker only the pixels show is drowned beside two text blocks). ``scores``:
+    in each modality's own embedding, the cases an error score fitted on the fitting fold ranks
+    highest (:class:`~agent.slicing.ErrorScoreSlicer`: a group that is a minor direction of
+    the embedding's variance, which a mixture does not cut along). ``terms``:
     the binary presence of each report and header term carried by at least ``min_slice_size``
     cases (:class:`~agent.slicing.TermRuleSlicer`; a slice two rare words define is a needle
     in a whole-report embedding).
@@ -232,10 +236,15 @@ def _spaces(
     a = settings.audit
     mixture = _make_slicer(settings, components)
     out = [Space("fused", fused, mixture)] if "fused" in a.spaces else []
+    own = {
+        name: fuse({name: block}, n_components=dims, random_state=a.seed).embedding
+        for name, block in blocks.items()
+        if ("modalities" in a.spaces and len(blocks) > 1) or "scores" in a.spaces
+    }
     if "modalities" in a.spaces and len(blocks) > 1:
-        for name, block in blocks.items():
-            own = fuse({name: block}, n_components=dims, random_state=a.seed).embedding
-            out.append(Space(name, own, mixture))
+        out += [Space(name, X, mixture) for name, X in own.items()]
+    if "scores" in a.spaces:
+        out += [Space(f"{name} score", X, lambda seed: ErrorScoreSlicer()) for name, X in own.items()]
     if "terms" in a.spaces and space.matrix_ is not None:
         present = (space.matrix_ > 0).tocsc()
         carried = np.flatnonzero(np.asarray(present.sum(axis=0)).ravel() >= a.min_slice_size)

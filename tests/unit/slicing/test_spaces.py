@@ -9,7 +9,14 @@ from sklearn.base import clone
 from agent.errors import FitError, NotFittedError
 from agent.metrics import precision_at_k
 from agent.simulate import planted_gaussian
-from agent.slicing import ErrorAwareMixture, Space, TermRuleSlicer, discover_in_spaces, discover_slices
+from agent.slicing import (
+    ErrorAwareMixture,
+    ErrorScoreSlicer,
+    Space,
+    TermRuleSlicer,
+    discover_in_spaces,
+    discover_slices,
+)
 
 
 def _mixture(seed: int) -> ErrorAwareMixture:
@@ -111,3 +118,19 @@ def test_a_pair_of_terms_is_a_rule_when_it_beats_either_term():
     err = rng.random(n) < np.where(both, 0.6, 0.05)
     slicer = TermRuleSlicer(n_rules=1).fit(terms, y, np.where(err, 1 - y, y))
     assert sorted(slicer.rules_[0]) == [1, 2]
+
+
+def test_the_error_score_slicer_ranks_the_group_first_and_validates_its_shares():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1200, 10))
+    group = X[:, 4] > 1.6
+    y = (rng.random(1200) < 0.4).astype(float)
+    err = rng.random(1200) < np.where(group, 0.6, 0.05)
+    found = discover_in_spaces(
+        [Space("image score", X, lambda s: ErrorScoreSlicer())], y, np.where(err, 1 - y, y), random_state=5
+    )
+    assert found and precision_at_k([found[0].ranking()], group, 10) >= 0.9
+    with pytest.raises(FitError, match="shares"):
+        ErrorScoreSlicer(shares=(0.0, 0.5)).fit(X, y, np.where(err, 1 - y, y))
+    with pytest.raises(FitError, match="both misclassified and correct"):
+        ErrorScoreSlicer().fit(X, y, y)
