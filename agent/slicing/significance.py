@@ -17,9 +17,12 @@ cross-fitted instead:
 4. Each chosen component is tested on the held-out fold with the same contrast, by a
    one-sided Fisher exact test. p-values are Bonferroni-adjusted over every component
    chosen; one that fails ``alpha`` is not an error slice.
-5. A significant slice whose members lie mostly (more than ``dedup_overlap`` of the smaller
+5. With several spaces (:func:`discover_in_spaces`: the fused embedding, each modality's own,
+   the report and header terms), every space is cut into the same folds and steps 2-4 run in
+   each; the Bonferroni factor counts the components chosen in every space.
+6. A significant slice whose members lie mostly (more than ``dedup_overlap`` of the smaller
    set) inside a more significant one is the same slice found again, in the other fold or
-   split in two, and is dropped.
+   split in two, or in another space, and is dropped.
 """
 
 from __future__ import annotations
