@@ -8,7 +8,8 @@ Two slices belong to one finding when
   the tracker uses: the core of a failure and the failure with its surroundings are one); or
 - their names overlap: at least ``shared_names`` words of one slice's validated tokens are
   among the other's candidate names (its validated and rejected tokens: the words that most
-  set its errors apart on the fitting fold); a bigram counts its two words. A validated name
+  set its errors apart on the fitting fold); a bigram counts its two words, and a plural its
+  singular (``tubes`` is ``tube``). A validated name
   has passed a held-out test of separating its own slice from the rest of its class, so when
   it also marks the other slice's errors the two are carved from one group (the demo's device
   failure comes out as one slice per device kind, named ``tip``, ``tube``, ``svc``... and
@@ -45,8 +46,13 @@ def _coefficient(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / min(len(a), len(b))
 
 
+def _stem(word: str) -> str:
+    """A name word without its plural ``s``: ``tubes`` and ``tube`` are one name (not ``glass``)."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
 def _words(tokens: Sequence[TokenResult]) -> frozenset[str]:
-    return frozenset(w for t in tokens for w in t.token.split(" "))
+    return frozenset(_stem(w) for t in tokens for w in t.token.split(" "))
 
 
 def _excess(s: SliceResult) -> float:

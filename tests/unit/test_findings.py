@@ -143,3 +143,11 @@ def test_slices_whose_profiles_point_the_same_way_are_one_finding():
     # Without profiles (or with orthogonal ones) they stay three findings.
     assert len(group_slices([lines, tubes, view])) == 3
     assert len(group_slices([lines, tubes, view], profiles=[devices, other, -devices])) == 3
+
+
+def test_a_plural_name_is_its_singular():
+    a = _slice(1, [f"u{i}" for i in range(20)], ["tubes", "support"])
+    b = _slice(2, [f"v{i}" for i in range(20)], ["tube"])
+    c = _slice(3, [f"w{i}" for i in range(20)], ["glass"])
+    d = _slice(4, [f"x{i}" for i in range(20)], ["glas"])
+    assert [f.sub_slices for f in group_slices([a, b, c, d])] == [("s-1", "s-2"), ("s-3",), ("s-4",)]
