@@ -30,7 +30,16 @@ from agent.fuse import MODALITIES, Fused, fuse
 from agent.metrics import error_precision_at_k
 from agent.report import Member, SliceReport, SliceResult, TokenResult, Window
 from agent.sample import Problem, Sample
-from agent.slicing import ErrorAwareMixture, ErrorsOnlyMixture, SliceFinding, Slicer, discover_slices
+from agent.slicing import (
+    ErrorAwareMixture,
+    ErrorScoreSlicer,
+    ErrorsOnlyMixture,
+    SliceFinding,
+    Slicer,
+    Space,
+    TermRuleSlicer,
+    discover_in_spaces,
+)
 from agent.slicing.mixture import MixtureParams
 from agent.warm import WarmStart, stable_folds
 
@@ -41,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Embedded",
     "FitView",
+    "audit_embedded",
     "available_modalities",
     "default_target_class",
     "embed_samples",
@@ -249,11 +259,14 @@ def fit_slices(
     *,
     keys: Sequence[str] = (),
     warm: WarmStart | None = None,
+    space: TokenSpace | None = None,
 ) -> tuple[Fused, list[SliceFinding]]:
-    """The numerical part of an audit: fuse the blocks, then find and test slices.
+    """The numerical part of an audit: fuse the blocks, then find and test slices in the spaces
+    of ``audit.spaces`` (:func:`_spaces`; ``space``, the fitted token space, gives the terms).
 
     With ``warm``, each case's fold is fixed by its key (``keys``, one per case), and the fusion
-    and the mixtures start from ``warm.previous``; ``warm.current`` is set to what this fit leaves.
+    and the fused space's mixtures start from ``warm.previous``; ``warm.current`` is set to what
+    this fit leaves (the other spaces start cold).
     It runs on ``audit.blas_threads`` BLAS threads: on a small sidecar more would fight the
     embedder's torch threads and the event loop for the same cores.
     """
@@ -271,9 +284,8 @@ def fit_slices(
         if warm is not None:
             make_slicer = warm.slicers(_slicer_from(settings, components), a.seed, fused)
             folds = stable_folds(keys, a.n_splits, a.seed)
-        findings = discover_slices(
-            make_slicer,
-            fused.embedding,
+        findings = discover_in_spaces(
+            _spaces(settings, fused.embedding, blocks, space, dims, components, mixture=make_slicer),
             y,
             y_pred,
             n_slices=a.n_slices,
@@ -287,6 +299,51 @@ def fit_slices(
     if warm is not None:
         warm.finish(fused)
     return fused, findings
+
+
+def _spaces(
+    settings: Settings,
+    fused: np.ndarray,
+    blocks: dict[str, np.ndarray],
+    space: TokenSpace | None,
+    dims: int,
+    components: int,
+    *,
+    mixture: Callable[[int], Slicer] | None = None,
+) -> list[Space]:
+    """The views slices are sought in (``audit.spaces``), under one multiplicity correction.
+
+    ``fused``: the fused embedding. ``modalities``: each modality's own embedding, when there is
+    more than one (a marker only the pixels show is drowned beside two text blocks). ``scores``:
+    in each modality's own embedding, the cases an error score fitted on the fitting fold ranks
+    highest (:class:`~agent.slicing.ErrorScoreSlicer`: a group that is a minor direction of
+    the embedding's variance, which a mixture does not cut along). ``terms``:
+    the binary presence of each report and header term carried by at least ``min_slice_size``
+    cases (:class:`~agent.slicing.TermRuleSlicer`; a slice two rare words define is a needle
+    in a whole-report embedding). ``mixture`` makes the fused space's slicers (by default the
+    configured one, cold).
+    """
+    a = settings.audit
+    cold = _make_slicer(settings, components)
+    if mixture is None:
+        mixture = cold
+    out = [Space("fused", fused, mixture)] if "fused" in a.spaces else []
+    own = {
+        name: fuse({name: block}, n_components=dims, random_state=a.seed).embedding
+        for name, block in blocks.items()
+        if ("modalities" in a.spaces and len(blocks) > 1) or "scores" in a.spaces
+    }
+    if "modalities" in a.spaces and len(blocks) > 1:
+        out += [Space(name, X, cold) for name, X in own.items()]
+    if "scores" in a.spaces:
+        out += [Space(f"{name} score", X, lambda seed: ErrorScoreSlicer()) for name, X in own.items()]
+    if "terms" in a.spaces and space is not None and space.matrix_ is not None:
+        present = (space.matrix_ > 0).tocsc()
+        carried = np.flatnonzero(np.asarray(present.sum(axis=0)).ravel() >= a.min_slice_size)
+        if len(carried):
+            terms = present[:, carried].toarray().astype(np.float32)
+            out.append(Space("terms", terms, lambda seed: TermRuleSlicer(min_support=a.min_slice_size)))
+    return out or [Space("fused", fused, mixture)]
 
 
 def window_capacity(settings: Settings, n: int) -> tuple[int, int]:
@@ -313,6 +370,15 @@ def _unit_mean(blocks: Sequence[np.ndarray]) -> np.ndarray:
     stacked = np.stack([b / np.linalg.norm(b, axis=1, keepdims=True) for b in blocks])
     mean = np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), axis=0)
     return np.nan_to_num(mean)
+
+
+def _profile(vectors: np.ndarray, members: np.ndarray, same_class: np.ndarray) -> np.ndarray:
+    """Mean case vector of a slice's members less that of the rest of its class (finite rows)."""
+    ok = np.all(np.isfinite(vectors), axis=1)
+    inside, rest = vectors[members & ok], vectors[same_class & ~members & ok]
+    if not len(inside) or not len(rest):
+        return np.zeros(vectors.shape[1])
+    return np.asarray(inside.mean(axis=0) - rest.mean(axis=0), dtype=np.float64)
 
 
 def validated_tokens(
@@ -359,7 +425,6 @@ def run_audit(
     fold is fixed by its study id, the fusion and the mixtures start from ``warm.previous``, and
     ``warm.current`` is what the next refit starts from (:mod:`agent.warm`). ``on_fit`` is called
     with what was fitted (:class:`FitView`) before the report is returned."""
-    a = settings.audit
     if not samples:
         raise FitError("no labeled samples: nothing to audit")
     models = {s.model for s in samples}
@@ -400,20 +465,67 @@ def run_audit(
         progress=progress,
         images=_image_access(settings),
     )
+    return audit_embedded(
+        samples,
+        emb,
+        embedder=embedder,
+        settings=settings,
+        target=target,
+        modalities=chosen,
+        notes=notes,
+        known_names=known_names,
+        warm=warm,
+        on_fit=on_fit,
+    ), emb.problems
+
+
+def audit_embedded(
+    samples: Sequence[Sample],
+    emb: Embedded,
+    *,
+    embedder: Embedder,
+    settings: Settings,
+    target: ClassLabel,
+    modalities: Sequence[str],
+    notes: Sequence[str] = (),
+    known_names: Callable[[Collection[str]], Collection[str]] | None = None,
+    warm: WarmStart | None = None,
+    on_fit: Callable[[FitView], None] | None = None,
+) -> SliceReport:
+    """Discover, test, name and group the slices of samples already embedded (``emb``).
+
+    The part of :func:`run_audit` after embedding: a benchmark that embeds a pool of cases once
+    audits many windows drawn from it through here.
+    """
+    a = settings.audit
+    notes = list(notes)
+    chosen = tuple(modalities)
+    model = samples[0].model
+    y = np.array([s.label == target for s in samples], dtype=np.float64)
+    y_pred = np.array([s.prediction == target for s in samples], dtype=np.float64)
+    err = y != y_pred
     dims, components = window_capacity(settings, len(samples))
     if (dims, components) != (a.pca_components, a.n_components) and a.slicer == "error_aware":
         notes.append(
             f"window of {len(samples)} cases: {dims} PCA dimensions, {components} mixture components"
         )
+    space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
+    space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata, known_names=known_names)
     fused, findings = fit_slices(
-        emb.blocks, y, y_pred, settings, dims, components, keys=[s.study_uid for s in samples], warm=warm
+        emb.blocks,
+        y,
+        y_pred,
+        settings,
+        dims,
+        components,
+        keys=[s.study_uid for s in samples],
+        warm=warm,
+        space=space,
     )
     for name, count in fused.missing.items():
         if count:
             notes.append(f"{count} of {len(samples)} cases lack the {name} modality (zero block)")
 
-    space = TokenSpace(min_df=a.token_min_df, metadata_vocabulary=emb.metadata_words)
-    space.fit(emb.texts, reports=emb.raw_reports, metadata=emb.metadata, known_names=known_names)
     shared = embedder.shared_space and "image" in emb.blocks
     case_vectors: np.ndarray | None
     if shared:
@@ -434,6 +546,7 @@ def run_audit(
 
     uids = [s.study_uid for s in samples]
     slices: list[SliceResult] = []
+    profiles: list[np.ndarray] = []
     everyone = np.ones(len(samples), dtype=bool)
     for finding in findings:
         order = finding.ranking()
@@ -448,6 +561,8 @@ def run_audit(
         names, rejected = validated_tokens(
             space, scored(chosen_on, ref), check_rows, finding.members[check_rows], alpha=a.alpha
         )
+        if case_vectors is not None:
+            profiles.append(_profile(case_vectors, finding.members, same_class))
         slices.append(
             SliceResult(
                 rank=len(slices) + 1,
@@ -477,7 +592,9 @@ def run_audit(
         r_attr_space=("image" if shared else "text") if case_vectors is not None else None,
         embedder=embedder.name,
         notes=tuple(notes),
-        findings=group_slices(slices, top_tokens=a.top_tokens),
+        findings=group_slices(
+            slices, top_tokens=a.top_tokens, profiles=profiles if case_vectors is not None else None
+        ),
     )
     if on_fit is not None:
         on_fit(FitView(samples, target, emb.blocks, fused, tuple(slices), tuple(findings)))
@@ -487,4 +604,4 @@ def run_audit(
         len(slices),
         len(report.findings),
     )
-    return report, emb.problems
+    return report

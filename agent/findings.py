@@ -8,12 +8,19 @@ Two slices belong to one finding when
   the tracker uses: the core of a failure and the failure with its surroundings are one); or
 - their names overlap: at least ``shared_names`` words of one slice's validated tokens are
   among the other's candidate names (its validated and rejected tokens: the words that most
-  set its errors apart on the fitting fold); a bigram counts its two words. A validated name
+  set its errors apart on the fitting fold); a bigram counts its two words, and a plural its
+  singular (``tubes`` is ``tube``). A validated name
   has passed a held-out test of separating its own slice from the rest of its class, so when
   it also marks the other slice's errors the two are carved from one group (the demo's device
   failure comes out as one slice per device kind, named ``tip``, ``tube``, ``svc``... and
   barely overlapping in members).
-  Slices of either class can share names: a failure that spans both classes is one finding.
+  Slices of either class can share names: a failure that spans both classes is one finding;
+  or
+- their profiles point the same way: given each slice's profile (the mean of its members'
+  case vectors less that of the rest of its class: what sets the slice apart in the text or
+  shared embedding), the cosine of two profiles is at least ``similar``. A failure the slicer
+  cut along words the names never share (``line``, ``picc`` beside ``tube``, ``drain``) sits
+  in one region of a sentence embedding, apart from another failure (``lateral``).
 
 Findings are the connected groups of that relation. Within a finding, sub-slices are ranked by
 the errors they account for beyond the rest's rate, ``size × (error_rate - rest_error_rate)``
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from agent.report import Finding, SliceResult, TokenResult, finding_id
 
 __all__ = ["group_slices"]
@@ -37,16 +46,37 @@ def _coefficient(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / min(len(a), len(b))
 
 
+def _stem(word: str) -> str:
+    """A name word without its plural ``s``: ``tubes`` and ``tube`` are one name (not ``glass``)."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
 def _words(tokens: Sequence[TokenResult]) -> frozenset[str]:
-    return frozenset(w for t in tokens for w in t.token.split(" "))
+    return frozenset(_stem(w) for t in tokens for w in t.token.split(" "))
 
 
 def _excess(s: SliceResult) -> float:
     return s.size * (s.error_rate - s.rest_error_rate)
 
 
+def _cosines(profiles: Sequence[np.ndarray] | None, n: int) -> np.ndarray:
+    """Pairwise cosine of the slices' profiles (zeros without profiles)."""
+    if profiles is None or n == 0:
+        return np.zeros((n, n))
+    P = np.asarray(profiles, dtype=np.float64).reshape(n, -1)
+    norm = np.linalg.norm(P, axis=1, keepdims=True)
+    unit = np.divide(P, norm, out=np.zeros_like(P), where=norm > 0)
+    return np.asarray(unit @ unit.T)
+
+
 def group_slices(
-    slices: Sequence[SliceResult], *, overlap: float = 0.5, shared_names: int = 1, top_tokens: int = 5
+    slices: Sequence[SliceResult],
+    *,
+    overlap: float = 0.5,
+    shared_names: int = 1,
+    top_tokens: int = 5,
+    profiles: Sequence[np.ndarray] | None = None,
+    similar: float = 0.6,
 ) -> tuple[Finding, ...]:
     """Merge the slices that are one failure into findings, best first.
 
@@ -60,6 +90,10 @@ def group_slices(
         Validated name words two slices must share to be one failure.
     top_tokens
         Names a finding keeps, best held-out AUROC first.
+    profiles
+        Per slice, its profile vector (all of one width); None: no merging by profile.
+    similar
+        Cosine of two profiles at which two slices are one failure.
 
     Examples
     --------
@@ -84,11 +118,14 @@ def group_slices(
     members = [frozenset(m.study_uid for m in s.members if m.study_uid) for s in slices]
     validated = [_words(s.tokens) for s in slices]
     candidates = [_words((*s.tokens, *s.rejected_tokens)) for s in slices]
+    cosine = _cosines(profiles, n)
     for i in range(n):
         for j in range(i + 1, n):
-            if _coefficient(members[i], members[j]) >= overlap or (
-                len(validated[i] & candidates[j]) >= shared_names
+            if (
+                _coefficient(members[i], members[j]) >= overlap
+                or len(validated[i] & candidates[j]) >= shared_names
                 or len(validated[j] & candidates[i]) >= shared_names
+                or cosine[i, j] >= similar
             ):
                 parent[root(j)] = root(i)
 

@@ -2,6 +2,18 @@
 
 from agent.slicing.errors_only import ErrorsOnlyMixture
 from agent.slicing.mixture import ErrorAwareMixture
-from agent.slicing.significance import SliceFinding, Slicer, discover_slices
+from agent.slicing.rules import TermRuleSlicer
+from agent.slicing.score import ErrorScoreSlicer
+from agent.slicing.significance import SliceFinding, Slicer, Space, discover_in_spaces, discover_slices
 
-__all__ = ["ErrorAwareMixture", "ErrorsOnlyMixture", "SliceFinding", "Slicer", "discover_slices"]
+__all__ = [
+    "ErrorAwareMixture",
+    "ErrorScoreSlicer",
+    "ErrorsOnlyMixture",
+    "SliceFinding",
+    "Slicer",
+    "Space",
+    "TermRuleSlicer",
+    "discover_in_spaces",
+    "discover_slices",
+]

@@ -17,15 +17,18 @@ cross-fitted instead:
 4. Each chosen component is tested on the held-out fold with the same contrast, by a
    one-sided Fisher exact test. p-values are Bonferroni-adjusted over every component
    chosen; one that fails ``alpha`` is not an error slice.
-5. A significant slice whose members lie mostly (more than ``dedup_overlap`` of the smaller
+5. With several spaces (:func:`discover_in_spaces`: the fused embedding, each modality's own,
+   the report and header terms), every space is cut into the same folds and steps 2-4 run in
+   each; the Bonferroni factor counts the components chosen in every space.
+6. A significant slice whose members lie mostly (more than ``dedup_overlap`` of the smaller
    set) inside a more significant one is the same slice found again, in the other fold or
-   split in two, and is dropped.
+   split in two, or in another space, and is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -34,7 +37,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from agent.errors import FitError
 
-__all__ = ["SliceFinding", "Slicer", "discover_slices"]
+__all__ = ["SliceFinding", "Slicer", "Space", "discover_in_spaces", "discover_slices"]
 
 
 class Slicer(Protocol):
@@ -72,11 +75,26 @@ class SliceFinding:
     mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     """The fold's mixture in the fused space: means and diagonal variances ``(k, d)`` and weights
     ``(k,)`` of every component (``component`` is the slice's); None when the slicer keeps none."""
+    space: str = "fused"
+    """The space the slice was found in (:class:`Space`)."""
+    mixture_component: int | None = None
+    """The component of ``mixture`` whose territory is the slice's: ``component`` for a slice of
+    the fused space, or that of the fused space's candidate for the same cases when the slice was
+    found in another space (None: no such candidate)."""
 
     def ranking(self) -> np.ndarray:
         """Member indices, most probable first (ties: most typical by embedding first)."""
         order = np.lexsort((-self.typicality, -self.probability))
         return order[self.members[order]]
+
+
+@dataclass(frozen=True)
+class Space:
+    """One view of the window that slices are sought in: its rows and the slicer it takes."""
+
+    name: str
+    X: np.ndarray
+    make_slicer: Callable[[int], Slicer]
 
 
 @dataclass(frozen=True)
@@ -109,8 +127,11 @@ def _contrast(inside: np.ndarray, same_class: np.ndarray, err: np.ndarray) -> _C
 
 
 def _territory(membership: np.ndarray, beta: float) -> np.ndarray:
-    """Boolean ``(n, k)``: the component holds at least ``beta`` of the case's top membership."""
-    return membership >= beta * membership.max(axis=1, keepdims=True)
+    """Boolean ``(n, k)``: the component holds at least ``beta`` of the case's top membership.
+
+    A zero membership is never a territory (a rule slicer gives a case outside every rule zeros).
+    """
+    return (membership >= beta * membership.max(axis=1, keepdims=True)) & (membership > 0)
 
 
 def _take(X: np.ndarray, rows: np.ndarray, slab: int = 4096) -> np.ndarray:
@@ -165,7 +186,7 @@ def discover_slices(
     random_state: int = 0,
     folds: np.ndarray | None = None,
 ) -> list[SliceFinding]:
-    """Find and test error slices; return the significant ones, most significant first.
+    """Find and test error slices in one space; return the significant ones, most significant first.
 
     Parameters
     ----------
@@ -189,9 +210,45 @@ def discover_slices(
         Each case's fold, ``0 .. n_splits - 1``, when the caller fixes them (a stream keeps a
         case in one fold across refits); by default they are drawn, stratified by (label, error).
     """
-    X = np.asarray(X)
-    if X.dtype not in (np.float32, np.float64):
-        X = X.astype(np.float64)
+    return discover_in_spaces(
+        [Space("fused", X, make_slicer)],
+        y,
+        y_pred,
+        n_slices=n_slices,
+        n_splits=n_splits,
+        beta=beta,
+        alpha=alpha,
+        min_size=min_size,
+        dedup_overlap=dedup_overlap,
+        random_state=random_state,
+        folds=folds,
+    )
+
+
+def discover_in_spaces(
+    spaces: Sequence[Space],
+    y: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    n_slices: int = 5,
+    n_splits: int = 2,
+    beta: float = 0.1,
+    alpha: float = 0.05,
+    min_size: int = 10,
+    dedup_overlap: float = 0.5,
+    random_state: int = 0,
+    folds: np.ndarray | None = None,
+) -> list[SliceFinding]:
+    """Find and test error slices in several spaces under one multiplicity correction.
+
+    Every space is cut into the same folds, so no slicer ever sees the fold its slices are
+    tested on. Up to ``n_slices`` components are chosen per space and fold; the Bonferroni
+    factor counts every component chosen in every space, so trying more spaces costs power,
+    never the family-wise error rate. Slices found again in another space are dropped as
+    duplicates of the more significant one. Parameters as :func:`discover_slices`.
+    """
+    if not spaces:
+        raise FitError("expected at least one space to discover slices in, got none")
     y = np.asarray(y, dtype=np.float64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
     err = (y != (y_pred >= 0.5)).astype(np.float64)
@@ -199,47 +256,49 @@ def discover_slices(
         raise FitError(f"expected n_splits >= 2 for an honest test, got {n_splits}")
     if err.sum() == 0 or err.sum() == len(y):
         return []
+    matrices = []
+    for space in spaces:
+        X = np.asarray(space.X)
+        if X.dtype not in (np.float32, np.float64):
+            X = X.astype(np.float64)
+        if len(X) != len(y):
+            raise FitError(f"expected {len(y)} rows in space {space.name!r}, got {len(X)}")
+        matrices.append(X)
 
-    tested: list[tuple[_Contrast, float, int, int, float]] = []
-    fitted: dict[int, Slicer] = {}
+    tested: list[tuple[_Contrast, float, tuple[int, int], int, float]] = []
+    fitted: dict[tuple[int, int], Slicer] = {}
     held_out: dict[int, np.ndarray] = {}
     # Memberships are row by row: each fold's over the whole window is computed once, and its
     # training and held-out rows, and every slice kept from the fold, read from it.
     # Only the territories and the chosen components' columns are kept past the fold.
-    memberships: dict[tuple[int, int], np.ndarray] = {}
-    territories: dict[int, np.ndarray] = {}
-    typicalities: dict[tuple[int, int], np.ndarray] = {}
+    memberships: dict[tuple[tuple[int, int], int], np.ndarray] = {}
+    territories: dict[tuple[int, int], np.ndarray] = {}
+    typicalities: dict[tuple[tuple[int, int], int], np.ndarray] = {}
     n_chosen = 0
     splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
     for fold, (train, test) in enumerate(splits):
-        slicer = make_slicer(random_state + fold)
-        try:
-            slicer.fit(_take(X, train), y[train], y_pred[train])
-        except FitError:
-            continue
-        fitted[fold] = slicer
         held_out[fold] = np.isin(np.arange(len(y)), test)
-        membership = slicer.membership(X, y)
-        territories[fold] = _territory(membership, beta)
-        memb_train = membership[train]
-        territory_train = territories[fold][train]
-        territory_test = territories[fold][test]
-        chosen: list[tuple[float, int, float]] = []
-        for j in range(memb_train.shape[1]):
-            if memb_train[:, j].sum() < 1e-9:
+        for index, (space, X) in enumerate(zip(spaces, matrices, strict=True)):
+            key = (index, fold)
+            slicer = space.make_slicer(random_state + fold)
+            try:
+                slicer.fit(_take(X, train), y[train], y_pred[train])
+            except FitError:
                 continue
-            cls = float(np.round(np.average(y[train], weights=memb_train[:, j])))
-            c = _contrast(territory_train[:, j], y[train] == cls, err[train])
-            if c.n_in >= min_size and c.z > 0:
-                chosen.append((c.z, j, cls))
-        chosen = sorted(chosen, reverse=True)[:n_slices]
-        n_chosen += len(chosen)
-        memberships.update({(fold, j): membership[:, j].copy() for _, j, _ in chosen})
-        del membership, memb_train
-        for _, j, cls in chosen:
-            c = _contrast(territory_test[:, j], y[test] == cls, err[test])
-            if c.n_in >= min_size and c.n_out > 0:
-                tested.append((c, c.p_value(), fold, j, cls))
+            fitted[key] = slicer
+            membership = slicer.membership(X, y)
+            territories[key] = _territory(membership, beta)
+            chosen = _choose(
+                membership[train], territories[key][train], y[train], err[train], n_slices, min_size
+            )
+            n_chosen += len(chosen)
+            memberships.update({(key, j): membership[:, j].copy() for j, _ in chosen})
+            del membership
+            territory_test = territories[key][test]
+            for j, cls in chosen:
+                c = _contrast(territory_test[:, j], y[test] == cls, err[test])
+                if c.n_in >= min_size and c.n_out > 0:
+                    tested.append((c, c.p_value(), key, j, cls))
 
     m = max(n_chosen, 1)
     significant = sorted(
@@ -247,33 +306,67 @@ def discover_slices(
         key=lambda t: (t[1], -(t[0].e_in / t[0].n_in - t[0].e_out / t[0].n_out)),
     )
     kept: list[SliceFinding] = []
-    for c, p, fold, j, cls in significant:
-        members = territories[fold][:, j] & (y == cls)
+    for c, p, key, j, cls in significant:
+        members = territories[key][:, j] & (y == cls)
         if members.sum() < min_size:
             continue
         overlaps = [(members & k.members).sum() / min(members.sum(), k.members.sum()) for k in kept]
         if overlaps and max(overlaps) > dedup_overlap:
             continue
-        if (fold, j) not in typicalities:
-            typical = fitted[fold].membership(X)
-            typicalities.update({(f, c): typical[:, c].copy() for f, c in memberships if f == fold})
+        if (key, j) not in typicalities:
+            typical = fitted[key].membership(matrices[key[0]])
+            typicalities.update({(k, c_): typical[:, c_].copy() for k, c_ in memberships if k == key})
         kept.append(
             SliceFinding(
                 members=members,
-                probability=memberships[fold, j],
-                typicality=typicalities[fold, j],
+                probability=memberships[key, j],
+                typicality=typicalities[key, j],
                 slice_class=cls,
                 error_rate=c.e_in / c.n_in,
                 rest_error_rate=c.e_out / c.n_out,
                 n_tested=c.n_in,
                 p_value=min(1.0, p * m),
                 p_value_raw=p,
-                fold=fold,
+                fold=key[1],
                 component=j,
-                held_out=held_out[fold],
-                mixture=_mixture(fitted[fold]),
+                held_out=held_out[key[1]],
+                space=spaces[key[0]].name,
+                mixture=_mixture(fitted[key]) if spaces[key[0]].name == "fused" else None,
+                mixture_component=j if spaces[key[0]].name == "fused" else None,
             )
         )
         if len(kept) == n_slices:
             break
+    # A slice found in another space keeps the fused space's territory of the same cases, where
+    # one was tested: the early warning recognises new cases in the fused space only.
+    fused_tested = sorted((t for t in tested if spaces[t[2][0]].name == "fused"), key=lambda t: t[1])
+    for i, finding in enumerate(kept):
+        if finding.mixture is not None:
+            continue
+        for _, _, key, j, cls in fused_tested:
+            members = territories[key][:, j] & (y == cls)
+            smaller = min(members.sum(), finding.members.sum())
+            if cls == finding.slice_class and (members & finding.members).sum() > dedup_overlap * smaller:
+                kept[i] = replace(finding, mixture=_mixture(fitted[key]), mixture_component=j)
+                break
     return kept
+
+
+def _choose(
+    membership: np.ndarray,
+    territory: np.ndarray,
+    y: np.ndarray,
+    err: np.ndarray,
+    n_slices: int,
+    min_size: int,
+) -> list[tuple[int, float]]:
+    """Up to ``n_slices`` components ``(j, class)`` of the fitting rows, by the z of their errors."""
+    chosen: list[tuple[float, int, float]] = []
+    for j in range(membership.shape[1]):
+        if membership[:, j].sum() < 1e-9:
+            continue
+        cls = float(np.round(np.average(y, weights=membership[:, j])))
+        c = _contrast(territory[:, j], y == cls, err)
+        if c.n_in >= min_size and c.z > 0:
+            chosen.append((c.z, j, cls))
+    return [(j, cls) for _, j, cls in sorted(chosen, reverse=True)[:n_slices]]

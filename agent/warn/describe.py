@@ -242,13 +242,12 @@ def describe_fit(
     live = np.asarray(space.fuse(view.blocks, n), dtype=np.float64)
     known: list[KnownSlice] = []
     for result, finding, tracked in zip(view.slices, view.findings, ids, strict=True):
-        if finding.mixture is None:
+        if finding.mixture is None or finding.mixture_component is None:
             continue
+        component = finding.mixture_component
         # Rounded to float32 here as the store keeps them: the window counts what new cases will meet.
         means, variances, weights = (np.asarray(a, dtype=_F32).astype(np.float64) for a in finding.mixture)
-        probe = KnownSlice(
-            tracked, result.rank, finding.component, means, variances, weights, 0, n, 0, None, None
-        )
+        probe = KnownSlice(tracked, result.rank, component, means, variances, weights, 0, n, 0, None, None)
         inside = _territory(live, probe, beta)
         calibration = (
             Calibration.fit(scores[inside], side[inside], err[inside])

@@ -86,13 +86,13 @@ def _blas_threads() -> set[int]:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_refit_runs_on_the_configured_blas_threads(monkeypatch, threads):
     seen: list[set[int]] = []
-    real = agent.audit.discover_slices
+    real = agent.audit.discover_in_spaces
 
     def recording(*args, **kwargs):
         seen.append(_blas_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(agent.audit, "discover_slices", recording)
+    monkeypatch.setattr(agent.audit, "discover_in_spaces", recording)
     before = _blas_threads()
     settings = load_settings(
         overrides={"audit": {"blas_threads": threads, "pca_components": 8, "n_components": 6}}

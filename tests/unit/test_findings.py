@@ -130,3 +130,24 @@ def test_a_validated_name_among_the_others_rejected_candidates_merges():
         **{**_slice(4, ["f"], ["svc"]).__dict__, "rejected_tokens": (TokenResult("carina", 0.1),)}
     )
     assert len(group_slices([c, d])) == 2
+
+
+def test_slices_whose_profiles_point_the_same_way_are_one_finding():
+    """No shared member or name, but the same direction in the embedding: one failure."""
+    lines = _slice(1, [f"u{i}" for i in range(20)], ["picc"])
+    tubes = _slice(2, [f"v{i}" for i in range(20)], ["tube"])
+    view = _slice(3, [f"w{i}" for i in range(20)], ["lateral"])
+    devices, other = np.array([1.0, 0.2, 0.0]), np.array([0.0, 0.1, 1.0])
+    found = group_slices([lines, tubes, view], profiles=[devices, devices + np.array([0.1, 0.3, 0.0]), other])
+    assert [f.sub_slices for f in found] == [("s-1", "s-2"), ("s-3",)]
+    # Without profiles (or with orthogonal ones) they stay three findings.
+    assert len(group_slices([lines, tubes, view])) == 3
+    assert len(group_slices([lines, tubes, view], profiles=[devices, other, -devices])) == 3
+
+
+def test_a_plural_name_is_its_singular():
+    a = _slice(1, [f"u{i}" for i in range(20)], ["tubes", "support"])
+    b = _slice(2, [f"v{i}" for i in range(20)], ["tube"])
+    c = _slice(3, [f"w{i}" for i in range(20)], ["glass"])
+    d = _slice(4, [f"x{i}" for i in range(20)], ["glas"])
+    assert [f.sub_slices for f in group_slices([a, b, c, d])] == [("s-1", "s-2"), ("s-3",), ("s-4",)]

@@ -111,7 +111,9 @@ def test_a_description_assigns_the_window_as_it_counted_it_and_survives_the_stor
         ]
     )
     top = inside[:, 0]
-    assert weak[top].mean() > 0.5 and top[weak].mean() > 0.3
+    # A region of the fused space around the group (its neighbours share its view or maker): the
+    # group is several times as frequent inside as in the window, and most of it is inside.
+    assert weak[top].mean() > 3 * weak.mean() and top[weak].mean() > 0.3, (weak[top].mean(), weak.mean())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -1,0 +1,136 @@
+"""Discovery over several spaces, and the term-rule slicer of the sparse view."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from agent.errors import FitError, NotFittedError
+from agent.metrics import precision_at_k
+from agent.simulate import planted_gaussian
+from agent.slicing import (
+    ErrorAwareMixture,
+    ErrorScoreSlicer,
+    Space,
+    TermRuleSlicer,
+    discover_in_spaces,
+    discover_slices,
+)
+
+
+def _mixture(seed: int) -> ErrorAwareMixture:
+    return ErrorAwareMixture(6, random_state=seed)
+
+
+def _terms(seed: int) -> TermRuleSlicer:
+    return TermRuleSlicer(min_support=10)
+
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _window(n: int, seed: int, *, share: float = 0.0) -> Arrays:
+    """Random term presence (200 terms of 1-20% frequency); term 0 marks a group of ``share``."""
+    rng = np.random.default_rng(seed)
+    terms = (rng.random((n, 200)) < rng.uniform(0.01, 0.2, 200)).astype(np.float32)
+    group = rng.random(n) < share
+    terms[:, 0] = group
+    y = (rng.random(n) < 0.4).astype(float)
+    err = rng.random(n) < np.where(group, 0.5, 0.06)
+    return terms, y, np.where(err, 1 - y, y), group
+
+
+def test_null_false_alarms_stay_under_alpha_over_every_space():
+    """Uniform errors, three spaces (two embeddings and the terms) per window: the family-wise
+    rate over 40 seeded windows stays at or under alpha = 0.05 (2 of 40)."""
+    alarms = 0
+    for seed in range(40):
+        data = planted_gaussian(600, 8, planted=False, seed=seed)
+        terms, _, _, _ = _window(600, 1000 + seed)
+        rng = np.random.default_rng(seed)
+        spaces = [
+            Space("fused", data.X, _mixture),
+            Space("other", data.X[:, ::-1] + rng.normal(size=data.X.shape), _mixture),
+            Space("terms", terms, _terms),
+        ]
+        alarms += bool(discover_in_spaces(spaces, data.y, data.y_pred, alpha=0.05, random_state=seed))
+    assert alarms <= 2, f"{alarms} false alarms in 40 null windows"
+
+
+def test_the_bonferroni_factor_counts_the_components_of_every_space():
+    data = planted_gaussian(1500, 16, seed=3)
+    one = discover_slices(_mixture, data.X, data.y, data.y_pred, random_state=3)
+    two = discover_in_spaces(
+        [Space("a", data.X, _mixture), Space("b", data.X, _mixture)], data.y, data.y_pred, random_state=3
+    )
+    assert one and two
+    # The same space twice chooses every component twice: twice the factor, the same raw p.
+    assert two[0].p_value_raw == pytest.approx(one[0].p_value_raw)
+    assert two[0].p_value == pytest.approx(min(1.0, 2 * one[0].p_value))
+    # ...and the copy found in the second space is a duplicate, not a second slice.
+    assert len(two) == len(one)
+
+
+def test_a_slice_that_one_term_defines_is_found_in_the_term_space():
+    terms, y, y_pred, group = _window(1000, 7, share=0.06)
+    noise = np.random.default_rng(7).normal(size=(1000, 8))
+    found = discover_in_spaces(
+        [Space("fused", noise, _mixture), Space("terms", terms, _terms)], y, y_pred, random_state=7
+    )
+    assert found and found[0].space == "terms"
+    assert precision_at_k([found[0].ranking()], group, 10) >= 0.9
+    # The embedding alone, where the group does not show, finds nothing.
+    assert discover_slices(_mixture, noise, y, y_pred, random_state=7) == []
+
+
+def test_a_space_with_the_wrong_number_of_rows_is_a_clear_error():
+    data = planted_gaussian(200, 4, seed=0)
+    with pytest.raises(FitError, match="rows in space 'short'"):
+        discover_in_spaces([Space("short", data.X[:100], _mixture)], data.y, data.y_pred)
+
+
+def test_term_rules_are_estimators_with_validated_parameters():
+    terms, y, y_pred, _ = _window(800, 2, share=0.05)
+    slicer = TermRuleSlicer(n_rules=3)
+    assert clone(slicer).get_params() == {"n_rules": 3, "min_support": 10, "n_pair_terms": 30}
+    with pytest.raises(NotFittedError):
+        slicer.membership(terms)
+    with pytest.raises(FitError, match="n_rules"):
+        TermRuleSlicer(n_rules=0).fit(terms, y, y_pred)
+    slicer.fit(terms, y, y_pred)
+    assert 0 in slicer.rules_[:, 0]
+    by_class = slicer.membership(terms, y)
+    # Given labels, a rule holds only cases of its class; without, every carrier of its terms.
+    for k, c in enumerate(slicer.classes_):
+        assert set(np.unique(y[by_class[:, k] > 0])) <= {c}
+    assert (slicer.membership(terms) >= by_class).all()
+    with pytest.raises(FitError, match="term columns"):
+        slicer.membership(terms[:, :5])
+
+
+def test_a_pair_of_terms_is_a_rule_when_it_beats_either_term():
+    rng = np.random.default_rng(4)
+    n = 2000
+    terms = (rng.random((n, 20)) < 0.3).astype(float)
+    both = (terms[:, 1] > 0) & (terms[:, 2] > 0)
+    y = (rng.random(n) < 0.5).astype(float)
+    err = rng.random(n) < np.where(both, 0.6, 0.05)
+    slicer = TermRuleSlicer(n_rules=1).fit(terms, y, np.where(err, 1 - y, y))
+    assert sorted(slicer.rules_[0]) == [1, 2]
+
+
+def test_the_error_score_slicer_ranks_the_group_first_and_validates_its_shares():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1200, 10))
+    group = X[:, 4] > 1.6
+    y = (rng.random(1200) < 0.4).astype(float)
+    err = rng.random(1200) < np.where(group, 0.6, 0.05)
+    found = discover_in_spaces(
+        [Space("image score", X, lambda s: ErrorScoreSlicer())], y, np.where(err, 1 - y, y), random_state=5
+    )
+    assert found and precision_at_k([found[0].ranking()], group, 10) >= 0.9
+    with pytest.raises(FitError, match="shares"):
+        ErrorScoreSlicer(shares=(0.0, 0.5)).fit(X, y, np.where(err, 1 - y, y))
+    with pytest.raises(FitError, match="both misclassified and correct"):
+        ErrorScoreSlicer().fit(X, y, y)
