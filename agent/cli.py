@@ -43,10 +43,11 @@ def _match_class(given: str, seen: set[ClassLabel]) -> ClassLabel:
         return given
 
 
-def _build_embedder(settings: Settings, store: Store | None = None) -> Embedder:
+def _build_embedder(settings: Settings, store: Store | None = None, *, batch: bool = False) -> Embedder:
     """The configured model behind a cache: ``embed.cache_path``, else the store's own vectors (the
     streaming agent's default: bounded by ``keep_vectors``, shared by the workers of a group), else
-    memory."""
+    memory. A ``batch`` audit runs alone, on ``embed.batch_threads``; the streaming agent's embedder
+    keeps ``embed.threads`` and leaves the other cores to the refit and the event loop."""
     from agent.embed import CachedEmbedder, MemoryCache, SqliteCache, make_embedder
     from agent.embed.cache import EmbeddingCache
     from agent.store import VectorCache
@@ -56,7 +57,8 @@ def _build_embedder(settings: Settings, store: Store | None = None) -> Embedder:
         device=settings.embed.device,
         batch_size=settings.embed.batch_size,
         allow_random_weights=settings.embed.allow_random_weights,
-        threads=settings.embed.threads,
+        threads=settings.embed.batch_threads if batch else settings.embed.threads,
+        text_int8=settings.embed.text_int8,
     )
     path = settings.embed.cache_path
     cache: EmbeddingCache
@@ -156,6 +158,9 @@ def audit(
     """
     import tempfile
 
+    # Before torch loads: the audit's torch threads sleep when idle instead of spinning, so that on
+    # a small shared machine they do not take the cores from each other and from other processes.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from agent.audit import run_audit
     from agent.store import Store, StorePolicy
     from agent.stream.replay import load_file
@@ -201,7 +206,7 @@ def audit(
             )
             report, embed_problems = run_audit(
                 samples,
-                embedder=_build_embedder(settings),
+                embedder=_build_embedder(settings, batch=True),
                 settings=settings,
                 target_class=target,
                 progress=sys.stderr.isatty(),

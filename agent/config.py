@@ -96,6 +96,17 @@ class EmbedSettings(BaseModel):
         ge=1,
         description="torch threads of the embedder (torch.set_num_threads); null leaves torch's default",
     )
+    batch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads of the embedder in a batch audit (slice-agent audit), where nothing"
+        " else runs; null: one per core",
+    )
+    text_int8: bool = Field(
+        False,
+        description="run the default embedder's text tower in int8 on CPU (dynamic quantisation):"
+        " about 1.5x less CPU per text, but the slices' members move (docs/benchmarks.md)",
+    )
 
 
 class ImageSettings(BaseModel):

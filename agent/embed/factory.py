@@ -77,6 +77,7 @@ def make_embedder(
     batch_size: int = 32,
     allow_random_weights: bool = False,
     threads: int | None = None,
+    text_int8: bool = False,
 ) -> Embedder:
     """Build the embedder a spec names.
 
@@ -96,6 +97,8 @@ def make_embedder(
         only; settings ``embed.allow_random_weights``). Refused otherwise.
     threads
         torch threads of the default embedder (``embed.threads``); None leaves torch's default.
+    text_int8
+        Run the default embedder's text tower in int8 on CPU (``embed.text_int8``).
 
     Returns
     -------
@@ -117,7 +120,7 @@ def make_embedder(
     """
     kind, name, checkpoint = parse_spec(spec)
     if kind == "default" or name is None:
-        return DefaultEmbedder(device=device, batch_size=batch_size, threads=threads)
+        return DefaultEmbedder(device=device, batch_size=batch_size, threads=threads, text_int8=text_int8)
     log.debug("building open_clip embedder %s (checkpoint %s)", name, checkpoint)
     return OpenClipEmbedder(
         name,

@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, TextClause, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -224,9 +225,16 @@ class Database:
         )
 
 
+@lru_cache(maxsize=1024)
+def _statement(sql: str) -> TextClause:
+    """The statement for SQL text, built once: parsing its ``:name`` parameters costs more than
+    SQLite takes to run most of the store's statements."""
+    return text(sql)
+
+
 def q(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) -> Any:
     """Execute SQL text with named parameters (``:name``)."""
-    return conn.execute(text(sql), dict(params or {}))
+    return conn.execute(_statement(sql), dict(params or {}))
 
 
 def q_in(conn: Connection, sql: str, values: Sequence[Any], *, chunk: int = 500) -> Iterator[Any]:
@@ -235,7 +243,7 @@ def q_in(conn: Connection, sql: str, values: Sequence[Any], *, chunk: int = 500)
     for start in range(0, len(values), chunk):
         part = values[start : start + chunk]
         marks = ", ".join(f":v{i}" for i in range(len(part)))
-        result = conn.execute(text(sql.format(values=marks)), {f"v{i}": v for i, v in enumerate(part)})
+        result = conn.execute(_statement(sql.format(values=marks)), {f"v{i}": v for i, v in enumerate(part)})
         if result.returns_rows:
             yield from result
 

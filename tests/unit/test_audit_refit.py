@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
 import agent.audit
-from agent.audit import embed_samples, run_audit
+from agent.audit import embed_samples, fit_slices, run_audit, window_capacity
 from agent.config import load_settings
 from agent.sample import Sample
+from agent.simulate import StreamSpec, generate_stream
 
 
 class Recording:
@@ -100,3 +103,95 @@ def test_the_refit_runs_on_the_configured_blas_threads(monkeypatch, threads):
     run_audit(_samples(400), embedder=Recording(), settings=settings)
     assert seen == [{threads}]
     assert _blas_threads() == before  # restored after the refit
+
+
+class Batches(Recording):
+    """Records each call's texts as one batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        return super().embed_texts(texts)
+
+
+def test_texts_are_embedded_in_batches_of_like_length():
+    # Reports of many lengths, in no order.
+    samples = [
+        replace(s, report=f"Chest view {i % 40}. " + "Lungs clear. " * ((i * 7919) % 13) if i % 5 else None)
+        for i, s in enumerate(_samples(300))
+    ]
+    emb = Batches()
+    got = embed_samples(samples, ["report"], emb, batch_size=4)
+    lengths = [[len(t) for t in batch] for batch in emb.batches]
+    assert len(lengths) > 3 and all(len(b) <= 4 for b in lengths)
+    flat = [n for batch in lengths for n in batch]
+    assert flat == sorted(flat)  # each batch is padded to its longest text only
+    reference = Recording()
+    for i, text in enumerate(got.reports):
+        if text:
+            np.testing.assert_array_equal(got.blocks["report"][i], reference.embed_texts([text])[0])
+
+
+def _planted(n: int, failure: str, seed: int) -> list[Sample]:
+    events, _ = generate_stream(StreamSpec(n_studies=n, failure=failure, seed=seed))
+    inference = {e["study_uid"]: e for e in events if e["type"] == "inference"}
+    labels = {e["study_uid"]: e["label"] for e in events if e["type"] == "label"}
+    reports = {e["study_uid"]: e["text"] for e in events if e["type"] == "report"}
+    return [
+        Sample(
+            study_uid=uid,
+            model=inf["model"],
+            prediction=inf["prediction"],
+            label=labels[uid],
+            timestamp=datetime.fromisoformat(inf["timestamp"].replace("Z", "+00:00")),
+            report=reports.get(uid),
+            metadata=inf.get("metadata", {}),
+        )
+        for uid, inf in inference.items()
+        if uid in labels
+    ]
+
+
+def _in_arrival_order(embedder: Any, texts: list[str], batch_size: int) -> np.ndarray:
+    """A block embedded as before the sorting: each distinct text once, batches in arrival order."""
+    distinct = list(dict.fromkeys(t for t in texts if t))
+    vectors = np.concatenate(
+        [embedder.embed_texts(distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)]
+    )
+    where = {t: j for j, t in enumerate(distinct)}
+    out = np.full((len(texts), vectors.shape[1]), np.nan, dtype=np.float32)
+    rows = [i for i, t in enumerate(texts) if t]
+    out[rows] = vectors[[where[texts[i]] for i in rows]]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("failure", "seed"), [("devices", 3), ("portable", 3)])
+def test_length_sorted_batches_find_the_same_slices_as_arrival_order(failure, seed):
+    from agent.embed import DefaultEmbedder
+
+    samples = _planted(1000, failure, seed)
+    embedder = DefaultEmbedder(threads=1)
+    settings = load_settings()
+    got = embed_samples(samples, ["report", "metadata"], embedder, batch_size=32)
+    sentences = [t.split("\n", 1)[1] for t in got.texts]
+    before = {
+        "report": _in_arrival_order(embedder, got.reports, 32),
+        "metadata": _in_arrival_order(embedder, sentences, 32),
+    }
+    for name, block in before.items():
+        np.testing.assert_allclose(got.blocks[name], block, atol=1e-5)  # float rounding only
+    y = np.array([s.label == "pneumothorax" for s in samples], dtype=np.float64)
+    y_pred = np.array([s.prediction == "pneumothorax" for s in samples], dtype=np.float64)
+    assert 0 < y.sum() < len(y)
+    dims, components = window_capacity(settings, len(samples))
+    _, want = fit_slices(before, y, y_pred, settings, dims, components)
+    _, have = fit_slices(got.blocks, y, y_pred, settings, dims, components)
+    assert want, "the planted failure must give a slice"
+    assert [np.flatnonzero(f.members).tolist() for f in have] == [
+        np.flatnonzero(f.members).tolist() for f in want
+    ]
+    assert [f.p_value for f in have] == pytest.approx([f.p_value for f in want], rel=1e-6)

@@ -535,6 +535,34 @@ def test_make_embedder_builds_each_kind_without_loading_models() -> None:
         make_embedder("default", batch_size=0)
 
 
+def test_int8_text_tower_is_named_apart_and_cpu_only() -> None:
+    fp32, int8 = DefaultEmbedder(), make_embedder("default", text_int8=True)
+    assert isinstance(int8, DefaultEmbedder) and int8.text_int8
+    assert int8.name == fp32.name + "-int8"  # never a cache entry shared with float32 vectors
+    assert not DefaultEmbedder(device="cuda", text_int8=True).text_int8
+    assert DefaultEmbedder(device="cuda", text_int8=True).name == fp32.name
+
+
+@pytest.mark.slow
+def test_int8_text_tower_keeps_the_feed_forward_outputs_in_float32(default_embedder: DefaultEmbedder) -> None:
+    import torch
+
+    emb = DefaultEmbedder(text_int8=True)
+    kinds = {name: type(m) for name, m in emb._get_text_model().named_modules()}
+    layers = [n.removesuffix(".intermediate.dense") for n in kinds if n.endswith(".intermediate.dense")]
+    assert len(layers) == 6
+    for layer in layers:
+        assert kinds[f"{layer}.output.dense"] is torch.nn.Linear
+        for part in ("attention.self.query", "attention.output.dense", "intermediate.dense"):
+            assert kinds[f"{layer}.{part}"] is torch.ao.nn.quantized.dynamic.Linear, part
+    texts = ["Portable AP chest radiograph.", "Endotracheal tube tip 4 cm above the carina.", "Normal."]
+    got = emb.embed_texts(texts)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(got * default_embedder.embed_texts(texts), axis=1)
+    assert cosine.min() > 0.95
+    assert not np.allclose(cosine, 1.0, atol=1e-4)  # really int8, not float32 under another name
+
+
 # --- threads ----------------------------------------------------------------------------------
 
 
