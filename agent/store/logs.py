@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection
 
-from agent.store.db import Database, q, q_in
+from agent.store.db import Database, flush_counters, q, q_in
 from agent.store.records import LogMark
 
 __all__ = ["LogMixin", "write_log_marks"]
@@ -63,28 +63,13 @@ class LogMixin(Database):
                 q(conn, "DELETE FROM log_marks WHERE topic = :t AND part = :p", {"t": topic, "p": part})
             if topic_id is not None:
                 self._write_topic_id(conn, topic, topic_id)
-            if parts:
-                q(
-                    conn,
-                    "INSERT INTO counters (name, value) VALUES (:n, :v)"
-                    " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
-                    {"n": f"log_reset:{reason}", "v": len(parts)},
-                )
+            flush_counters(conn, {f"log_reset:{reason}": len(parts)})
 
         self._run(reset)
 
     def count_rewind(self, partitions: int = 1) -> None:
         """Count partitions that went back before an offset the worker had committed."""
-
-        def count(conn: Connection) -> None:
-            q(
-                conn,
-                "INSERT INTO counters (name, value) VALUES ('log_reset:rewound', :v)"
-                " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
-                {"v": partitions},
-            )
-
-        self._run(count)
+        self._run(flush_counters, {"log_reset:rewound": partitions})
 
     def record_topic_id(self, topic: str, topic_id: str) -> None:
         """Remember the broker's id of ``topic`` (first sight, or after a reset)."""

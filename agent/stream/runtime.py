@@ -192,7 +192,7 @@ def build_app(settings: Settings, sidecar: Sidecar, probe: LogProbe | None = Non
         except Exception as err:  # a rebalance or a broker away: the batch comes again, idempotently
             log.warning("offset commit failed (%s); the batch will be delivered again", type(err).__name__)
             return
-        for key, offset in ((k, o) for k, o in batch_ends(events).items()):
+        for key, offset in batch_ends(events).items():
             committed[key] = max(committed.get(key, 0), offset)
 
     def batch_ends(events: Sequence[Any]) -> dict[tuple[str, int], int]:
@@ -326,7 +326,7 @@ def build_app(settings: Settings, sidecar: Sidecar, probe: LogProbe | None = Non
         sidecar.store.record_assignment(partitions, worker=sidecar.worker)
         sidecar.assigned_at = sidecar.clock()
         checks["due"] = 0.0  # check the new partitions' logs at the next tick
-        continuity.forget(key for key in list(continuity.strikes) if key not in set(partitions))
+        continuity.forget(set(continuity.strikes) - set(partitions))
         log.info("assigned %d partition(s): %s", len(partitions), partitions)
         topics = {s.inference_topic, s.label_topic, s.report_topic}
         mine = sum(1 for t, _ in partitions if t in topics)
