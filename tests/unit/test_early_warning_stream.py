@@ -3,7 +3,7 @@ weeks while labels come ten days late. The label-free warning fires days before 
 (the error-rate drift detector on confirmed labels) sees anything.
 
 Measured on the simulated stream of agent/simulate/early.py, seed 0 (150 studies a day): the
-warning at day 9.25 from the start of the growth, the labeled path at day 21, 1,763 studies later
+warning at day 8.25 from the start of the growth, the labeled path at day 21, 1,912 studies later
 (bench/early_warning.py measures it over seeds; docs/benchmarks.md).
 """
 
