@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import sparse
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from agent.config import Settings
+from agent.dicom import header_values
 from agent.embed.base import Embedder
 from agent.errors import AgentError, FitError, ImageRefusedError
 from agent.events import ClassLabel
@@ -34,6 +36,7 @@ from agent.slicing import (
     ErrorAwareMixture,
     ErrorScoreSlicer,
     ErrorsOnlyMixture,
+    NeighbourScanSlicer,
     SliceFinding,
     Slicer,
     Space,
@@ -263,9 +266,11 @@ def fit_slices(
     keys: Sequence[str] = (),
     warm: WarmStart | None = None,
     space: TokenSpace | None = None,
+    headers: Sequence[Mapping[str, object] | None] = (),
 ) -> tuple[Fused, list[SliceFinding]]:
     """The numerical part of an audit: fuse the blocks, then find and test slices in the spaces
-    of ``audit.spaces`` (:func:`_spaces`; ``space``, the fitted token space, gives the terms).
+    of ``audit.spaces`` (:func:`_spaces`; ``space``, the fitted token space, and ``headers``,
+    each case's metadata, give the terms).
 
     With ``warm``, each case's fold is fixed by its key (``keys``, one per case), and the fusion
     and the fused space's mixtures start from ``warm.previous``; ``warm.current`` is set to what
@@ -288,7 +293,16 @@ def fit_slices(
             make_slicer = warm.slicers(_slicer_from(settings, components), a.seed, fused)
             folds = stable_folds(keys, a.n_splits, a.seed)
         findings = discover_in_spaces(
-            _spaces(settings, fused.embedding, blocks, space, dims, components, mixture=make_slicer),
+            _spaces(
+                settings,
+                fused.embedding,
+                blocks,
+                space,
+                dims,
+                components,
+                mixture=make_slicer,
+                headers=headers,
+            ),
             y,
             y_pred,
             n_slices=a.n_slices,
@@ -313,6 +327,7 @@ def _spaces(
     components: int,
     *,
     mixture: Callable[[int], Slicer] | None = None,
+    headers: Sequence[Mapping[str, object] | None] = (),
 ) -> list[Space]:
     """The views slices are sought in (``audit.spaces``), under one multiplicity correction.
 
@@ -323,30 +338,64 @@ def _spaces(
     the embedding's variance, which a mixture does not cut along). ``terms``:
     the binary presence of each report and header term carried by at least ``min_slice_size``
     cases (:class:`~agent.slicing.TermRuleSlicer`; a slice two rare words define is a needle
-    in a whole-report embedding). ``mixture`` makes the fused space's slicers (by default the
-    configured one, cold).
+    in a whole-report embedding); each case's safe header values (``headers``: ``view=lateral``,
+    ``age=sixties``) are columns of their own as well, so that a lateral view is not the word
+    "lateral" that reports of frontal films use too. ``mixture`` makes the fused space's
+    slicers (by default the configured one, cold).
     """
     a = settings.audit
     cold = _make_slicer(settings, components)
     if mixture is None:
         mixture = cold
     out = [Space("fused", fused, mixture)] if "fused" in a.spaces else []
+    scan = "neighbours" in a.spaces and a.permutations > 0
     own = {
         name: fuse({name: block}, n_components=dims, random_state=a.seed).embedding
         for name, block in blocks.items()
-        if ("modalities" in a.spaces and len(blocks) > 1) or "scores" in a.spaces
+        if ("modalities" in a.spaces and len(blocks) > 1) or "scores" in a.spaces or scan
     }
     if "modalities" in a.spaces and len(blocks) > 1:
         out += [Space(name, X, cold) for name, X in own.items()]
     if "scores" in a.spaces:
         out += [Space(f"{name} score", X, lambda seed: ErrorScoreSlicer()) for name, X in own.items()]
-    if "terms" in a.spaces and space is not None and space.matrix_ is not None:
-        present = (space.matrix_ > 0).tocsc()
+    if scan:
+        out += [
+            Space(
+                f"{name} neighbours",
+                X,
+                lambda seed: NeighbourScanSlicer(min_support=a.min_slice_size),
+                permutations=a.permutations,
+            )
+            for name, X in own.items()
+        ]
+    columns = [] if space is None or space.matrix_ is None else [(space.matrix_ > 0).tocsc()]
+    if len(headers) == len(fused):
+        columns.append(_header_terms(headers))
+    if "terms" in a.spaces and columns:
+        present = sparse.hstack(columns).tocsc()
         carried = np.flatnonzero(np.asarray(present.sum(axis=0)).ravel() >= a.min_slice_size)
         if len(carried):
             terms = present[:, carried].toarray().astype(np.float32)
-            out.append(Space("terms", terms, lambda seed: TermRuleSlicer(min_support=a.min_slice_size)))
+            out.append(
+                Space(
+                    "terms",
+                    terms,
+                    lambda seed: TermRuleSlicer(min_support=a.min_slice_size),
+                    permutations=a.permutations,
+                )
+            )
     return out or [Space("fused", fused, mixture)]
+
+
+def _header_terms(headers: Sequence[Mapping[str, object] | None]) -> sparse.csc_matrix:
+    """``(n, values)`` presence of each case's safe header values (:func:`~agent.dicom.header_values`)."""
+    words = [set(header_values(h)) if h else set() for h in headers]
+    vocabulary = {w: i for i, w in enumerate(sorted(set().union(*words)))}
+    rows = [i for i, ws in enumerate(words) for _ in ws]
+    cols = [vocabulary[w] for ws in words for w in ws]
+    return sparse.csc_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(headers), len(vocabulary))
+    )
 
 
 def window_capacity(settings: Settings, n: int) -> tuple[int, int]:
@@ -373,6 +422,17 @@ def _unit_mean(blocks: Sequence[np.ndarray]) -> np.ndarray:
     stacked = np.stack([b / np.linalg.norm(b, axis=1, keepdims=True) for b in blocks])
     mean = np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), axis=0)
     return np.nan_to_num(mean)
+
+
+def _whitened(block: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    """A block's principal components, each at unit variance, as unit rows (NaN rows: zeros)."""
+    ok = np.all(np.isfinite(block), axis=1)
+    out = np.zeros((len(block), dims))
+    if ok.sum() > 2:
+        X = fuse({"block": block[ok]}, n_components=dims, random_state=seed).embedding
+        X = (X - X.mean(axis=0)) / np.where((sd := X.std(axis=0)) > 0, sd, 1.0)
+        out[ok, : X.shape[1]] = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def _profile(vectors: np.ndarray, members: np.ndarray, same_class: np.ndarray) -> np.ndarray:
@@ -524,6 +584,7 @@ def audit_embedded(
         keys=[s.study_uid for s in samples],
         warm=warm,
         space=space,
+        headers=emb.metadata if "metadata" in chosen else (),
     )
     for name, count in fused.missing.items():
         if count:
@@ -536,6 +597,15 @@ def audit_embedded(
     else:
         text_blocks = [emb.blocks[m] for m in ("report", "metadata") if m in emb.blocks]
         case_vectors = _unit_mean(text_blocks) if text_blocks else None
+    # What a slice's profile is measured in: the case vectors, and the pixels beside the text
+    # where they are a space of their own (a marker only the pixels show, found in each class,
+    # is one failure: its two slices differ from their classes in the same image direction).
+    # The pixels are whitened first (each principal axis at unit variance): a marker is a minor
+    # axis, and in the raw vectors a few dozen members' mean differs mostly along major ones.
+    profile_vectors = case_vectors
+    if not shared and "image" in emb.blocks:
+        pixels = _whitened(emb.blocks["image"], min(dims, 30), a.seed)
+        profile_vectors = pixels if case_vectors is None else np.hstack([case_vectors, pixels])
 
     def scored(err_rows: np.ndarray, ref_rows: np.ndarray) -> tuple[TokenResult, ...]:
         top = space.distinctiveness(err_rows, ref_rows, top_k=a.top_tokens)
@@ -564,8 +634,8 @@ def audit_embedded(
         names, rejected = validated_tokens(
             space, scored(chosen_on, ref), check_rows, finding.members[check_rows], alpha=a.alpha
         )
-        if case_vectors is not None:
-            profiles.append(_profile(case_vectors, finding.members, same_class))
+        if profile_vectors is not None:
+            profiles.append(_profile(profile_vectors, finding.members, same_class))
         slices.append(
             SliceResult(
                 rank=len(slices) + 1,
@@ -596,7 +666,7 @@ def audit_embedded(
         embedder=embedder.name,
         notes=tuple(notes),
         findings=group_slices(
-            slices, top_tokens=a.top_tokens, profiles=profiles if case_vectors is not None else None
+            slices, top_tokens=a.top_tokens, profiles=profiles if profile_vectors is not None else None
         ),
     )
     if on_fit is not None:

@@ -56,14 +56,22 @@ class AuditSettings(BaseModel):
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise significance level")
     n_splits: int = Field(2, ge=2, description="cross-fitting folds for the held-out test")
-    spaces: tuple[Literal["fused", "modalities", "scores", "terms"], ...] = Field(
-        ("fused", "modalities", "terms"),
+    spaces: tuple[Literal["fused", "modalities", "scores", "terms", "neighbours"], ...] = Field(
+        ("fused", "modalities", "terms", "neighbours"),
         min_length=1,
         description="where slices are sought: the fused embedding, each modality's own, the report"
-        " and header terms, and (scores) an error score in each modality's own; one Bonferroni"
+        " and header terms, (neighbours) where errors are dense among each modality's nearest"
+        " neighbours, and (scores) an error score in each modality's own; one Bonferroni"
         " factor covers every space",
     )
     min_slice_size: int = Field(10, ge=1, description="smaller slices are neither tested nor exported")
+    permutations: int = Field(
+        500,
+        ge=0,
+        description="term rules and neighbour scans are chosen and tested on the whole window, their"
+        " p-values calibrated by this many within-class permutations of the errors (max-T); 0: term"
+        " rules are cross-fitted like the other spaces and no neighbour scan runs",
+    )
     top_tokens: int = Field(5, ge=1, le=20)
     token_min_df: int = Field(3, ge=1, description="a token must occur in this many studies")
     max_report_chars: int = Field(20_000, ge=100, description="longer reports are dead-lettered")

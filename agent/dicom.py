@@ -48,6 +48,7 @@ __all__ = [
     "DicomSource",
     "age_band",
     "burned_in_annotation",
+    "header_values",
     "metadata_sentence",
     "read_header",
     "read_pixels",
@@ -731,3 +732,42 @@ def metadata_sentence(meta: Mapping[str, object]) -> str:
         return "No acquisition metadata."
     sentence = ", ".join(parts)
     return sentence[0].upper() + sentence[1:] + "."
+
+
+def header_values(meta: Mapping[str, object]) -> list[str]:
+    """The acquisition's safe header values as ``field=value`` terms, one per attribute.
+
+    The same fields and normalisations as :func:`metadata_sentence` (codes become words, the
+    age a band, the manufacturer at most two words), but each attribute is its own term: in the
+    sentence a view shares its words with reports ("lateral") and the age shares a clause with
+    the sex, so a group that one header value defines is not one column of the sentence's words.
+
+    >>> header_values({"Modality": "CR", "ViewPosition": "LL", "PatientSex": "F",
+    ...                "PatientAge": "067Y", "Manufacturer": "Philips", "PatientName": "Doe^Jane"})
+    ['modality=cr', 'view=lateral', 'sex=female', 'age=sixties', 'manufacturer=philips']
+    """
+    fields = _safe_fields(meta)
+    text = {k: _text(v) for k, v in fields.items()}
+    out: list[str] = []
+    if (modality := (text.get("Modality") or "").upper()) in _MODALITIES:
+        out.append(f"modality={modality.lower()}")
+    if (raw_body := text.get("BodyPartExamined")) and (body := _body_part(raw_body)) is not None:
+        out.append(f"body={body.lower()}")
+    view = re.sub(r"[\s_-]", "", (text.get("ViewPosition") or "").upper())
+    if view in _VIEWS:
+        out.append(f"view={_VIEWS[view].split(' view')[0].split(',')[0].lower()}")
+    portable = (
+        _truthy(fields[PORTABLE_KEY])
+        if PORTABLE_KEY in fields
+        else _is_portable([t for k in _PORTABLE_SOURCES if (t := text.get(k))])
+    )
+    if portable:
+        out.append("portable=yes")
+    if (sex := _SEX.get((text.get("PatientSex") or "").upper())) is not None:
+        out.append(f"sex={sex.lower()}")
+    age = fields.get("PatientAge")
+    if (band := age_band(age if isinstance(age, str | int | float) else text.get("PatientAge"))) is not None:
+        out.append(f"age={band}")
+    if (raw_maker := text.get("Manufacturer")) and (maker := _manufacturer(raw_maker)) is not None:
+        out.append(f"manufacturer={maker.lower()}")
+    return out

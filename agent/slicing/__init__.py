@@ -3,6 +3,7 @@
 from agent.slicing.errors_only import ErrorsOnlyMixture
 from agent.slicing.mixture import ErrorAwareMixture
 from agent.slicing.rules import TermRuleSlicer
+from agent.slicing.scan import NeighbourScanSlicer
 from agent.slicing.score import ErrorScoreSlicer
 from agent.slicing.significance import SliceFinding, Slicer, Space, discover_in_spaces, discover_slices
 
@@ -10,6 +11,7 @@ __all__ = [
     "ErrorAwareMixture",
     "ErrorScoreSlicer",
     "ErrorsOnlyMixture",
+    "NeighbourScanSlicer",
     "SliceFinding",
     "Slicer",
     "Space",

@@ -20,6 +20,10 @@ cross-fitted instead:
 5. With several spaces (:func:`discover_in_spaces`: the fused embedding, each modality's own,
    the report and header terms), every space is cut into the same folds and steps 2-4 run in
    each; the Bonferroni factor counts the components chosen in every space.
+   A space of rules tested on the whole window instead (``Space.permutations``: the term
+   rules, whose p-values a permutation test calibrates for the whole selection) takes a share
+   of ``alpha`` as large as a cross-fitted space's: ``n_slices * n_splits`` of the factor
+   (a weighted Bonferroni, so the family-wise error rate stays at ``alpha``).
 6. A significant slice whose members lie mostly (more than ``dedup_overlap`` of the smaller
    set) inside a more significant one is the same slice found again, in the other fold or
    split in two, or in another space, and is dropped.
@@ -58,6 +62,11 @@ class SliceFinding:
     ``rest_error_rate`` are measured on held-out cases only, ``n_tested`` of them inside.
     ``held_out`` marks the cases of the fold that the slice was tested on (its slicer never
     saw them): what checks the slice's names.
+
+    A slice of a whole-window space (``fold == -1``, :attr:`Space.permutations`) was chosen and
+    tested on every case: its rates are over the window, ``n_tested`` is its size, its p-value
+    comes from the permutation test, and ``held_out`` is the first fold, on which its names are
+    checked after being chosen on the other cases.
     """
 
     members: np.ndarray
@@ -95,6 +104,10 @@ class Space:
     name: str
     X: np.ndarray
     make_slicer: Callable[[int], Slicer]
+    permutations: int = 0
+    """With more than 0, the slicer is not cross-fitted: it is fitted on the whole window by its
+    ``fit_calibrated(X, y, y_pred, n_permutations=, random_state=)``, which sets ``p_values_``,
+    each valid for every rule the selection could have chosen (:class:`~agent.slicing.TermRuleSlicer`)."""
 
 
 @dataclass(frozen=True)
@@ -276,9 +289,24 @@ def discover_in_spaces(
     typicalities: dict[tuple[tuple[int, int], int], np.ndarray] = {}
     n_chosen = 0
     splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
+    whole: list[tuple[_Contrast, float, tuple[int, int], int, float]] = []
+    for index, (space, X) in enumerate(zip(spaces, matrices, strict=True)):
+        calibrated = _calibrated(space, X, y, y_pred, random_state) if space.permutations > 0 else None
+        if calibrated is None:
+            continue
+        key = (index, -1)
+        fitted[key], membership, p_values = calibrated
+        territories[key] = membership > 0
+        for j, cls in enumerate(getattr(fitted[key], "classes_", [])):
+            c = _contrast(territories[key][:, j], y == cls, err)
+            if c.n_in >= min_size and c.n_out > 0:
+                whole.append((c, float(p_values[j]), key, j, float(cls)))
+                memberships[key, j] = membership[:, j].copy()
     for fold, (train, test) in enumerate(splits):
         held_out[fold] = np.isin(np.arange(len(y)), test)
         for index, (space, X) in enumerate(zip(spaces, matrices, strict=True)):
+            if space.permutations > 0:
+                continue
             key = (index, fold)
             slicer = space.make_slicer(random_state + fold)
             try:
@@ -300,12 +328,22 @@ def discover_in_spaces(
                 if c.n_in >= min_size and c.n_out > 0:
                     tested.append((c, c.p_value(), key, j, cls))
 
-    m = max(n_chosen, 1)
+    # Weighted Bonferroni: each whole-window space weighs as a cross-fitted one that chose
+    # n_slices components in every fold; its p-values are already adjusted within the space.
+    share = n_slices * n_splits
+    m = max(n_chosen + share * sum(s.permutations > 0 for s in spaces), 1)
+    adjusted = [(c, p * m, key, j, cls) for c, p, key, j, cls in tested]
+    adjusted += [(c, p * m / share, key, j, cls) for c, p, key, j, cls in whole]
+    # Ties (whole-window p-values share the permutation test's floor) go to the stronger
+    # evidence on the cases tested: more errors beyond chance, not the highest rate of a few.
     significant = sorted(
-        (t for t in tested if t[1] * m < alpha),
-        key=lambda t: (t[1], -(t[0].e_in / t[0].n_in - t[0].e_out / t[0].n_out)),
+        (t for t in adjusted if t[1] < alpha),
+        key=lambda t: (t[1], t[0].p_value(), -(t[0].e_in / t[0].n_in - t[0].e_out / t[0].n_out)),
     )
+    raw = {(key, j): p for _, p, key, j, _ in [*tested, *whole]}
     kept: list[SliceFinding] = []
+    if splits:
+        held_out.setdefault(0, np.isin(np.arange(len(y)), splits[0][1]))
     for c, p, key, j, cls in significant:
         members = territories[key][:, j] & (y == cls)
         if members.sum() < min_size:
@@ -316,6 +354,7 @@ def discover_in_spaces(
         if (key, j) not in typicalities:
             typical = fitted[key].membership(matrices[key[0]])
             typicalities.update({(k, c_): typical[:, c_].copy() for k, c_ in memberships if k == key})
+        whole_window = key[1] < 0
         kept.append(
             SliceFinding(
                 members=members,
@@ -325,11 +364,12 @@ def discover_in_spaces(
                 error_rate=c.e_in / c.n_in,
                 rest_error_rate=c.e_out / c.n_out,
                 n_tested=c.n_in,
-                p_value=min(1.0, p * m),
-                p_value_raw=p,
+                p_value=min(1.0, p),
+                p_value_raw=raw[key, j],
                 fold=key[1],
                 component=j,
-                held_out=held_out[key[1]],
+                # A whole-window slice's names are chosen outside the first fold and checked in it.
+                held_out=held_out.get(0) if whole_window else held_out[key[1]],
                 space=spaces[key[0]].name,
                 mixture=_mixture(fitted[key]) if spaces[key[0]].name == "fused" else None,
                 mixture_component=j if spaces[key[0]].name == "fused" else None,
@@ -350,6 +390,28 @@ def discover_in_spaces(
                 kept[i] = replace(finding, mixture=_mixture(fitted[key]), mixture_component=j)
                 break
     return kept
+
+
+def _calibrated(
+    space: Space, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, random_state: int
+) -> tuple[Slicer, np.ndarray, np.ndarray] | None:
+    """A whole-window space's slicer, fitted and calibrated on every case, with its membership
+    and its rules' p-values (adjusted within the space); None when it finds no rule."""
+    slicer = space.make_slicer(random_state)
+    fit = getattr(slicer, "fit_calibrated", None)
+    if fit is None:
+        raise FitError(f"space {space.name!r} asks for permutations, but its slicer cannot calibrate them")
+    try:
+        fit(
+            _take(X, np.arange(len(y))),
+            y,
+            y_pred,
+            n_permutations=space.permutations,
+            random_state=random_state,
+        )
+    except FitError:
+        return None
+    return slicer, slicer.membership(X, y), np.asarray(slicer.p_values_, dtype=np.float64)  # type: ignore[attr-defined]
 
 
 def _choose(

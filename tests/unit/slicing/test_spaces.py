@@ -52,10 +52,52 @@ def test_null_false_alarms_stay_under_alpha_over_every_space():
         spaces = [
             Space("fused", data.X, _mixture),
             Space("other", data.X[:, ::-1] + rng.normal(size=data.X.shape), _mixture),
-            Space("terms", terms, _terms),
+            Space("terms", terms, _terms, permutations=199 if seed % 2 else 0),
         ]
         alarms += bool(discover_in_spaces(spaces, data.y, data.y_pred, alpha=0.05, random_state=seed))
     assert alarms <= 2, f"{alarms} false alarms in 40 null windows"
+
+
+def test_whole_window_term_rules_keep_the_null_false_alarm_rate():
+    """Rules chosen and tested on the same cases: the max-T calibration covers the selection.
+    80 seeded null windows of 600 cases (200 terms, pairs of the best 30 too): at most 6 alarms,
+    the 90th percentile of a binomial(80, 0.05)."""
+    alarms = 0
+    for seed in range(80):
+        terms, y, _, _ = _window(600, 2000 + seed)
+        rng = np.random.default_rng(seed)
+        err = rng.random(600) < 0.08
+        spaces = [Space("terms", terms, _terms, permutations=199)]
+        alarms += bool(discover_in_spaces(spaces, y, np.where(err, 1 - y, y), random_state=seed))
+    assert alarms <= 6, f"{alarms} false alarms in 80 null windows"
+
+
+def test_a_small_term_slice_is_found_on_the_whole_window_and_missed_by_one_fold():
+    """3% of 1,000 cases over two classes: about 15 members per class, 7 in a held-out fold,
+    under the 10 a fold's test needs; the whole window tests all of them."""
+    terms, y, y_pred, group = _window(1000, 11, share=0.03)
+    whole = discover_in_spaces([Space("terms", terms, _terms, permutations=199)], y, y_pred, random_state=1)
+    assert whole and whole[0].fold == -1
+    assert precision_at_k([whole[0].ranking()], group, 10) >= 0.9
+    assert whole[0].n_tested == int((whole[0].members).sum())
+    folds = discover_in_spaces([Space("terms", terms, _terms)], y, y_pred, random_state=1)
+    assert not any(precision_at_k([f.ranking()], group, 10) >= 0.9 for f in folds)
+
+
+def test_calibrated_p_values_are_the_slicers_own_when_the_terms_are_the_only_space():
+    terms, y, y_pred, _ = _window(1000, 12, share=0.05)
+    found = discover_in_spaces([Space("terms", terms, _terms, permutations=99)], y, y_pred, random_state=4)
+    slicer = _terms(0).fit_calibrated(terms, y, y_pred, n_permutations=99, random_state=4)
+    assert found
+    # One whole-window space weighs n_slices * n_splits, out of the same total: factor 1.
+    assert found[0].p_value == pytest.approx(slicer.p_values_[found[0].component])
+    # Never below what 99 permutations can show, doubled for taking the smaller of two p-values.
+    assert (slicer.p_values_ >= 0).all() and (slicer.p_values_ <= 1).all()
+    with pytest.raises(FitError, match="n_permutations"):
+        _terms(0).fit_calibrated(terms, y, y_pred, n_permutations=0)
+    # Same seed, same p-values.
+    again = _terms(0).fit_calibrated(terms, y, y_pred, n_permutations=99, random_state=4)
+    assert np.array_equal(again.p_values_, slicer.p_values_)
 
 
 def test_the_bonferroni_factor_counts_the_components_of_every_space():

@@ -1,0 +1,103 @@
+"""The neighbour scan: where errors are dense among nearest neighbours, calibrated by permutation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from agent.errors import FitError, NotFittedError
+from agent.metrics import precision_at_k
+from agent.slicing import ErrorAwareMixture, NeighbourScanSlicer, Space, discover_in_spaces
+
+Window = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _window(n: int, seed: int, *, share: float, shift: float = 1.5, error_in: float = 0.5) -> Window:
+    """32 dimensions, 8 of them ten times wider; a group of ``share`` moved along a narrow one
+    (a minor direction of the variance, as a burned-in marker is in an image embedding)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 32))
+    X[:, :8] *= 10
+    group = rng.random(n) < share
+    X[group, 20] += shift * 2.5
+    X[group, 21] += shift * 2.5
+    y = (rng.random(n) < 0.4).astype(float)
+    err = rng.random(n) < np.where(group, error_in, 0.06)
+    return X, y, np.where(err, 1 - y, y), group
+
+
+def _scan(seed: int) -> NeighbourScanSlicer:
+    return NeighbourScanSlicer(min_support=10)
+
+
+def test_a_group_along_a_minor_direction_is_found_by_the_scan_not_the_mixture():
+    X, y, y_pred, group = _window(1000, 3, share=0.05)
+    scan = discover_in_spaces(
+        [Space("image neighbours", X, _scan, permutations=199)], y, y_pred, random_state=3
+    )
+    assert scan and scan[0].space == "image neighbours" and scan[0].fold == -1
+    assert precision_at_k([scan[0].ranking()], group, 10) >= 0.9
+    mixture = discover_in_spaces(
+        [Space("image", X, lambda s: ErrorAwareMixture(16, random_state=s))], y, y_pred, random_state=3
+    )
+    assert not any(precision_at_k([f.ranking()], group, 10) >= 0.9 for f in mixture)
+
+
+def test_the_scan_keeps_the_null_false_alarm_rate():
+    """60 seeded windows with the same geometry and no error group: at most 5 alarms, the 90th
+    percentile of a binomial(60, 0.05)."""
+    alarms = 0
+    for seed in range(60):
+        X, y, y_pred, _ = _window(600, 100 + seed, share=0.05, error_in=0.06)
+        alarms += bool(
+            discover_in_spaces(
+                [Space("image neighbours", X, _scan, permutations=99)], y, y_pred, random_state=seed
+            )
+        )
+    assert alarms <= 5, f"{alarms} false alarms in 60 null windows"
+
+
+def test_the_scan_is_an_estimator_with_validated_parameters():
+    X, y, y_pred, _ = _window(400, 5, share=0.05)
+    scan = NeighbourScanSlicer(n_neighbors=5)
+    assert clone(scan).get_params()["n_neighbors"] == 5
+    with pytest.raises(NotFittedError):
+        scan.membership(X)
+    with pytest.raises(FitError, match="n_neighbors"):
+        NeighbourScanSlicer(n_neighbors=0).fit(X, y, y_pred)
+    with pytest.raises(FitError, match="shares"):
+        NeighbourScanSlicer(shares=(0.5, 1.0)).fit(X, y, y_pred)
+    with pytest.raises(FitError, match="n_permutations"):
+        scan.fit_calibrated(X, y, y_pred, n_permutations=0)
+    scan.fit_calibrated(X, y, y_pred, n_permutations=19, random_state=2)
+    # Components hold exactly their share of their class, and only cases of it given labels.
+    inside = scan.membership(X, y) > 0
+    for j, c in enumerate(scan.classes_):
+        assert inside[:, j].sum() == round(scan.shares_[j] * (y == c).sum())
+        assert set(np.unique(y[inside[:, j]])) == {c}
+    with pytest.raises(FitError, match="rows it was fitted on"):
+        scan.membership(X[:100])
+    # Same seed, same scan and p-values.
+    again = NeighbourScanSlicer(n_neighbors=5).fit_calibrated(X, y, y_pred, n_permutations=19, random_state=2)
+    assert np.array_equal(again.p_values_, scan.p_values_)
+    assert np.array_equal(again.membership(X, y), scan.membership(X, y))
+
+
+def test_a_case_is_never_its_own_neighbour_even_on_a_sampled_reference():
+    """Above ``max_reference`` the neighbours come from a seeded sample; a case's own error must
+    still not raise its score (duplicated rows would otherwise pull each other in)."""
+    rng = np.random.default_rng(0)
+    X = np.repeat(rng.normal(size=(300, 4)), 2, axis=0)  # every row twice
+    y = np.zeros(600)
+    err = np.zeros(600, dtype=bool)
+    err[::2] = True  # exactly one of each twin is an error
+    scan = NeighbourScanSlicer(n_neighbors=1, max_reference=400, min_support=5).fit(
+        X, y, np.where(err, 1 - y, y)
+    )
+    neighbour = scan._components[0].graph.indices  # one per case (n_neighbors=1, one class)
+    assert (neighbour != np.arange(600)).all()
+    # A twin whose other half is among the reference cases has it as its nearest neighbour.
+    twin = np.arange(600) ^ 1
+    sampled = np.isin(twin, np.unique(neighbour))
+    assert (neighbour[sampled] == twin[sampled]).mean() > 0.95
