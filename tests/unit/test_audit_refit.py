@@ -195,3 +195,31 @@ def test_length_sorted_batches_find_the_same_slices_as_arrival_order(failure, se
         np.flatnonzero(f.members).tolist() for f in want
     ]
     assert [f.p_value for f in have] == pytest.approx([f.p_value for f in want], rel=1e-6)
+
+
+def test_a_failing_view_is_its_header_value_not_the_report_word_it_shares():
+    """Lateral films fail; "lateral" is also a word of many frontal films' reports. The view is a
+    term column of its own (``view=lateral``), so the slice is the lateral films exactly."""
+    rng = np.random.default_rng(8)
+    n = 1000
+    lateral = rng.random(n) < 0.06
+    word = lateral | (rng.random(n) < 0.3)  # "left lateral chest wall", "PA and lateral views"
+    texts = [
+        ("lateral chest wall clear" if w else "lungs are clear") + f" finding{i % 7}"
+        for i, w in enumerate(word)
+    ]
+    headers = [{"ViewPosition": "LL" if v else "PA", "PatientSex": "F"} for v in lateral]
+    y = (rng.random(n) < 0.4).astype(float)
+    err = rng.random(n) < np.where(lateral, 0.5, 0.06)
+    y_pred = np.where(err, 1 - y, y)
+    space = agent.audit.TokenSpace(min_df=3).fit(texts)
+    settings = load_settings(overrides={"audit": {"spaces": ["terms"]}})
+    blocks = {"report": rng.normal(size=(n, 8))}
+    _, found = fit_slices(blocks, y, y_pred, settings, 8, 4, space=space, headers=headers)
+    assert found
+    best = found[0]
+    assert best.fold == -1  # a whole-window term rule
+    assert set(np.flatnonzero(best.members)) == set(np.flatnonzero(lateral & (y == best.slice_class)))
+    # Without the header columns the best rule is the report word, which frontal films share.
+    _, words_only = fit_slices(blocks, y, y_pred, settings, 8, 4, space=space)
+    assert not words_only or lateral[words_only[0].members].mean() < 0.5

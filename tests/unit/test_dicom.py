@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder
 
 from agent import dicom
-from agent.dicom import SAFE_TAGS, age_band, metadata_sentence
+from agent.dicom import SAFE_TAGS, age_band, header_values, metadata_sentence
 from agent.errors import DicomError, ImageRefusedError
 from agent.images import REFUSED_MESSAGE, ImageAccess
 
@@ -147,9 +147,22 @@ def test_identifying_values_never_leave(path):
     assert "PatientName" in everything and "PatientID" in everything
     sentence = metadata_sentence(everything)
     assert sentence == metadata_sentence(header)
+    # The header values the audit's term view is cut by: the same safe fields, one term each.
+    values = header_values(everything)
+    assert values == header_values(header)
+    assert {v.split("=")[0] for v in values} <= {
+        "modality",
+        "body",
+        "view",
+        "portable",
+        "sex",
+        "age",
+        "manufacturer",
+    }
     for secret in secrets:
         assert all(secret not in value for value in header.values()), secret
         assert secret not in sentence, secret
+        assert all(secret.lower() not in v for v in values), secret
     assert not re.search(r"\d", sentence)
 
 
