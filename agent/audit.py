@@ -375,7 +375,7 @@ def _spaces(
         present = sparse.hstack(columns).tocsc()
         carried = np.flatnonzero(np.asarray(present.sum(axis=0)).ravel() >= a.min_slice_size)
         if len(carried):
-            terms = present[:, carried].toarray().astype(np.float32)
+            terms = present[:, carried].astype(np.float32)  # sparse: n * terms is never dense
             out.append(
                 Space(
                     "terms",

@@ -97,7 +97,7 @@ class TermRuleSlicer(SlicerEstimator):
         candidates: list[tuple[float, int, int, int]] = []
         for c in (0, 1):
             rows = y == c
-            candidates += self._scored(present[rows].astype(np.float64), err[rows], c)
+            candidates += self._scored(present[rows], err[rows], c)
         if not candidates:
             raise FitError(
                 f"no term is carried by {self.min_support} cases of a class with errors above the rest"
@@ -148,7 +148,7 @@ class TermRuleSlicer(SlicerEstimator):
             if not len(rows):
                 continue
             P = present[rows]
-            n_in = P.sum(axis=0).astype(np.float64)
+            n_in = _column_sums(P)
             eligible = int(((n_in >= self.min_support) & (n_in < len(rows))).sum())
             n_rules_possible += eligible + eligible * (eligible - 1) // 2
             E = np.empty((len(rows), n_permutations), dtype=np.float32)
@@ -185,34 +185,35 @@ class TermRuleSlicer(SlicerEstimator):
         inside = self.membership(X, y) > 0
         return np.where(inside.any(axis=1), inside.argmax(axis=1), -1)
 
-    def _scored(self, P: np.ndarray, e: np.ndarray, c: int) -> list[tuple[float, int, int, int]]:
+    def _scored(self, P: sparse.csc_matrix, e: np.ndarray, c: int) -> list[tuple[float, int, int, int]]:
         """Every rule of class ``c`` with its score: single terms, then pairs of the best terms."""
-        n_in, e_in = P.sum(axis=0), e @ P
+        n_in, e_in = _column_sums(P), np.asarray(P.T @ e, dtype=np.float64).ravel()
         z = binomial_strength(n_in, e_in, float(len(e)), float(e.sum()))
         ok = np.flatnonzero((n_in >= self.min_support) & (z > 0))
         out = [(float(z[t]), c, int(t), int(t)) for t in ok]
         top = ok[np.argsort(-z[ok], kind="stable")][: self.n_pair_terms]
         if len(top) > 1:
-            both = P[:, top].T @ P[:, top]  # co-occurrence counts of the best terms
-            err_both = (P[:, top] * e[:, None]).T @ P[:, top]
+            S = P[:, top].toarray().astype(np.float64)
+            both = S.T @ S  # co-occurrence counts of the best terms
+            err_both = (S * e[:, None]).T @ S
             zz = binomial_strength(both, err_both, float(len(e)), float(e.sum()))
             for a, b in zip(*np.triu_indices(len(top), 1), strict=True):
                 if both[a, b] >= self.min_support and zz[a, b] > max(z[top[a]], z[top[b]]):
                     out.append((float(zz[a, b]), c, int(top[a]), int(top[b])))
         return out
 
-    def _null_max(self, P: np.ndarray, E: np.ndarray) -> np.ndarray:
+    def _null_max(self, P: sparse.csc_matrix, E: np.ndarray) -> np.ndarray:
         """The largest score of any rule :meth:`_scored` would produce, for each column of errors
         ``E`` (a permutation of one class's errors: the same total in every column)."""
-        n_all = float(len(P))
+        n_all = float(P.shape[0])
         e_all = E.sum(axis=0, dtype=np.float64)
-        n_in = P.sum(axis=0).astype(np.float64)
+        n_in = _column_sums(P)
         keep = np.flatnonzero(n_in >= self.min_support)
         out = np.full(E.shape[1], -np.inf)
         if not len(keep):
             return out
         Pk = P[:, keep].astype(np.float32)
-        e_in = np.asarray(sparse.csr_matrix(Pk).T @ E, dtype=np.float64)  # (terms, permutations)
+        e_in = np.asarray(Pk.T @ E, dtype=np.float64)  # (terms, permutations)
         z = binomial_strength(n_in[keep][:, None], e_in, n_all, float(e_all[0]))
         out = z.max(axis=0)
         if self.n_pair_terms < 2 or len(keep) < 2:
@@ -224,7 +225,7 @@ class TermRuleSlicer(SlicerEstimator):
             top = tops[:, b][np.isfinite(masked[tops[:, b], b])]
             if len(top) < 2:
                 continue
-            S = Pk[:, top]
+            S = Pk[:, top].toarray()
             both = S.T @ S
             err_both = (S * E[:, b : b + 1]).T @ S
             zz = binomial_strength(
@@ -237,22 +238,37 @@ class TermRuleSlicer(SlicerEstimator):
                 out[b] = max(out[b], float(zz[better].max()))
         return out
 
-    def _inputs(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _inputs(self, X: Any, y: Any, y_pred: Any) -> tuple[sparse.csc_matrix, np.ndarray, np.ndarray]:
         present = self._presence(X)
-        n = len(present)
+        n = present.shape[0]
         y = as_binary(y, n)
         err = (y != (as_binary(y_pred, n, name="y_pred", soft=True) >= 0.5)).astype(np.float64)
         return present, y, err
 
-    def _inside(self, present: np.ndarray) -> np.ndarray:
-        return present[:, self.rules_[:, 0]] & present[:, self.rules_[:, 1]]
+    def _inside(self, present: sparse.csc_matrix) -> np.ndarray:
+        """``(n, rules)``: whether each case carries both terms of each rule."""
+        first = present[:, self.rules_[:, 0]].toarray()
+        second = present[:, self.rules_[:, 1]].toarray()
+        return np.asarray(first & second)
 
     @staticmethod
-    def _presence(X: Any) -> np.ndarray:
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise FitError(f"expected a 2-D term presence array, got shape {X.shape}")
-        return np.asarray(X > 0)
+    def _presence(X: Any) -> sparse.csc_matrix:
+        """Term presence as a sparse boolean ``(n, terms)`` matrix: a window of 50,000 reports and
+        some thousands of terms is never made dense."""
+        if sparse.issparse(X):
+            if X.ndim != 2:
+                raise FitError(f"expected a 2-D term presence array, got shape {X.shape}")
+            present = sparse.csc_matrix(X > 0)
+        else:
+            X = np.asarray(X)
+            if X.ndim != 2:
+                raise FitError(f"expected a 2-D term presence array, got shape {X.shape}")
+            present = sparse.csc_matrix(X > 0)
+        return present
+
+
+def _column_sums(P: sparse.spmatrix) -> np.ndarray:
+    return np.asarray(P.sum(axis=0), dtype=np.float64).ravel()
 
 
 def _fisher(inside: np.ndarray, same_class: np.ndarray, err: np.ndarray) -> float:

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import fisher_exact
 from sklearn.model_selection import StratifiedKFold
 
@@ -102,7 +103,8 @@ class Space:
     """One view of the window that slices are sought in: its rows and the slicer it takes."""
 
     name: str
-    X: np.ndarray
+    X: Any
+    """``(n, d)`` rows: an array, or a scipy sparse matrix for a slicer that takes one (terms)."""
     make_slicer: Callable[[int], Slicer]
     permutations: int = 0
     """With more than 0, the slicer is not cross-fitted: it is fitted on the whole window by its
@@ -147,8 +149,11 @@ def _territory(membership: np.ndarray, beta: float) -> np.ndarray:
     return (membership >= beta * membership.max(axis=1, keepdims=True)) & (membership > 0)
 
 
-def _take(X: np.ndarray, rows: np.ndarray, slab: int = 4096) -> np.ndarray:
-    """``X[rows]`` in float64, converted a slab at a time (no float32 copy of the rows first)."""
+def _take(X: Any, rows: np.ndarray, slab: int = 4096) -> Any:
+    """``X[rows]`` in float64, converted a slab at a time (no float32 copy of the rows first);
+    a sparse ``X`` stays sparse."""
+    if sparse.issparse(X):
+        return X[rows]
     out = np.empty((len(rows), X.shape[1]))
     for start in range(0, len(rows), slab):
         out[start : start + slab] = X[rows[start : start + slab]]
@@ -271,10 +276,10 @@ def discover_in_spaces(
         return []
     matrices = []
     for space in spaces:
-        X = np.asarray(space.X)
+        X = space.X.tocsr() if sparse.issparse(space.X) else np.asarray(space.X)
         if X.dtype not in (np.float32, np.float64):
             X = X.astype(np.float64)
-        if len(X) != len(y):
+        if X.shape[0] != len(y):
             raise FitError(f"expected {len(y)} rows in space {space.name!r}, got {len(X)}")
         matrices.append(X)
 
@@ -403,7 +408,7 @@ def _calibrated(
         raise FitError(f"space {space.name!r} asks for permutations, but its slicer cannot calibrate them")
     try:
         fit(
-            _take(X, np.arange(len(y))),
+            X if sparse.issparse(X) else _take(X, np.arange(len(y))),
             y,
             y_pred,
             n_permutations=space.permutations,

@@ -176,3 +176,23 @@ def test_the_error_score_slicer_ranks_the_group_first_and_validates_its_shares()
         ErrorScoreSlicer(shares=(0.0, 0.5)).fit(X, y, np.where(err, 1 - y, y))
     with pytest.raises(FitError, match="both misclassified and correct"):
         ErrorScoreSlicer().fit(X, y, y)
+
+
+def test_sparse_term_presence_gives_the_same_rules_as_dense():
+    """A stream's window of 50,000 reports and thousands of terms stays sparse end to end."""
+    from scipy import sparse
+
+    terms, y, y_pred, _ = _window(1200, 13, share=0.04)
+    dense = discover_in_spaces([Space("terms", terms, _terms, permutations=99)], y, y_pred, random_state=2)
+    thin = discover_in_spaces(
+        [Space("terms", sparse.csc_matrix(terms), _terms, permutations=99)], y, y_pred, random_state=2
+    )
+    assert dense
+    assert [np.flatnonzero(f.members).tolist() for f in thin] == [
+        np.flatnonzero(f.members).tolist() for f in dense
+    ]
+    assert [f.p_value for f in thin] == [f.p_value for f in dense]
+    folds = discover_in_spaces([Space("terms", sparse.csr_matrix(terms), _terms)], y, y_pred, random_state=2)
+    assert [f.p_value for f in folds] == [
+        f.p_value for f in discover_in_spaces([Space("terms", terms, _terms)], y, y_pred, random_state=2)
+    ]
