@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from agent.errors import FitError, NotFittedError
 
-__all__ = ["SlicerEstimator", "as_binary", "as_embedding", "binomial_strength"]
+__all__ = ["SlicerEstimator", "as_binary", "as_embedding", "as_shares", "binomial_strength", "max_t_p_values"]
 
 
 class SlicerEstimator(BaseEstimator):
@@ -86,3 +86,18 @@ def binomial_strength(n_in: np.ndarray, e_in: np.ndarray, n_all: float, e_all: f
     with np.errstate(divide="ignore", invalid="ignore"):
         s = -binom.logsf(e_in - 1, n_in, rate)
     return np.where((n_in > 0) & (n_in < n_all) & (e_in > rate * n_in), s, 0.0)
+
+
+def as_shares(shares: Any) -> np.ndarray:
+    """A slicer's ``shares`` as a float vector in (0, 1), or a :class:`FitError`."""
+    out = np.asarray(shares, dtype=np.float64)
+    if out.ndim != 1 or len(out) == 0 or np.any((out <= 0) | (out >= 1)):
+        raise FitError(f"expected shares in (0, 1), got {shares!r}")
+    return out
+
+
+def max_t_p_values(null_max: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Westfall and Young's max-T: for each observed statistic, the share of permutations (the
+    observed data counted as one of them) whose largest statistic reaches it."""
+    reached = (null_max[None, :] >= np.asarray(observed)[:, None] - 1e-9).sum(axis=1)
+    return np.asarray((1 + reached) / (len(null_max) + 1), dtype=np.float64)

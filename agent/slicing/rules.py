@@ -33,7 +33,7 @@ from scipy.stats import fisher_exact
 from sklearn.utils._param_validation import Interval
 
 from agent.errors import FitError
-from agent.slicing.base import SlicerEstimator, as_binary, binomial_strength
+from agent.slicing.base import SlicerEstimator, as_binary, binomial_strength, max_t_p_values
 
 __all__ = ["TermRuleSlicer"]
 
@@ -157,9 +157,7 @@ class TermRuleSlicer(SlicerEstimator):
                 E[:, b] = rng.permutation(e)
             null_max = np.maximum(null_max, self._null_max(P, E))
         inside = self._inside(present)
-        p_perm = (1 + (null_max[None, :] >= self.strength_[:, None] - 1e-9).sum(axis=1)) / (
-            n_permutations + 1
-        )
+        p_perm = max_t_p_values(null_max, self.strength_)
         p_bonf = np.array(
             [
                 _fisher(inside[:, k], y == c, err) * max(n_rules_possible, 1)

@@ -28,7 +28,14 @@ from scipy import sparse
 from sklearn.utils._param_validation import Interval
 
 from agent.errors import FitError
-from agent.slicing.base import SlicerEstimator, as_binary, as_embedding, binomial_strength
+from agent.slicing.base import (
+    SlicerEstimator,
+    as_binary,
+    as_embedding,
+    as_shares,
+    binomial_strength,
+    max_t_p_values,
+)
 
 __all__ = ["NeighbourScanSlicer"]
 
@@ -106,9 +113,7 @@ class NeighbourScanSlicer(SlicerEstimator):
     ) -> NeighbourScanSlicer:
         """Score every case by its neighbours' errors and form the components on these rows."""
         self._check_params()
-        shares = np.asarray(self.shares, dtype=np.float64)
-        if shares.ndim != 1 or len(shares) == 0 or np.any((shares <= 0) | (shares >= 1)):
-            raise FitError(f"expected shares in (0, 1), got {self.shares!r}")
+        shares = as_shares(self.shares)
         X = as_embedding(X)
         y = as_binary(y, len(X))
         err = (y != (as_binary(y_pred, len(X), name="y_pred", soft=True) >= 0.5)).astype(np.float64)
@@ -191,9 +196,7 @@ class NeighbourScanSlicer(SlicerEstimator):
                     top = np.argpartition(-p.scores(E), p.size - 1, axis=0)[: p.size]
                     z = p.strength(np.take_along_axis(E, top, axis=0).sum(axis=0), float(e.sum()))
                     null_max[start : start + b] = np.maximum(null_max[start : start + b], z)
-        self.p_values_ = (1 + (null_max[None, :] >= self.strength_[:, None] - 1e-9).sum(axis=1)) / (
-            n_permutations + 1
-        )
+        self.p_values_ = max_t_p_values(null_max, self.strength_)
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:

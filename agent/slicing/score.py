@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils._param_validation import Interval
 
 from agent.errors import FitError
-from agent.slicing.base import SlicerEstimator, as_binary, as_embedding
+from agent.slicing.base import SlicerEstimator, as_binary, as_embedding, as_shares
 
 __all__ = ["ErrorScoreSlicer"]
 
@@ -66,9 +66,7 @@ class ErrorScoreSlicer(SlicerEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> ErrorScoreSlicer:
         """Fit the error score and each component's threshold on these rows (the fitting fold)."""
         self._check_params()
-        shares = np.asarray(self.shares, dtype=np.float64)
-        if shares.ndim != 1 or len(shares) == 0 or np.any((shares <= 0) | (shares >= 1)):
-            raise FitError(f"expected shares in (0, 1), got {self.shares!r}")
+        shares = as_shares(self.shares)
         X = as_embedding(X)
         y = as_binary(y, len(X))
         err = y != (as_binary(y_pred, len(X), name="y_pred", soft=True) >= 0.5)
