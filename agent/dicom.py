@@ -709,12 +709,7 @@ def metadata_sentence(meta: Mapping[str, object]) -> str:
     if view is not None:
         parts.append(view)
 
-    portable = (
-        _truthy(fields[PORTABLE_KEY])
-        if PORTABLE_KEY in fields
-        else _is_portable([t for k in _PORTABLE_SOURCES if (t := text.get(k))])
-    )
-    if portable:
+    if _portable(fields, text):
         parts.append("portable")
 
     sex = _SEX.get((text.get("PatientSex") or "").upper())
@@ -732,6 +727,13 @@ def metadata_sentence(meta: Mapping[str, object]) -> str:
         return "No acquisition metadata."
     sentence = ", ".join(parts)
     return sentence[0].upper() + sentence[1:] + "."
+
+
+def _portable(fields: Mapping[str, object], text: Mapping[str, str | None]) -> bool:
+    """Whether a portable acquisition: the derived flag where present, else the descriptions."""
+    if PORTABLE_KEY in fields:
+        return _truthy(fields[PORTABLE_KEY])
+    return _is_portable([t for k in _PORTABLE_SOURCES if (t := text.get(k))])
 
 
 def header_values(meta: Mapping[str, object]) -> list[str]:
@@ -756,12 +758,7 @@ def header_values(meta: Mapping[str, object]) -> list[str]:
     view = re.sub(r"[\s_-]", "", (text.get("ViewPosition") or "").upper())
     if view in _VIEWS:
         out.append(f"view={_VIEWS[view].split(' view')[0].split(',')[0].lower()}")
-    portable = (
-        _truthy(fields[PORTABLE_KEY])
-        if PORTABLE_KEY in fields
-        else _is_portable([t for k in _PORTABLE_SOURCES if (t := text.get(k))])
-    )
-    if portable:
+    if _portable(fields, text):
         out.append("portable=yes")
     if (sex := _SEX.get((text.get("PatientSex") or "").upper())) is not None:
         out.append(f"sex={sex.lower()}")
