@@ -68,6 +68,7 @@ class AuditSettings(BaseModel):
     permutations: int = Field(
         500,
         ge=0,
+        le=100_000,
         description="term rules and neighbour scans are chosen and tested on the whole window, their"
         " p-values calibrated by this many within-class permutations of the errors (max-T); 0: term"
         " rules are cross-fitted like the other spaces and no neighbour scan runs",

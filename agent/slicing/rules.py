@@ -151,11 +151,12 @@ class TermRuleSlicer(SlicerEstimator):
             n_in = _column_sums(P)
             eligible = int(((n_in >= self.min_support) & (n_in < len(rows))).sum())
             n_rules_possible += eligible + eligible * (eligible - 1) // 2
-            E = np.empty((len(rows), n_permutations), dtype=np.float32)
             e = err[rows].astype(np.float32)
-            for b in range(n_permutations):
-                E[:, b] = rng.permutation(e)
-            null_max = np.maximum(null_max, self._null_max(P, E))
+            chunk = max(1, 4_000_000 // len(rows))  # permutations at a time: memory stays bounded
+            for start in range(0, n_permutations, chunk):
+                E = np.stack([rng.permutation(e) for _ in range(min(chunk, n_permutations - start))], axis=1)
+                part = null_max[start : start + E.shape[1]]
+                null_max[start : start + E.shape[1]] = np.maximum(part, self._null_max(P, E))
         inside = self._inside(present)
         p_perm = max_t_p_values(null_max, self.strength_)
         p_bonf = np.array(
