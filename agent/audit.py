@@ -43,6 +43,7 @@ from agent.slicing import (
     TermRuleSlicer,
     discover_in_spaces,
 )
+from agent.slicing.base import whitened_rows
 from agent.slicing.mixture import MixtureParams
 from agent.warm import WarmStart, stable_folds
 
@@ -369,7 +370,7 @@ def _spaces(
             for name, X in own.items()
         ]
     columns = [] if space is None or space.matrix_ is None else [(space.matrix_ > 0).tocsc()]
-    if len(headers) == len(fused):
+    if "terms" in a.spaces and len(headers) == len(fused):
         columns.append(_header_terms(headers))
     if "terms" in a.spaces and columns:
         present = sparse.hstack(columns).tocsc()
@@ -429,9 +430,8 @@ def _whitened(block: np.ndarray, dims: int, seed: int) -> np.ndarray:
     ok = np.all(np.isfinite(block), axis=1)
     out = np.zeros((len(block), dims))
     if ok.sum() > 2:
-        X = fuse({"block": block[ok]}, n_components=dims, random_state=seed).embedding
-        X = (X - X.mean(axis=0)) / np.where((sd := X.std(axis=0)) > 0, sd, 1.0)
-        out[ok, : X.shape[1]] = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        X = whitened_rows(fuse({"block": block[ok]}, n_components=dims, random_state=seed).embedding)
+        out[ok, : X.shape[1]] = X
     return out
 
 

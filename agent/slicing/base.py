@@ -9,10 +9,11 @@ underscore, and ``check_is_fitted`` before any prediction.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, fisher_exact
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
@@ -20,7 +21,17 @@ from sklearn.utils.validation import check_is_fitted
 
 from agent.errors import FitError, NotFittedError
 
-__all__ = ["SlicerEstimator", "as_binary", "as_embedding", "as_shares", "binomial_strength", "max_t_p_values"]
+__all__ = [
+    "Contrast",
+    "SlicerEstimator",
+    "as_binary",
+    "as_embedding",
+    "as_shares",
+    "binomial_strength",
+    "contrast",
+    "max_t_p_values",
+    "whitened_rows",
+]
 
 
 class SlicerEstimator(BaseEstimator):
@@ -101,3 +112,41 @@ def max_t_p_values(null_max: np.ndarray, observed: np.ndarray) -> np.ndarray:
     observed data counted as one of them) whose largest statistic reaches it."""
     reached = (null_max[None, :] >= np.asarray(observed)[:, None] - 1e-9).sum(axis=1)
     return np.asarray((1 + reached) / (len(null_max) + 1), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Errors inside a territory against the rest of the same class."""
+
+    n_in: int
+    e_in: int
+    n_out: int
+    e_out: int
+
+    @property
+    def z(self) -> float:
+        """Two-proportion z statistic (0 when either side is empty)."""
+        if self.n_in == 0 or self.n_out == 0:
+            return 0.0
+        pooled = (self.e_in + self.e_out) / (self.n_in + self.n_out)
+        sd = np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / self.n_in + 1 / self.n_out))
+        return float((self.e_in / self.n_in - self.e_out / self.n_out) / sd)
+
+    def p_value(self) -> float:
+        table = [[self.e_in, self.n_in - self.e_in], [self.e_out, self.n_out - self.e_out]]
+        return float(fisher_exact(table, alternative="greater")[1])
+
+
+def contrast(inside: np.ndarray, same_class: np.ndarray, err: np.ndarray) -> Contrast:
+    """Errors of the cases of ``same_class`` inside against those outside."""
+    inside = inside & same_class
+    outside = same_class & ~inside
+    return Contrast(int(inside.sum()), int(err[inside].sum()), int(outside.sum()), int(err[outside].sum()))
+
+
+def whitened_rows(X: np.ndarray) -> np.ndarray:
+    """Every column centred and scaled to unit variance (a minor principal axis weighs as much as a
+    major one), then every row scaled to unit length: cosine geometry over whitened axes."""
+    spread = X.std(axis=0)
+    out = (X - X.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))

@@ -29,11 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy import sparse
-from scipy.stats import fisher_exact
 from sklearn.utils._param_validation import Interval
 
 from agent.errors import FitError
-from agent.slicing.base import SlicerEstimator, as_binary, binomial_strength, max_t_p_values
+from agent.slicing.base import SlicerEstimator, as_binary, binomial_strength, contrast, max_t_p_values
 
 __all__ = ["TermRuleSlicer"]
 
@@ -93,7 +92,9 @@ class TermRuleSlicer(SlicerEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> TermRuleSlicer:
         """Choose the rules on these rows (the fitting fold)."""
         self._check_params()
-        present, y, err = self._inputs(X, y, y_pred)
+        return self._fit(*self._inputs(X, y, y_pred))
+
+    def _fit(self, present: sparse.csc_matrix, y: np.ndarray, err: np.ndarray) -> TermRuleSlicer:
         candidates: list[tuple[float, int, int, int]] = []
         for c in (0, 1):
             rows = y == c
@@ -138,8 +139,9 @@ class TermRuleSlicer(SlicerEstimator):
         """
         if n_permutations < 1:
             raise FitError(f"expected n_permutations >= 1, got {n_permutations}")
-        self.fit(X, y, y_pred)
+        self._check_params()
         present, y, err = self._inputs(X, y, y_pred)
+        self._fit(present, y, err)
         rng = np.random.default_rng(random_state)
         null_max = np.full(n_permutations, -np.inf)
         n_rules_possible = 0
@@ -161,7 +163,7 @@ class TermRuleSlicer(SlicerEstimator):
         p_perm = max_t_p_values(null_max, self.strength_)
         p_bonf = np.array(
             [
-                _fisher(inside[:, k], y == c, err) * max(n_rules_possible, 1)
+                contrast(inside[:, k], y == c, err).p_value() * max(n_rules_possible, 1)
                 for k, c in enumerate(self.classes_)
             ]
         )
@@ -254,27 +256,12 @@ class TermRuleSlicer(SlicerEstimator):
     def _presence(X: Any) -> sparse.csc_matrix:
         """Term presence as a sparse boolean ``(n, terms)`` matrix: a window of 50,000 reports and
         some thousands of terms is never made dense."""
-        if sparse.issparse(X):
-            if X.ndim != 2:
-                raise FitError(f"expected a 2-D term presence array, got shape {X.shape}")
-            present = sparse.csc_matrix(X > 0)
-        else:
+        if not sparse.issparse(X):
             X = np.asarray(X)
-            if X.ndim != 2:
-                raise FitError(f"expected a 2-D term presence array, got shape {X.shape}")
-            present = sparse.csc_matrix(X > 0)
-        return present
+        if X.ndim != 2:
+            raise FitError(f"expected a 2-D term presence array, got shape {X.shape}")
+        return sparse.csc_matrix(X > 0)
 
 
 def _column_sums(P: sparse.spmatrix) -> np.ndarray:
     return np.asarray(P.sum(axis=0), dtype=np.float64).ravel()
-
-
-def _fisher(inside: np.ndarray, same_class: np.ndarray, err: np.ndarray) -> float:
-    """One-sided Fisher p-value of more errors inside than in the rest of the class."""
-    i, o = inside & same_class, same_class & ~inside
-    table = [
-        [int(err[i].sum()), int(i.sum() - err[i].sum())],
-        [int(err[o].sum()), int(o.sum() - err[o].sum())],
-    ]
-    return float(fisher_exact(table, alternative="greater")[1])

@@ -35,6 +35,7 @@ from agent.slicing.base import (
     as_shares,
     binomial_strength,
     max_t_p_values,
+    whitened_rows,
 )
 
 __all__ = ["NeighbourScanSlicer"]
@@ -120,9 +121,7 @@ class NeighbourScanSlicer(SlicerEstimator):
         rng = np.random.default_rng(random_state)
         # Whitened: every column (a principal axis, after fusion) at unit variance, so that a
         # minor direction weighs in the distances as much as a major one; then cosine.
-        spread = X.std(axis=0)
-        unit = (X - X.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-        unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        unit = whitened_rows(X)
         tiebreak = rng.random(len(X)) * 1e-6  # fixed across permutations: part of the scan
         self._components: list[_Component] = []
         for c in (0.0, 1.0):

@@ -37,10 +37,10 @@ from typing import Any, Protocol
 
 import numpy as np
 from scipy import sparse
-from scipy.stats import fisher_exact
 from sklearn.model_selection import StratifiedKFold
 
 from agent.errors import FitError
+from agent.slicing.base import Contrast, contrast
 
 __all__ = ["SliceFinding", "Slicer", "Space", "discover_in_spaces", "discover_slices"]
 
@@ -110,35 +110,6 @@ class Space:
     """With more than 0, the slicer is not cross-fitted: it is fitted on the whole window by its
     ``fit_calibrated(X, y, y_pred, n_permutations=, random_state=)``, which sets ``p_values_``,
     each valid for every rule the selection could have chosen (:class:`~agent.slicing.TermRuleSlicer`)."""
-
-
-@dataclass(frozen=True)
-class _Contrast:
-    """Errors inside a territory against the rest of the same class."""
-
-    n_in: int
-    e_in: int
-    n_out: int
-    e_out: int
-
-    @property
-    def z(self) -> float:
-        """Two-proportion z statistic (0 when either side is empty)."""
-        if self.n_in == 0 or self.n_out == 0:
-            return 0.0
-        pooled = (self.e_in + self.e_out) / (self.n_in + self.n_out)
-        sd = np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / self.n_in + 1 / self.n_out))
-        return float((self.e_in / self.n_in - self.e_out / self.n_out) / sd)
-
-    def p_value(self) -> float:
-        table = [[self.e_in, self.n_in - self.e_in], [self.e_out, self.n_out - self.e_out]]
-        return float(fisher_exact(table, alternative="greater")[1])
-
-
-def _contrast(inside: np.ndarray, same_class: np.ndarray, err: np.ndarray) -> _Contrast:
-    inside = inside & same_class
-    outside = same_class & ~inside
-    return _Contrast(int(inside.sum()), int(err[inside].sum()), int(outside.sum()), int(err[outside].sum()))
 
 
 def _territory(membership: np.ndarray, beta: float) -> np.ndarray:
@@ -283,7 +254,7 @@ def discover_in_spaces(
             raise FitError(f"expected {len(y)} rows in space {space.name!r}, got {len(X)}")
         matrices.append(X)
 
-    tested: list[tuple[_Contrast, float, tuple[int, int], int, float]] = []
+    tested: list[tuple[Contrast, float, tuple[int, int], int, float]] = []
     fitted: dict[tuple[int, int], Slicer] = {}
     held_out: dict[int, np.ndarray] = {}
     # Memberships are row by row: each fold's over the whole window is computed once, and its
@@ -294,7 +265,7 @@ def discover_in_spaces(
     typicalities: dict[tuple[tuple[int, int], int], np.ndarray] = {}
     n_chosen = 0
     splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
-    whole: list[tuple[_Contrast, float, tuple[int, int], int, float]] = []
+    whole: list[tuple[Contrast, float, tuple[int, int], int, float]] = []
     for index, (space, X) in enumerate(zip(spaces, matrices, strict=True)):
         calibrated = _calibrated(space, X, y, y_pred, random_state) if space.permutations > 0 else None
         if calibrated is None:
@@ -303,7 +274,7 @@ def discover_in_spaces(
         fitted[key], membership, p_values = calibrated
         territories[key] = membership > 0
         for j, cls in enumerate(getattr(fitted[key], "classes_", [])):
-            c = _contrast(territories[key][:, j], y == cls, err)
+            c = contrast(territories[key][:, j], y == cls, err)
             if c.n_in >= min_size and c.n_out > 0:
                 whole.append((c, float(p_values[j]), key, j, float(cls)))
                 memberships[key, j] = membership[:, j].copy()
@@ -329,7 +300,7 @@ def discover_in_spaces(
             del membership
             territory_test = territories[key][test]
             for j, cls in chosen:
-                c = _contrast(territory_test[:, j], y[test] == cls, err[test])
+                c = contrast(territory_test[:, j], y[test] == cls, err[test])
                 if c.n_in >= min_size and c.n_out > 0:
                     tested.append((c, c.p_value(), key, j, cls))
 
@@ -433,7 +404,7 @@ def _choose(
         if membership[:, j].sum() < 1e-9:
             continue
         cls = float(np.round(np.average(y, weights=membership[:, j])))
-        c = _contrast(territory[:, j], y == cls, err)
+        c = contrast(territory[:, j], y == cls, err)
         if c.n_in >= min_size and c.z > 0:
             chosen.append((c.z, j, cls))
     return [(j, cls) for _, j, cls in sorted(chosen, reverse=True)[:n_slices]]
