@@ -20,8 +20,8 @@ cross-fitted instead:
 5. With several spaces (:func:`discover_in_spaces`: the fused embedding, each modality's own,
    the report and header terms), every space is cut into the same folds and steps 2-4 run in
    each; the Bonferroni factor counts the components chosen in every space.
-   A space of rules tested on the whole window instead (``Space.permutations``: the term
-   rules, whose p-values a permutation test calibrates for the whole selection) takes a share
+   A space tested on the whole window instead (``Space.permutations``: the term rules and the
+   neighbour scans, whose p-values a permutation test calibrates for the whole selection) takes a share
    of ``alpha`` as large as a cross-fitted space's: ``n_slices * n_splits`` of the factor
    (a weighted Bonferroni, so the family-wise error rate stays at ``alpha``).
 6. A significant slice whose members lie mostly (more than ``dedup_overlap`` of the smaller
@@ -251,7 +251,7 @@ def discover_in_spaces(
         if X.dtype not in (np.float32, np.float64):
             X = X.astype(np.float64)
         if X.shape[0] != len(y):
-            raise FitError(f"expected {len(y)} rows in space {space.name!r}, got {len(X)}")
+            raise FitError(f"expected {len(y)} rows in space {space.name!r}, got {X.shape[0]}")
         matrices.append(X)
 
     tested: list[tuple[Contrast, float, tuple[int, int], int, float]] = []
@@ -318,8 +318,6 @@ def discover_in_spaces(
     )
     raw = {(key, j): p for _, p, key, j, _ in [*tested, *whole]}
     kept: list[SliceFinding] = []
-    if splits:
-        held_out.setdefault(0, np.isin(np.arange(len(y)), splits[0][1]))
     for c, p, key, j, cls in significant:
         members = territories[key][:, j] & (y == cls)
         if members.sum() < min_size:

@@ -192,6 +192,8 @@ def test_sparse_term_presence_gives_the_same_rules_as_dense():
         np.flatnonzero(f.members).tolist() for f in dense
     ]
     assert [f.p_value for f in thin] == [f.p_value for f in dense]
+    with pytest.raises(FitError, match="got 100"):
+        discover_in_spaces([Space("terms", sparse.csr_matrix(terms[:100]), _terms)], y, y_pred)
     folds = discover_in_spaces([Space("terms", sparse.csr_matrix(terms), _terms)], y, y_pred, random_state=2)
     assert [f.p_value for f in folds] == [
         f.p_value for f in discover_in_spaces([Space("terms", terms, _terms)], y, y_pred, random_state=2)
