@@ -90,10 +90,12 @@ def test_hijack_dotdot_and_junk_models_then_a_quiet_restart(tansu, agents, embed
     assert written and all(reports in p.parents for p in written)
     assert not list(tmp_path.glob("pneumothorax")) and not (tmp_path / "agent" / "pneumothorax").exists()
     # 2,000 junk model names: a bounded exposition, and the real model still exported.
+    # The exporter publishes stored reports on the agent's timer, after the refit wrote them: wait
+    # for the real model's report series itself (its per-model counters show up before it).
     exposition = wait_for(
-        lambda: (text := _scrape(port)) and 'model="pneumothorax"' in text and text,
+        lambda: (text := _scrape(port)) and 'slice_agent_slices{model="pneumothorax"' in text and text,
         timeout=60,
-        what="the real model's series",
+        what="the real model's report series",
         diagnose=agent.tail,
     )
     assert len(exposition.splitlines()) < 3000, len(exposition.splitlines())
