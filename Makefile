@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	HF_HUB_OFFLINE=1 $(BIN)/slice-agent prepare
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -59,6 +59,8 @@ def _build_embedder(settings: Settings, store: Store | None = None, *, batch: bo
         allow_random_weights=settings.embed.allow_random_weights,
         threads=settings.embed.batch_threads if batch else settings.embed.threads,
         text_int8=settings.embed.text_int8,
+        text_runtime=settings.embed.text_runtime,
+        graph_dir=settings.embed.graph_dir,
     )
     path = settings.embed.cache_path
     cache: EmbeddingCache
@@ -249,6 +251,25 @@ def _push_audit(
         exporter.push(gateway)
     except OSError as err:
         raise AgentError(f"cannot push metrics to the Pushgateway at {gateway}: {err}") from err
+
+
+@app.command()
+def prepare(
+    config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
+) -> None:
+    """Load the configured embedder's models once, building the ONNX text graph if it is missing.
+
+    Run it after installing (``make install`` does) or when building an image, so that the first
+    audit or agent start does not pay for the graph's export (about 10 s on two cores). Offline:
+    everything comes from the installed packages.
+    """
+    settings = load_settings(config)
+    embedder = _build_embedder(settings, batch=True)
+    started = time.perf_counter()
+    load = getattr(getattr(embedder, "inner", embedder), "load", None)
+    if callable(load):
+        load()
+    typer.echo(f"models of {embedder.name} ready in {time.perf_counter() - started:.1f} s")
 
 
 @app.command()

@@ -3,11 +3,11 @@
 Simulates ``--n`` studies with a planted failure (``slice-agent simulate``), then runs
 ``slice-agent audit FILE --modalities report,metadata`` once per variant, each in a fresh child
 process (the audit's embedding cache is in memory: every run starts cold). A variant sets the
-audit's torch threads (``embed.batch_threads``) and the text tower's precision
-(``embed.text_int8``) through the environment. For each run: wall time, CPU time (user + sys of
-the child, which a loaded machine inflates far less than wall time), peak resident set, the load
-average before and after, and the report's slices and findings compared with the first variant's
-(each slice's and each finding's best Jaccard overlap of members).
+audit's torch threads (``embed.batch_threads``), the text tower's precision
+(``embed.text_int8``) and runtime (``embed.text_runtime``) through the environment. For each run:
+wall time, CPU time (user + sys of the child, which a loaded machine inflates far less than wall
+time), peak resident set, the load average before and after, and the report's slices and findings
+compared with the first variant's (each slice's and each finding's best Jaccard overlap of members).
 
     PYTHONPATH=. nice python bench/audit_speed.py --n 3000 --variants 1:fp32 2:fp32 2:int8 \\
         --out docs/bench/audit_speed.json
@@ -39,13 +39,15 @@ def _best_overlap(want: list[set[str]], have: list[set[str]]) -> list[float]:
     return [round(max((len(a & b) / len(a | b) for b in have), default=0.0), 3) for a in want]
 
 
-def _run(events: Path, out: Path, threads: str, precision: str) -> dict[str, Any]:
+def _run(events: Path, out: Path, threads: str, precision: str, runtime: str) -> dict[str, Any]:
     # Only what differs from the defaults is set, so that code from before these settings runs too.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLICE_AGENT_EMBED__")}
     if precision == "int8":
         env["SLICE_AGENT_EMBED__TEXT_INT8"] = "true"
     if threads != "all":
         env["SLICE_AGENT_EMBED__BATCH_THREADS"] = threads
+    if runtime:
+        env["SLICE_AGENT_EMBED__TEXT_RUNTIME"] = runtime
     command = [sys.executable, "-m", "agent.cli", "audit", str(events), "--out", str(out)]
     command += ["--modalities", "report,metadata"]
     load_before = os.getloadavg()
@@ -59,6 +61,7 @@ def _run(events: Path, out: Path, threads: str, precision: str) -> dict[str, Any
     return {
         "threads": threads,
         "precision": precision,
+        "runtime": runtime or "default",
         "wall_s": round(wall, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),
@@ -78,7 +81,8 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=["1:fp32", "all:fp32"],
-        help="THREADS:PRECISION, THREADS a number or 'all' (one per core), PRECISION fp32 or int8",
+        help="THREADS:PRECISION[:RUNTIME], THREADS a number or 'all' (one per core), PRECISION fp32 or"
+        " int8, RUNTIME onnx or torch (the text tower's; unset: the tree's default)",
     )
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
     args = parser.parse_args()
@@ -91,9 +95,10 @@ def main() -> None:
         subprocess.run(simulate, check=True, stdout=subprocess.DEVNULL)
         reference: tuple[list[set[str]], list[set[str]]] | None = None
         for i, variant in enumerate(args.variants):
-            threads, _, precision = variant.partition(":")
+            threads, _, rest = variant.partition(":")
+            precision, _, runtime = rest.partition(":")
             out = Path(work) / f"report-{i}.json"
-            run = _run(events, out, threads, precision or "fp32")
+            run = _run(events, out, threads, precision or "fp32", runtime)
             slices, findings = _members(json.loads(out.read_text(encoding="utf-8")))
             reference = reference or (slices, findings)
             run["slices"] = [len(s) for s in slices]
@@ -115,11 +120,12 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(
-        "| threads | text tower | wall | CPU (user+sys) | peak RSS | load before | same slices as the first |"
+        "| threads | text tower | runtime | wall | CPU (user+sys) | peak RSS | load before"
+        " | same slices as the first |"
     )
-    print("|---|---|---:|---:|---:|---|---|")
+    print("|---|---|---|---:|---:|---:|---|---|")
     for r in runs:
-        cells = [r["threads"], r["precision"], f"{r['wall_s']} s", f"{r['cpu_s']} s"]
+        cells = [r["threads"], r["precision"], r["runtime"], f"{r['wall_s']} s", f"{r['cpu_s']} s"]
         cells += [f"{r['peak_rss_mib']} MiB", r["load_before"][0], r["slice_overlap_with_first"]]
         print("| " + " | ".join(str(c) for c in cells) + " |")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 from agent.embed.base import Embedder
@@ -78,6 +79,8 @@ def make_embedder(
     allow_random_weights: bool = False,
     threads: int | None = None,
     text_int8: bool = False,
+    text_runtime: str = "onnx",
+    graph_dir: Path | None = None,
 ) -> Embedder:
     """Build the embedder a spec names.
 
@@ -99,6 +102,9 @@ def make_embedder(
         torch threads of the default embedder (``embed.threads``); None leaves torch's default.
     text_int8
         Run the default embedder's text tower in int8 on CPU (``embed.text_int8``).
+    text_runtime, graph_dir
+        The default embedder's text runtime and ONNX graph folder (``embed.text_runtime``,
+        ``embed.graph_dir``): see :class:`DefaultEmbedder`.
 
     Returns
     -------
@@ -120,7 +126,14 @@ def make_embedder(
     """
     kind, name, checkpoint = parse_spec(spec)
     if kind == "default" or name is None:
-        return DefaultEmbedder(device=device, batch_size=batch_size, threads=threads, text_int8=text_int8)
+        return DefaultEmbedder(
+            device=device,
+            batch_size=batch_size,
+            threads=threads,
+            text_int8=text_int8,
+            text_runtime=text_runtime,
+            graph_dir=graph_dir,
+        )
     log.debug("building open_clip embedder %s (checkpoint %s)", name, checkpoint)
     return OpenClipEmbedder(
         name,

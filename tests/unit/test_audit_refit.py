@@ -197,6 +197,32 @@ def test_length_sorted_batches_find_the_same_slices_as_arrival_order(failure, se
     assert [f.p_value for f in have] == pytest.approx([f.p_value for f in want], rel=1e-6)
 
 
+@pytest.mark.slow
+def test_the_onnx_text_tower_finds_the_same_slices_as_the_torch_tower():
+    from agent.embed import DefaultEmbedder
+    from agent.embed.onnx_text import OnnxTextTower
+
+    samples = _planted(1000, "devices", 3)
+    settings = load_settings()
+    onnx, torch = DefaultEmbedder(threads=1), DefaultEmbedder(threads=1, text_runtime="torch")
+    have = embed_samples(samples, ["report", "metadata"], onnx, batch_size=32).blocks
+    want = embed_samples(samples, ["report", "metadata"], torch, batch_size=32).blocks
+    assert isinstance(onnx._get_text_model(), OnnxTextTower)
+    assert not isinstance(torch._get_text_model(), OnnxTextTower)
+    for name in want:
+        np.testing.assert_allclose(have[name], want[name], atol=2e-6)  # float rounding only
+    y = np.array([s.label == "pneumothorax" for s in samples], dtype=np.float64)
+    y_pred = np.array([s.prediction == "pneumothorax" for s in samples], dtype=np.float64)
+    dims, components = window_capacity(settings, len(samples))
+    _, slices_torch = fit_slices(want, y, y_pred, settings, dims, components)
+    _, slices_onnx = fit_slices(have, y, y_pred, settings, dims, components)
+    assert slices_torch, "the planted failure must give a slice"
+    assert [np.flatnonzero(f.members).tolist() for f in slices_onnx] == [
+        np.flatnonzero(f.members).tolist() for f in slices_torch
+    ]
+    assert [f.p_value for f in slices_onnx] == pytest.approx([f.p_value for f in slices_torch], rel=1e-6)
+
+
 def test_a_failing_view_is_its_header_value_not_the_report_word_it_shares():
     """Lateral films fail; "lateral" is also a word of many frontal films' reports. The view is a
     term column of its own (``view=lateral``), so the slice is the lateral films exactly."""

@@ -1,0 +1,260 @@
+"""all-MiniLM-L6-v2 run by ONNX Runtime: the weights, tokenizer and pooling of sentence-transformers,
+one native call per batch.
+
+Why beside the torch tower:
+
+- **Start-up.** Importing sentence-transformers takes about 10 s on a 2-core sidecar (it pulls in
+  much of transformers); onnxruntime and tokenizers take 0.3 s. A batch audit pays it on every run.
+- **The interpreter lock.** A torch forward pass is a few hundred operator calls, each of which
+  needs the lock between kernels; beside a busy event loop the embedder waits for it. ONNX Runtime
+  releases it once per batch.
+
+The arithmetic is the same float32 model: vectors differ from the torch tower's by float rounding
+(about 3e-7 per component, tested), so both share a name and a cache entry.
+
+The graph is exported once from the package's own ``model.safetensors`` (torch's exporter, which
+needs the ``onnx`` package) and kept in ``graph_dir`` under a name holding the weights' SHA-256, so
+a changed weights file never meets an old graph. A folder that cannot be written costs the export
+on every load, not the service. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.errors import EmbedderError, ModelFilesMissingError
+from agent.paths import private_folder
+
+__all__ = ["GRAPH_VERSION", "OnnxTextTower", "default_graph_dir", "graph_path"]
+
+log = logging.getLogger(__name__)
+
+#: Part of every graph's file name: raised when the export changes (opset, inputs, attention).
+GRAPH_VERSION = 1
+_OPSET = 17
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_graph_dir() -> Path:
+    """``$XDG_CACHE_HOME/slice-agent/graphs``, else ``~/.cache/slice-agent/graphs``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "slice-agent" / "graphs"
+
+
+def _weights_digest(weights: Path) -> str:
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def graph_path(model_dir: Path, graph_dir: Path) -> Path:
+    """Where the graph of the weights in ``model_dir`` is kept: named by their SHA-256."""
+    digest = _weights_digest(model_dir / "model.safetensors")
+    return graph_dir / f"minilm-{digest[:24]}-v{GRAPH_VERSION}.onnx"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelFilesMissingError(f"expected a readable JSON file at {path}, got: {err}") from err
+
+
+def _check_pipeline(model_dir: Path) -> int:
+    """The sentence-transformers pipeline this tower reproduces, checked; returns the maximum length.
+
+    The tower implements Transformer -> mean pooling -> L2 normalisation only. A model folder that
+    asks for anything else (CLS pooling, no normalisation, a dense head) is refused, so the torch
+    tower runs it instead of a silently different one.
+    """
+    modules = _read_json(model_dir / "modules.json")
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
+    if kinds != ["Transformer", "Pooling", "Normalize"]:
+        raise EmbedderError(f"expected Transformer, Pooling, Normalize in {model_dir}, got {kinds}")
+    pooling = _read_json(model_dir / "1_Pooling" / "config.json")
+    modes = {k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True}
+    if modes != {"pooling_mode_mean_tokens"}:
+        raise EmbedderError(f"expected mean pooling only in {model_dir}, got {sorted(modes)}")
+    config = _read_json(model_dir / "sentence_bert_config.json")
+    max_length = config.get("max_seq_length")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise EmbedderError(f"expected an integer max_seq_length in {model_dir}, got {max_length!r}")
+    return max_length
+
+
+def _export(model_dir: Path) -> bytes:
+    """The encoder's graph, exported from the safetensors weights in ``model_dir``."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it; fail here with a clear message)
+        import torch
+        from transformers import AutoModel
+    except ImportError as err:
+        raise ModelFilesMissingError(
+            f"expected onnx, torch and transformers to export the text graph, got ImportError ({err}); "
+            "install them with: pip install onnx"
+        ) from err
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state
+
+    bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager")
+    encoder = Encoder(bert).eval()
+    # Two rows of unequal length, so the traced graph carries the padding mask's arithmetic.
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
+    mask = (ids != 0).long()
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*_INPUTS, "last_hidden_state")}
+    with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as work:
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        target = Path(work) / "text.onnx"
+        torch.onnx.export(
+            encoder,
+            (ids, mask, torch.zeros_like(ids)),
+            target,
+            input_names=list(_INPUTS),
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=_OPSET,
+            dynamo=False,
+        )
+        return target.read_bytes()
+
+
+def _save(graph: bytes, path: Path) -> None:
+    """Write ``graph`` to ``path`` atomically (a reader never sees half a file)."""
+    private_folder(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".graph-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(graph)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class OnnxTextTower:
+    """all-MiniLM-L6-v2 (the package's files) in ONNX Runtime on the CPU.
+
+    Parameters
+    ----------
+    model_dir
+        The sentence-transformers folder: ``model.safetensors``, ``tokenizer.json``,
+        ``modules.json``, ``sentence_bert_config.json``, ``1_Pooling/config.json``.
+    graph_dir
+        Where the exported graph is kept; None: :func:`default_graph_dir`.
+    threads
+        Intra-op threads; None: one per core (and idle threads may spin, as in a batch audit).
+
+    Raises
+    ------
+    ModelFilesMissingError
+        If a file is missing, or onnxruntime, tokenizers (or, to export, onnx) are not installed.
+    EmbedderError
+        If the folder asks for a pipeline this tower does not implement, or the graph cannot be
+        built or loaded.
+    """
+
+    def __init__(self, model_dir: Path, *, graph_dir: Path | None = None, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as err:
+            raise ModelFilesMissingError(
+                f"expected onnxruntime and tokenizers, got ImportError ({err}); "
+                "install them with: pip install onnxruntime tokenizers"
+            ) from err
+        started = time.perf_counter()
+        self.max_length = _check_pipeline(model_dir)
+        try:
+            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as err:  # tokenizers raises its own Exception subclass
+            raise ModelFilesMissingError(f"expected {model_dir / 'tokenizer.json'}, got: {err}") from err
+        tokenizer.enable_truncation(max_length=self.max_length)
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads is not None:
+            # A sidecar's embedder shares the cores with the event loop: no busy-waiting threads.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session, self.source = self._open(ort, options, model_dir, graph_dir or default_graph_dir())
+        names = {i.name for i in self._session.get_inputs()}
+        if names != set(_INPUTS):
+            raise EmbedderError(f"expected the text graph's inputs {sorted(_INPUTS)}, got {sorted(names)}")
+        log.info("text graph ready (%s) in %.1f s", self.source, time.perf_counter() - started)
+
+    @staticmethod
+    def _open(ort: Any, options: Any, model_dir: Path, graph_dir: Path) -> tuple[Any, str]:
+        path = graph_path(model_dir, graph_dir)
+        providers = ["CPUExecutionProvider"]
+        if path.is_file():
+            try:
+                return ort.InferenceSession(str(path), options, providers=providers), "cached"
+            except Exception as err:  # onnxruntime raises its own Exception subclasses
+                log.warning("the cached text graph could not be loaded (%s); exporting it again", err)
+        started = time.perf_counter()
+        graph = _export(model_dir)
+        log.info("exported the text graph in %.1f s", time.perf_counter() - started)
+        try:
+            _save(graph, path)
+        except OSError as err:
+            log.warning("could not keep the text graph in %s (%s); it is exported per load", graph_dir, err)
+        try:
+            return ort.InferenceSession(graph, options, providers=providers), "exported"
+        except Exception as err:
+            raise EmbedderError(f"expected the exported text graph to load, got: {err}") from err
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> NDArray[np.float32]:
+        """Unit-norm mean-pooled vectors of ``texts``, in their order.
+
+        Texts are batched by token length (a batch is padded to its longest text), as
+        sentence-transformers does.
+        """
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        out: NDArray[np.float32] | None = None
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(encodings[i].ids) for i in rows)
+            feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in _INPUTS}
+            for r, i in enumerate(rows):
+                e = encodings[i]
+                n = len(e.ids)
+                feed["input_ids"][r, :n] = e.ids
+                feed["attention_mask"][r, :n] = e.attention_mask
+                feed["token_type_ids"][r, :n] = e.type_ids
+            hidden = self._session.run(None, feed)[0]  # (rows, width, dim)
+            mask = feed["attention_mask"][:, :, None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            if out is None:
+                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+            out[rows] = pooled
+        assert out is not None
+        return out
