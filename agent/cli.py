@@ -59,7 +59,7 @@ def _build_embedder(settings: Settings, store: Store | None = None, *, batch: bo
         allow_random_weights=settings.embed.allow_random_weights,
         threads=settings.embed.batch_threads if batch else settings.embed.threads,
         text_int8=settings.embed.text_int8,
-        text_runtime=settings.embed.text_runtime,
+        runtime=settings.embed.runtime,
         graph_dir=settings.embed.graph_dir,
     )
     path = settings.embed.cache_path

@@ -4,7 +4,7 @@ Simulates ``--n`` studies with a planted failure (``slice-agent simulate``), the
 ``slice-agent audit FILE --modalities report,metadata`` once per variant, each in a fresh child
 process (the audit's embedding cache is in memory: every run starts cold). A variant sets the
 audit's torch threads (``embed.batch_threads``), the text tower's precision
-(``embed.text_int8``) and runtime (``embed.text_runtime``) through the environment. For each run:
+(``embed.text_int8``) and runtime (``embed.runtime``) through the environment. For each run:
 wall time, CPU time (user + sys of the child, which a loaded machine inflates far less than wall
 time), peak resident set, the load average before and after, and the report's slices and findings
 compared with the first variant's (each slice's and each finding's best Jaccard overlap of members).
@@ -47,7 +47,7 @@ def _run(events: Path, out: Path, threads: str, precision: str, runtime: str) ->
     if threads != "all":
         env["SLICE_AGENT_EMBED__BATCH_THREADS"] = threads
     if runtime:
-        env["SLICE_AGENT_EMBED__TEXT_RUNTIME"] = runtime
+        env["SLICE_AGENT_EMBED__RUNTIME"] = runtime
     command = [sys.executable, "-m", "agent.cli", "audit", str(events), "--out", str(out)]
     command += ["--modalities", "report,metadata"]
     load_before = os.getloadavg()

@@ -79,7 +79,7 @@ def make_embedder(
     allow_random_weights: bool = False,
     threads: int | None = None,
     text_int8: bool = False,
-    text_runtime: str = "onnx",
+    runtime: str = "onnx",
     graph_dir: Path | None = None,
 ) -> Embedder:
     """Build the embedder a spec names.
@@ -102,8 +102,8 @@ def make_embedder(
         torch threads of the default embedder (``embed.threads``); None leaves torch's default.
     text_int8
         Run the default embedder's text tower in int8 on CPU (``embed.text_int8``).
-    text_runtime, graph_dir
-        The default embedder's text runtime and ONNX graph folder (``embed.text_runtime``,
+    runtime, graph_dir
+        The default embedder's runtime and ONNX graph folder (``embed.runtime``,
         ``embed.graph_dir``): see :class:`DefaultEmbedder`.
 
     Returns
@@ -131,7 +131,7 @@ def make_embedder(
             batch_size=batch_size,
             threads=threads,
             text_int8=text_int8,
-            text_runtime=text_runtime,
+            runtime=runtime,
             graph_dir=graph_dir,
         )
     log.debug("building open_clip embedder %s (checkpoint %s)", name, checkpoint)

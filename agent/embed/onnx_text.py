@@ -12,21 +12,15 @@ Why beside the torch tower:
 The arithmetic is the same float32 model: vectors differ from the torch tower's by float rounding
 (about 3e-7 per component, tested), so both share a name and a cache entry.
 
-The graph is exported once from the package's own ``model.safetensors`` (torch's exporter, which
-needs the ``onnx`` package) and kept in ``graph_dir`` under a name holding the weights' SHA-256, so
-a changed weights file never meets an old graph. A folder that cannot be written costs the export
-on every load, not the service. Nothing is downloaded.
+The graph is exported once from the package's own ``model.safetensors`` and kept as
+:mod:`agent.embed.graphs` describes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,36 +28,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.embed.graphs import default_graph_dir, export_module, file_digest, open_graph, session_options
 from agent.errors import EmbedderError, ModelFilesMissingError
-from agent.paths import private_folder
 
-__all__ = ["GRAPH_VERSION", "OnnxTextTower", "default_graph_dir", "graph_path"]
+__all__ = ["GRAPH_VERSION", "OnnxTextTower", "graph_path"]
 
 log = logging.getLogger(__name__)
 
-#: Part of every graph's file name: raised when the export changes (opset, inputs, attention).
+#: Part of every text graph's file name: raised when the export changes (opset, inputs, attention).
 GRAPH_VERSION = 1
-_OPSET = 17
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def default_graph_dir() -> Path:
-    """``$XDG_CACHE_HOME/slice-agent/graphs``, else ``~/.cache/slice-agent/graphs``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "slice-agent" / "graphs"
-
-
-def _weights_digest(weights: Path) -> str:
-    digest = hashlib.sha256()
-    with weights.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def graph_path(model_dir: Path, graph_dir: Path) -> Path:
     """Where the graph of the weights in ``model_dir`` is kept: named by their SHA-256."""
-    digest = _weights_digest(model_dir / "model.safetensors")
+    digest = file_digest(model_dir / "model.safetensors")
     return graph_dir / f"minilm-{digest[:24]}-v{GRAPH_VERSION}.onnx"
 
 
@@ -99,13 +78,11 @@ def _check_pipeline(model_dir: Path) -> int:
 def _export(model_dir: Path) -> bytes:
     """The encoder's graph, exported from the safetensors weights in ``model_dir``."""
     try:
-        import onnx  # noqa: F401  (torch's exporter needs it; fail here with a clear message)
         import torch
         from transformers import AutoModel
     except ImportError as err:
         raise ModelFilesMissingError(
-            f"expected onnx, torch and transformers to export the text graph, got ImportError ({err}); "
-            "install them with: pip install onnx"
+            f"expected torch and transformers to export the text graph, got ImportError ({err})"
         ) from err
 
     class Encoder(torch.nn.Module):
@@ -118,38 +95,16 @@ def _export(model_dir: Path) -> bytes:
             return out.last_hidden_state
 
     bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager")
-    encoder = Encoder(bert).eval()
     # Two rows of unequal length, so the traced graph carries the padding mask's arithmetic.
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
-    mask = (ids != 0).long()
     axes = {name: {0: "batch", 1: "tokens"} for name in (*_INPUTS, "last_hidden_state")}
-    with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as work:
-        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        target = Path(work) / "text.onnx"
-        torch.onnx.export(
-            encoder,
-            (ids, mask, torch.zeros_like(ids)),
-            target,
-            input_names=list(_INPUTS),
-            output_names=["last_hidden_state"],
-            dynamic_axes=axes,
-            opset_version=_OPSET,
-            dynamo=False,
-        )
-        return target.read_bytes()
-
-
-def _save(graph: bytes, path: Path) -> None:
-    """Write ``graph`` to ``path`` atomically (a reader never sees half a file)."""
-    private_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".graph-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(graph)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return export_module(
+        Encoder(bert).eval(),
+        (ids, (ids != 0).long(), torch.zeros_like(ids)),
+        list(_INPUTS),
+        ["last_hidden_state"],
+        axes,
+    )
 
 
 class OnnxTextTower:
@@ -176,12 +131,10 @@ class OnnxTextTower:
 
     def __init__(self, model_dir: Path, *, graph_dir: Path | None = None, threads: int | None = None) -> None:
         try:
-            import onnxruntime as ort
             from tokenizers import Tokenizer
         except ImportError as err:
             raise ModelFilesMissingError(
-                f"expected onnxruntime and tokenizers, got ImportError ({err}); "
-                "install them with: pip install onnxruntime tokenizers"
+                f"expected tokenizers, got ImportError ({err}); install it with: pip install tokenizers"
             ) from err
         started = time.perf_counter()
         self.max_length = _check_pipeline(model_dir)
@@ -192,41 +145,16 @@ class OnnxTextTower:
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.no_padding()
         self._tokenizer = tokenizer
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads is not None:
-            # A sidecar's embedder shares the cores with the event loop: no busy-waiting threads.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session, self.source = self._open(ort, options, model_dir, graph_dir or default_graph_dir())
+        self._session, self.source = open_graph(
+            graph_path(model_dir, graph_dir or default_graph_dir()),
+            lambda: _export(model_dir),
+            session_options(threads),
+            "text",
+        )
         names = {i.name for i in self._session.get_inputs()}
         if names != set(_INPUTS):
             raise EmbedderError(f"expected the text graph's inputs {sorted(_INPUTS)}, got {sorted(names)}")
         log.info("text graph ready (%s) in %.1f s", self.source, time.perf_counter() - started)
-
-    @staticmethod
-    def _open(ort: Any, options: Any, model_dir: Path, graph_dir: Path) -> tuple[Any, str]:
-        path = graph_path(model_dir, graph_dir)
-        providers = ["CPUExecutionProvider"]
-        if path.is_file():
-            try:
-                return ort.InferenceSession(str(path), options, providers=providers), "cached"
-            except Exception as err:  # onnxruntime raises its own Exception subclasses
-                log.warning("the cached text graph could not be loaded (%s); exporting it again", err)
-        started = time.perf_counter()
-        graph = _export(model_dir)
-        log.info("exported the text graph in %.1f s", time.perf_counter() - started)
-        try:
-            _save(graph, path)
-        except OSError as err:
-            log.warning("could not keep the text graph in %s (%s); it is exported per load", graph_dir, err)
-        try:
-            return ort.InferenceSession(graph, options, providers=providers), "exported"
-        except Exception as err:
-            raise EmbedderError(f"expected the exported text graph to load, got: {err}") from err
 
     def encode(self, texts: Sequence[str], batch_size: int) -> NDArray[np.float32]:
         """Unit-norm mean-pooled vectors of ``texts``, in their order.

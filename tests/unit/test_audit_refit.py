@@ -204,7 +204,7 @@ def test_the_onnx_text_tower_finds_the_same_slices_as_the_torch_tower():
 
     samples = _planted(1000, "devices", 3)
     settings = load_settings()
-    onnx, torch = DefaultEmbedder(threads=1), DefaultEmbedder(threads=1, text_runtime="torch")
+    onnx, torch = DefaultEmbedder(threads=1), DefaultEmbedder(threads=1, runtime="torch")
     have = embed_samples(samples, ["report", "metadata"], onnx, batch_size=32).blocks
     want = embed_samples(samples, ["report", "metadata"], torch, batch_size=32).blocks
     assert isinstance(onnx._get_text_model(), OnnxTextTower)

@@ -592,7 +592,7 @@ def test_default_embedder_runs_on_its_configured_threads(default_embedder: Defau
     import torch
 
     before = torch.get_num_threads()
-    emb = DefaultEmbedder(threads=1, text_runtime="torch")  # the ONNX tower's threads: test_onnx_text
+    emb = DefaultEmbedder(threads=1, runtime="torch")  # the ONNX tower's threads: test_onnx_text
     try:
         torch.set_num_threads(2)
         vectors = emb.embed_texts(["Portable AP chest radiograph."])

@@ -1,4 +1,4 @@
-"""The ONNX Runtime text tower against the torch one (sentence-transformers) it replaces on CPU.
+"""The ONNX Runtime towers against the torch ones (sentence-transformers, EfficientNet) they replace on CPU.
 
 The two run the same float32 weights, so their vectors must agree to float rounding on any text:
 empty, longer than the model reads, accented, CJK, repeated, in any order and batch size. The
@@ -78,7 +78,7 @@ def tower(model_dir: Path, graph_dir: Path) -> OnnxTextTower:
 
 @pytest.fixture(scope="module")
 def torch_vectors() -> np.ndarray:
-    return DefaultEmbedder(text_runtime="torch").embed_texts(TEXTS)
+    return DefaultEmbedder(runtime="torch").embed_texts(TEXTS)
 
 
 def test_the_onnx_tower_gives_the_torch_towers_vectors(
@@ -99,7 +99,7 @@ def test_the_default_embedder_runs_the_onnx_tower_on_cpu(graph_dir: Path, torch_
     emb = DefaultEmbedder(graph_dir=graph_dir, threads=1)
     np.testing.assert_allclose(emb.embed_texts(TEXTS), torch_vectors, atol=2e-6)
     assert isinstance(emb._get_text_model(), OnnxTextTower)
-    assert emb.name == DefaultEmbedder(text_runtime="torch").name  # one cache entry for both
+    assert emb.name == DefaultEmbedder(runtime="torch").name  # one cache entry for both
 
 
 def test_the_graph_is_kept_private_and_named_by_the_weights(
@@ -120,7 +120,7 @@ def test_a_damaged_graph_is_exported_again(
 ) -> None:
     path = graph_path(model_dir, tmp_path)
     path.write_bytes(b"not a graph")
-    with caplog.at_level(logging.WARNING, logger="agent.embed.onnx_text"):
+    with caplog.at_level(logging.WARNING, logger="agent.embed.graphs"):
         tower = OnnxTextTower(model_dir, graph_dir=tmp_path)
     assert tower.source == "exported"
     assert "could not be loaded" in caplog.text
@@ -133,7 +133,7 @@ def test_a_folder_that_cannot_be_written_costs_the_export_not_the_service(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
-    with caplog.at_level(logging.WARNING, logger="agent.embed.onnx_text"):
+    with caplog.at_level(logging.WARNING, logger="agent.embed.graphs"):
         tower = OnnxTextTower(model_dir, graph_dir=blocker / "graphs")
     assert tower.source == "exported"
     assert "could not keep the text graph" in caplog.text
@@ -172,9 +172,89 @@ def test_int8_runs_the_torch_tower_and_says_why(caplog: pytest.LogCaptureFixture
 
 
 def test_the_runtime_is_a_setting() -> None:
-    assert load_settings().embed.text_runtime == "onnx"
-    assert load_settings(overrides={"embed": {"text_runtime": "torch"}}).embed.text_runtime == "torch"
+    assert load_settings().embed.runtime == "onnx"
+    assert load_settings(overrides={"embed": {"runtime": "torch"}}).embed.runtime == "torch"
     with pytest.raises(ConfigError):
-        load_settings(overrides={"embed": {"text_runtime": "tensorrt"}})
-    with pytest.raises(ConfigError, match="text_runtime"):
-        DefaultEmbedder(text_runtime="tensorrt")
+        load_settings(overrides={"embed": {"runtime": "tensorrt"}})
+    with pytest.raises(ConfigError, match="runtime"):
+        DefaultEmbedder(runtime="tensorrt")
+
+
+# --- the image tower ------------------------------------------------------------------------------
+
+
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Grey images of several sizes and contents, as agent.dicom.read_pixels returns them."""
+    rng = np.random.default_rng(seed)
+    shapes = [(256, 256), (300, 200), (64, 512), (224, 224), (1024, 900)]
+    out = []
+    for i in range(n):
+        h, w = shapes[i % len(shapes)]
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        out.append(np.clip(0.5 + 0.3 * np.sin(8 * xx + i) * yy + 0.1 * rng.random((h, w)), 0, 1))
+    out.append(np.zeros((128, 128)))  # a blank film
+    out.append(np.ones((50, 70, 3)) * 0.7)  # an RGB array
+    return out
+
+
+def test_the_onnx_image_tower_gives_the_torch_towers_features(tmp_path: Path) -> None:
+    from agent.embed.onnx_image import OnnxImageTower
+
+    images = _images(9)
+    onnx = DefaultEmbedder(graph_dir=tmp_path, threads=1, batch_size=4)
+    torch = DefaultEmbedder(runtime="torch", threads=1, batch_size=4)
+    got, want = onnx.embed_images(images), torch.embed_images(images)
+    assert isinstance(onnx._get_image_model(), OnnxImageTower)
+    assert got.dtype == np.float32 and got.shape == (len(images), 1280)
+    assert np.abs(want).max() > 1.0  # features of real magnitude, not zeros
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    cosine = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() > 0.999999
+    # Kept, named by the weights and the input size, and loaded the next time.
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 1 and kept[0].startswith("efficientnet-lite0-") and "-224px-" in kept[0]
+    again = DefaultEmbedder(graph_dir=tmp_path, threads=1, batch_size=4)
+    assert again._get_image_model().source == "cached"
+    np.testing.assert_array_equal(again.embed_images(images), got)
+
+
+def test_another_input_size_gets_its_own_graph(tmp_path: Path) -> None:
+    small = DefaultEmbedder(graph_dir=tmp_path, threads=1, image_size=96)
+    got = small.embed_images(_images(3))
+    want = DefaultEmbedder(runtime="torch", threads=1, image_size=96).embed_images(_images(3))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert any("-96px-" in p.name for p in tmp_path.iterdir())
+
+
+def test_the_onnx_image_tower_finds_the_same_slices_as_the_torch_tower() -> None:
+    """A planted burned-in marker: the same slices, members and p-values from either runtime."""
+    from agent.audit import fit_slices, window_capacity
+    from agent.simulate.images import ImageSpec, burn_in_annotation, draw_cases, render
+
+    rng = np.random.default_rng(7)
+    cases = draw_cases(rng, 300)
+    marked = rng.random(len(cases)) < 0.2
+    images = []
+    for i, case in enumerate(cases):
+        pixels = render(case, ImageSpec(size=128))
+        pixels = burn_in_annotation(pixels, seed=i) if marked[i] else pixels
+        images.append(pixels.astype(np.float32) / 4095.0)
+    y = rng.random(len(cases)) < 0.5
+    wrong = rng.random(len(cases)) < np.where(marked, 0.7, 0.05)
+    y_pred = np.where(wrong, ~y, y)
+    blocks = {
+        runtime: {"image": DefaultEmbedder(runtime=runtime, threads=1).embed_images(images)}
+        for runtime in ("torch", "onnx")
+    }
+    np.testing.assert_allclose(blocks["onnx"]["image"], blocks["torch"]["image"], atol=1e-4, rtol=1e-4)
+    settings = load_settings()
+    dims, components = window_capacity(settings, len(cases))
+    found = {
+        runtime: fit_slices(b, y.astype(float), y_pred.astype(float), settings, dims, components)[1]
+        for runtime, b in blocks.items()
+    }
+    assert found["torch"], "the planted marker must give a slice"
+    assert [np.flatnonzero(f.members).tolist() for f in found["onnx"]] == [
+        np.flatnonzero(f.members).tolist() for f in found["torch"]
+    ]
+    assert [f.p_value for f in found["onnx"]] == pytest.approx([f.p_value for f in found["torch"]], rel=1e-6)
