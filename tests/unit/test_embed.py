@@ -10,9 +10,8 @@ import json
 import logging
 import re
 import shutil
-import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +37,7 @@ from agent.errors import ConfigError, EmbedderError, ModelFilesMissingError
 TINY_CLIP = "ViT-S-32-alt"
 EXPECTED_SPEC = "expected 'default' or 'open_clip:NAME[@CHECKPOINT]'"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def no_network() -> Iterator[list[str]]:
-    """Record, and refuse, every attempt to resolve a host or open a connection."""
-    attempts: list[str] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(repr(args[:2]))
-        raise OSError("network access attempted in an offline test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket, "getaddrinfo", refuse)
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket.socket, "connect_ex", refuse)
-        yield attempts
-    assert attempts == [], f"expected no network access, got {attempts}"
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(scope="module")

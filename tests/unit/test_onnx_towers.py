@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from agent.embed import DefaultEmbedder
 from agent.embed.onnx_text import OnnxTextTower, _check_pipeline, graph_path
 from agent.errors import ConfigError, EmbedderError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_network")]
 
 TEXTS = [
     "Portable AP chest radiograph. Endotracheal tube tip 4 cm above the carina.",
@@ -40,23 +38,6 @@ TEXTS = [
     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" * 10,
     "Heart size normal. Lungs clear. " * 20,
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_network() -> Iterator[list[str]]:
-    """Record, and refuse, every attempt to resolve a host or open a connection."""
-    attempts: list[str] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(repr(args[:2]))
-        raise OSError("network access attempted in an offline test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket, "getaddrinfo", refuse)
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket.socket, "connect_ex", refuse)
-        yield attempts
-    assert attempts == [], f"expected no network access, got {attempts}"
 
 
 @pytest.fixture(scope="module")
