@@ -187,14 +187,26 @@ class NeighbourScanSlicer(SlicerEstimator):
             if not parts:
                 continue
             e = self._err[parts[0].rows]
+            by_graph: dict[int, list[_Component]] = {}
+            for p in parts:  # the shares of a class share one neighbour graph: one score each
+                by_graph.setdefault(id(p.graph), []).append(p)
             chunk = max(1, 4_000_000 // len(e))  # permutations at a time: memory stays bounded
             for start in range(0, n_permutations, chunk):
                 b = min(chunk, n_permutations - start)
                 E = np.stack([rng.permutation(e) for _ in range(b)], axis=1)
-                for p in parts:
-                    top = np.argpartition(-p.scores(E), p.size - 1, axis=0)[: p.size]
-                    z = p.strength(np.take_along_axis(E, top, axis=0).sum(axis=0), float(e.sum()))
-                    null_max[start : start + b] = np.maximum(null_max[start : start + b], z)
+                for group in by_graph.values():
+                    # The largest share's top cases, ranked: every smaller share's top cases are
+                    # their head (the tie-break jitter makes scores distinct), so one selection
+                    # and a running sum of errors serve them all.
+                    scores = group[0].scores(E)
+                    big = max(p.size for p in group)
+                    top = np.argpartition(-scores, big - 1, axis=0)[:big]
+                    order = np.argsort(-np.take_along_axis(scores, top, axis=0), axis=0, kind="stable")
+                    errors = np.take_along_axis(E, np.take_along_axis(top, order, axis=0), axis=0)
+                    running = np.cumsum(errors, axis=0)
+                    for p in group:
+                        z = p.strength(running[p.size - 1], float(e.sum()))
+                        null_max[start : start + b] = np.maximum(null_max[start : start + b], z)
         self.p_values_ = max_t_p_values(null_max, self.strength_)
         return self
 
