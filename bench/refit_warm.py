@@ -44,13 +44,17 @@ def _make_stream(n: int, step: int, refits: int, path: Path) -> None:
 
 
 def _product(
-    X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, n: int, step: int, refits: int
+    X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, n: int, step: int, refits: int, spaces: str
 ) -> dict[str, Any]:
     from agent.audit import fit_slices, window_capacity
     from agent.config import Settings
     from agent.warm import WarmStart
 
     settings = Settings()
+    if spaces != "default":
+        settings = settings.model_copy(
+            update={"audit": settings.audit.model_copy(update={"spaces": tuple(spaces.split(","))})}
+        )
     keys = [f"1.2.826.0.1.{i}" for i in range(len(y))]
     dims, components = window_capacity(settings, n)
     image, report = X[:, :IMAGE_DIM], X[:, IMAGE_DIM:]
@@ -103,7 +107,9 @@ def _baseline(X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, n: int) -> dict[
     }
 
 
-def _child(side: str, path: Path, n: int, step: int, refits: int, threads: int) -> dict[str, Any]:
+def _child(
+    side: str, path: Path, n: int, step: int, refits: int, threads: int, spaces: str
+) -> dict[str, Any]:
     import sklearn.decomposition
     import sklearn.mixture  # noqa: F401
     from threadpoolctl import threadpool_limits
@@ -115,7 +121,7 @@ def _child(side: str, path: Path, n: int, step: int, refits: int, threads: int) 
     with threadpool_limits(limits=threads):
         if side == "domino":
             return {"side": side, **_baseline(X, y, y_pred, n)}
-        return {"side": side, **_product(X, y, y_pred, n, step, refits)}
+        return {"side": side, "spaces": spaces, **_product(X, y, y_pred, n, step, refits, spaces)}
 
 
 def main() -> None:
@@ -126,6 +132,12 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=0.05, help="new cases per refit, share of the window")
     parser.add_argument("--refits", type=int, default=5, help="warm refits timed after the cold one")
     parser.add_argument("--threads", type=int, default=1, help="BLAS / OpenMP threads, both sides")
+    parser.add_argument(
+        "--spaces",
+        default="default",
+        help="the product's audit.spaces, comma-separated (default: the product's default; 'fused' is"
+        " the mixture refit alone, like for like with Domino)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--child", nargs=5, metavar=("SIDE", "STREAM", "N", "STEP", "REFITS"), help=argparse.SUPPRESS
@@ -133,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         side, path, n, step, refits = args.child
-        result = _child(side, Path(path), int(n), int(step), int(refits), args.threads)
+        result = _child(side, Path(path), int(n), int(step), int(refits), args.threads, args.spaces)
         sys.stdout.write(json.dumps(result) + "\n")
         return
 
@@ -144,7 +156,8 @@ def main() -> None:
             stream = Path(tmp) / f"stream-{n}.npz"
             _make_stream(n, step, args.refits, stream)
             for side in ("domino", "product"):
-                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", side, str(stream)]
+                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--spaces", args.spaces]
+                cmd += ["--child", side, str(stream)]
                 cmd += [str(n), str(step), str(args.refits)]
                 load = round(os.getloadavg()[0], 2)
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -173,7 +186,7 @@ def main() -> None:
     run = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}",
         "command": f"PYTHONPATH=. python bench/refit_warm.py --sizes {' '.join(map(str, args.sizes))} "
-        f"--step {args.step} --refits {args.refits} --threads {args.threads}",
+        f"--step {args.step} --refits {args.refits} --threads {args.threads} --spaces {args.spaces}",
         "git": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
