@@ -59,6 +59,12 @@ class NeighbourScanSlicer(SlicerEstimator):
     max_reference
         Most cases of a class that serve as neighbours (a seeded sample above it), which bounds
         the scan's time and memory on large windows to ``n * max_reference`` similarities.
+    max_cases
+        Most cases of a class the scan reads: a larger class is scanned on a seeded uniform
+        sample of this many (its shares are shares of the sample, its members drawn from it).
+        This bounds a refit's scan on any window to ``max_cases * max_reference`` similarities
+        and ``max_cases * n_permutations`` permuted errors per class. A group of a given share
+        is that share of the sample too, and in such windows it holds hundreds of cases.
 
     Attributes
     ----------
@@ -94,6 +100,7 @@ class NeighbourScanSlicer(SlicerEstimator):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "min_support": [Interval(Integral, 1, None, closed="left")],
         "max_reference": [Interval(Integral, 2, None, closed="left")],
+        "max_cases": [Interval(Integral, 2, None, closed="left")],
     }
 
     def __init__(
@@ -103,11 +110,13 @@ class NeighbourScanSlicer(SlicerEstimator):
         n_neighbors: int = 15,
         min_support: int = 10,
         max_reference: int = 4000,
+        max_cases: int = 5000,
     ) -> None:
         self.shares = shares
         self.n_neighbors = n_neighbors
         self.min_support = min_support
         self.max_reference = max_reference
+        self.max_cases = max_cases
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, *, random_state: int = 0
@@ -126,6 +135,8 @@ class NeighbourScanSlicer(SlicerEstimator):
         self._components: list[_Component] = []
         for c in (0.0, 1.0):
             rows = np.flatnonzero(y == c)
+            if len(rows) > self.max_cases:
+                rows = np.sort(rng.choice(rows, self.max_cases, replace=False))
             sizes = sorted({round(share * len(rows)) for share in shares})
             sizes = [s for s in sizes if self.min_support <= s < len(rows)]
             if not sizes or len(rows) < 2:

@@ -101,3 +101,39 @@ def test_a_case_is_never_its_own_neighbour_even_on_a_sampled_reference():
     twin = np.arange(600) ^ 1
     sampled = np.isin(twin, np.unique(neighbour))
     assert (neighbour[sampled] == twin[sampled]).mean() > 0.95
+
+
+def test_a_class_above_max_cases_is_scanned_on_a_seeded_sample():
+    """The scan's cost is bounded on any window: a larger class is read through a uniform sample,
+    whose shares and members the components take; a planted group is found in it all the same."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    X = rng.normal(size=(n, 8))
+    group = np.zeros(n, dtype=bool)
+    group[rng.choice(n, n // 20, replace=False)] = True
+    X[group, 5] += 6.0
+    y = np.zeros(n)
+    y[: n // 2] = 1.0
+    err = rng.random(n) < np.where(group, 0.6, 0.05)
+    y_pred = np.where(err, 1 - y, y)
+    scan = NeighbourScanSlicer(max_cases=1000).fit_calibrated(X, y, y_pred, n_permutations=99)
+    for p in scan._components:
+        assert len(p.rows) == 1000 and p.size == round(p.share * 1000)
+    inside = scan.membership(X, y) > 0
+    assert inside.any(axis=1).sum() <= 2 * 100  # at most the two classes' largest share of 1,000
+    best = int(np.argmax(scan.strength_))
+    assert scan.p_values_[best] < 0.05
+    assert group[inside[:, best]].mean() > 0.8
+    again = NeighbourScanSlicer(max_cases=1000).fit_calibrated(X, y, y_pred, n_permutations=99)
+    assert np.array_equal(again.membership(X, y), scan.membership(X, y))
+    # At or under max_cases nothing is sampled: the default scan of a smaller window is unchanged.
+    small = slice(0, 1500), slice(3000, 4500)
+    rows = np.r_[small[0], small[1]]
+    a = NeighbourScanSlicer().fit(X[rows], y[rows], y_pred[rows])
+    b = NeighbourScanSlicer(max_cases=1500).fit(X[rows], y[rows], y_pred[rows])
+    assert np.array_equal(a.membership(X[rows], y[rows]), b.membership(X[rows], y[rows]))
+
+
+def test_max_cases_is_validated():
+    with pytest.raises(FitError, match="max_cases"):
+        NeighbourScanSlicer(max_cases=1).fit(np.zeros((50, 2)), np.zeros(50), np.zeros(50))
