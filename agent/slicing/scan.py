@@ -169,9 +169,17 @@ class NeighbourScanSlicer(SlicerEstimator):
         strength = []
         for j, p in enumerate(self._components):
             score = p.scores(err[p.rows][:, None])[:, 0]
-            self._score[p.rows, j] = score
-            top = p.rows[np.argsort(-score, kind="stable")[: p.size]]
+            chosen = np.argsort(-score, kind="stable")[: p.size]
+            top = p.rows[chosen]
             self._members[top, j] = True
+            # A member's rank: its neighbours' error rate averaged with the share of its
+            # neighbours that are members too, so the slice's core comes before its fringe (a
+            # case drawn in by erring neighbours from another group has few members around it).
+            inside = np.zeros(len(p.rows))
+            inside[chosen] = 1.0
+            core = np.asarray(p.graph @ inside)
+            self._score[p.rows, j] = score
+            self._score[top, j] = 0.5 * (score[chosen] + core[chosen])
             strength.append(float(p.strength(err[top].sum(), err[p.rows].sum())))
         self.means_ = (err @ self._members) / np.array([p.size for p in self._components])
         self.strength_ = np.array(strength)
@@ -222,7 +230,8 @@ class NeighbourScanSlicer(SlicerEstimator):
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """``(n, k)`` over the fitted rows: each member's neighbours' error rate, 0 outside."""
+        """``(n, k)`` over the fitted rows: for each member, the mean of its neighbours' error rate
+        and of the share of its neighbours that are members too (the core first); 0 outside."""
         self._check_fitted()
         X = self._check_X(X)
         if len(X) != len(self._members):
