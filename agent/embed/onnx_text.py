@@ -61,14 +61,18 @@ def _check_pipeline(model_dir: Path) -> int:
     tower runs it instead of a silently different one.
     """
     modules = _read_json(model_dir / "modules.json")
+    pooling = _read_json(model_dir / "1_Pooling" / "config.json")
+    config = _read_json(model_dir / "sentence_bert_config.json")
+    if not isinstance(modules, list) or not isinstance(pooling, dict) or not isinstance(config, dict):
+        raise EmbedderError(f"expected the sentence-transformers configuration files in {model_dir}")
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
     if kinds != ["Transformer", "Pooling", "Normalize"]:
         raise EmbedderError(f"expected Transformer, Pooling, Normalize in {model_dir}, got {kinds}")
-    pooling = _read_json(model_dir / "1_Pooling" / "config.json")
     modes = {k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True}
     if modes != {"pooling_mode_mean_tokens"}:
         raise EmbedderError(f"expected mean pooling only in {model_dir}, got {sorted(modes)}")
-    config = _read_json(model_dir / "sentence_bert_config.json")
+    if config.get("do_lower_case"):  # sentence-transformers would lower-case before the tokenizer
+        raise EmbedderError(f"expected do_lower_case false in {model_dir}, got true")
     max_length = config.get("max_seq_length")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise EmbedderError(f"expected an integer max_seq_length in {model_dir}, got {max_length!r}")

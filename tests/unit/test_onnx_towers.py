@@ -130,6 +130,7 @@ def test_a_folder_that_cannot_be_written_costs_the_export_not_the_service(
             "mean",
         ),
         ("sentence_bert_config.json", {"max_seq_length": "long"}, "max_seq_length"),
+        ("sentence_bert_config.json", {"do_lower_case": True}, "do_lower_case"),
     ],
 )
 def test_a_pipeline_the_tower_does_not_implement_is_refused(
