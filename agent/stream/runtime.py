@@ -21,7 +21,9 @@ the broker whether those marks and the topics' ids still hold (:mod:`agent.strea
 partition whose log is not the one the agent read is read again from the start of its current
 log, between two batches: the consumer's bookkeeping for it is reset as on a revocation, its
 position and committed offset are set to the log's first offset, and messages that were fetched
-from the old position before the seek are passed over unacknowledged.
+from the old position before the seek are passed over unacknowledged (by the agent, not by
+faust's own read-offset filter, which they would otherwise raise above the new log's first
+messages: :class:`ReadOffsets`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -110,6 +113,7 @@ def build_app(settings: Settings, sidecar: Sidecar, probe: LogProbe | None = Non
     probing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-check")
     committed: dict[tuple[str, int], int] = {}  # what this process committed, per partition
     rereading: dict[tuple[str, int], tuple[int, int | None]] = {}  # (first offset, last passed over)
+    app.consumer._read_offset = ReadOffsets(rereading)  # type: ignore[attr-defined]
     checks = {"due": 0.0, "running": False}
 
     async def deliver_dead_letters() -> None:
@@ -351,6 +355,38 @@ def log_probe(settings: StreamSettings) -> LogProbe:
     return LogProbe(
         settings.bootstrap_servers, request_timeout_seconds=min(settings.request_timeout_seconds, 10.0)
     )
+
+
+class ReadOffsets(defaultdict[Any, int | None]):
+    """faust's read offset of each partition, except for partitions being read again.
+
+    faust's fetch loop passes a message on only if its offset is at least the partition's read
+    offset, and sets that offset to each message's after handing it on. A message fetched from
+    the old position before a reset's seek, and handed on after it, therefore raises the read
+    offset again, and faust then silently drops the messages of the new log below it: they were
+    lost (a broker restart that recreated a topic while a batch was in flight lost the first
+    tens of messages of some partitions, now and then). While a partition is in ``rereading``
+    (until the agent sees the first message from its new start) faust reads no offset for it:
+    every message reaches the agent, which passes over the ones from before the seek itself.
+
+    >>> offsets = ReadOffsets({("t", 1): (0, None)})
+    >>> offsets[("t", 0)], offsets[("t", 1)]
+    (None, None)
+    >>> offsets[("t", 0)] = offsets[("t", 1)] = 40
+    >>> offsets[("t", 0)], offsets[("t", 1)]
+    (40, None)
+    """
+
+    __slots__ = ("rereading",)
+
+    def __init__(self, rereading: Mapping[tuple[str, int], object]) -> None:
+        super().__init__(lambda: None)
+        self.rereading = rereading
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if (tp[0], tp[1]) in self.rereading:
+            return None
+        return super().__getitem__(tp)
 
 
 def forget_progress(consumer: Any, partitions: Sequence[Any]) -> None:
