@@ -9,7 +9,19 @@ bigram, or a header word of the metadata sentence) the same group is one column.
 "carries both ``t`` and ``u``", over the best-scoring terms) by how unlikely its errors are at
 the error rate of class ``c`` (the binomial tail), and keeps the ``n_rules`` best as its
 components. Its membership is 1 for a case of the rule's class that carries its terms, 0
-otherwise. It is tested in one of two ways:
+otherwise.
+
+A group that spans both classes (a device, a phrase of one reporting template) holds half its
+errors in each, and a 3% group of a 1,000-case window may hold only 5-10 cases of one class: too
+few for a rule of that class alone. Rules over both classes ("carries ``t``", whatever the class)
+are scored too, by Fisher's combination of the two classes' binomial tails (each at its own
+class's error rate), and kept as two components, one per class (a slice is of one class: the
+report's contract). A component of such a rule is reported only where its own class's cases
+carrying the terms err above the rest of the class at ``half_level`` (a gatekeeping step: the
+rule over both classes is tested under the family-wise correction, its halves one by one after
+it), so a strong half does not carry a half without errors into the report.
+
+It is tested in one of two ways:
 
 * cross-fitted (:meth:`~TermRuleSlicer.fit` on the fitting fold): the honest test of
   :mod:`.significance` chooses among its rules and tests them on held-out cases, exactly as it
@@ -24,7 +36,7 @@ otherwise. It is tested in one of two ways:
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,18 +60,27 @@ class TermRuleSlicer(SlicerEstimator):
         Cases of the rule's class that must carry its terms, among the rows fitted on.
     n_pair_terms
         Best single terms whose pairs are scored too (0: no pairs).
+    both_classes
+        Score rules over both classes as well as rules of one class.
+    half_level
+        After :meth:`fit_calibrated`: a component of a rule over both classes keeps the rule's
+        p-value only where its own class's carriers err above the rest of the class at this
+        one-sided Fisher level (otherwise its p-value is 1).
 
     Attributes
     ----------
     rules_
         ``(k, 2)`` term columns of each rule (the same column twice for a single term).
     classes_
-        The class (0 or 1) of each rule.
+        The class (0 or 1) of each component.
+    joint_
+        Whether each component is one class's half of a rule over both classes.
     means_
         The error rate of each rule on the rows fitted on (also what marks the slicer fitted).
     strength_
-        Each rule's score on the rows fitted on: minus the log of the binomial tail of its errors
-        at its class's error rate.
+        Each component's score on the rows fitted on: minus the log of the binomial tail of its
+        errors at its class's error rate; for a rule over both classes, minus the log of Fisher's
+        combination of its two classes' tails (the same for both its components).
     p_values_
         After :meth:`fit_calibrated` only: each rule's p-value, adjusted for every rule the
         selection could have chosen.
@@ -82,12 +103,24 @@ class TermRuleSlicer(SlicerEstimator):
         "n_rules": [Interval(Integral, 1, None, closed="left")],
         "min_support": [Interval(Integral, 1, None, closed="left")],
         "n_pair_terms": [Interval(Integral, 0, None, closed="left")],
+        "both_classes": ["boolean"],
+        "half_level": [Interval(Real, 0, 1, closed="right")],
     }
 
-    def __init__(self, n_rules: int = 25, *, min_support: int = 10, n_pair_terms: int = 30) -> None:
+    def __init__(
+        self,
+        n_rules: int = 25,
+        *,
+        min_support: int = 10,
+        n_pair_terms: int = 30,
+        both_classes: bool = True,
+        half_level: float = 0.05,
+    ) -> None:
         self.n_rules = n_rules
         self.min_support = min_support
         self.n_pair_terms = n_pair_terms
+        self.both_classes = both_classes
+        self.half_level = half_level
 
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> TermRuleSlicer:
         """Choose the rules on these rows (the fitting fold)."""
@@ -95,22 +128,27 @@ class TermRuleSlicer(SlicerEstimator):
         return self._fit(*self._inputs(X, y, y_pred))
 
     def _fit(self, present: sparse.csc_matrix, y: np.ndarray, err: np.ndarray) -> TermRuleSlicer:
-        candidates: list[tuple[float, int, int, int]] = []
-        for c in (0, 1):
-            rows = y == c
-            candidates += self._scored(present[rows], err[rows], c)
+        classes = [(present[y == c], err[y == c]) for c in (0, 1)]
+        candidates: list[tuple[float, int, int, int]] = []  # (score, class or -1 for both, terms)
+        for c, (P, e) in enumerate(classes):
+            candidates += self._scored(P, e, c)
+        if self.both_classes:
+            candidates += self._scored_both(classes)
         if not candidates:
             raise FitError(
-                f"no term is carried by {self.min_support} cases of a class with errors above the rest"
+                f"no term is carried by {self.min_support} cases with errors above their class's rate"
             )
         best = sorted(candidates, key=lambda t: (-t[0], t[1], t[2], t[3]))[: self.n_rules]
-        self.rules_ = np.array([[a, b] for _, _, a, b in best], dtype=int)
-        self.classes_ = np.array([c for _, c, _, _ in best], dtype=np.float64)
-        self.strength_ = np.array([z for z, _, _, _ in best], dtype=np.float64)
+        # A rule over both classes is two components, one per class: a slice is of one class.
+        components = [(z, half, a, b, c < 0) for z, c, a, b in best for half in ((0, 1) if c < 0 else (c,))]
+        self.rules_ = np.array([[a, b] for _, _, a, b, _ in components], dtype=int)
+        self.classes_ = np.array([c for _, c, _, _, _ in components], dtype=np.float64)
+        self.joint_ = np.array([j for _, _, _, _, j in components], dtype=bool)
+        self.strength_ = np.array([z for z, _, _, _, _ in components], dtype=np.float64)
         self.n_features_in_ = present.shape[1]
         inside = self._inside(present)
         self.means_ = np.array(
-            [err[inside[:, k] & (y == c)].mean() for k, c in enumerate(self.classes_)], dtype=np.float64
+            [_rate(err[inside[:, k] & (y == c)]) for k, c in enumerate(self.classes_)], dtype=np.float64
         )
         return self
 
@@ -130,43 +168,58 @@ class TermRuleSlicer(SlicerEstimator):
 
         * max-T: the share of ``n_permutations`` within-class permutations of the errors in
           which the largest score over every rule (single terms, and pairs of the best terms,
-          chosen again in each permutation as :meth:`fit` chooses them) reaches the rule's.
-          Exact whatever the terms' supports and correlations, but never below
-          ``1 / (n_permutations + 1)``;
-        * Bonferroni: the rule's one-sided Fisher p-value times the number of rules that could
-          have been chosen (every eligible term, and every pair of them, in each class). Loose,
-          but it orders strong slices where the permutations cannot.
+          of each class and over both, chosen again in each permutation as :meth:`fit` chooses
+          them) reaches the rule's. Exact whatever the terms' supports and correlations, but
+          never below ``1 / (n_permutations + 1)``;
+        * Bonferroni: the rule's one-sided Fisher p-value (for a rule over both classes, Fisher's
+          combination of its two classes') times the number of rules that could have been
+          chosen (every eligible term, and every pair of them, in each class and over both).
+          Loose, but it orders strong slices where the permutations cannot.
+
+        A component of a rule over both classes whose own class's carriers do not err above
+        the rest of the class at ``half_level`` gets a p-value of 1.
         """
         if n_permutations < 1:
             raise FitError(f"expected n_permutations >= 1, got {n_permutations}")
         self._check_params()
         present, y, err = self._inputs(X, y, y_pred)
         self._fit(present, y, err)
-        rng = np.random.default_rng(random_state)
+        classes = [(present[y == c], err[y == c].astype(np.float32)) for c in (0, 1)]
+        n_rules_possible = sum(_n_rules(_column_sums(P), self.min_support, P.shape[0]) for P, _ in classes)
+        joint = self.both_classes and all(P.shape[0] for P, _ in classes)
+        if joint:
+            n_rules_possible += _n_rules(_column_sums(present), self.min_support, present.shape[0])
+        # Each class's errors are permuted by a stream of its own, so that both classes'
+        # permutations of one column are at hand together (rules over both classes need them).
+        streams = [np.random.default_rng(s) for s in np.random.SeedSequence(random_state).spawn(2)]
         null_max = np.full(n_permutations, -np.inf)
-        n_rules_possible = 0
-        for c in (0, 1):
-            rows = np.flatnonzero(y == c)
-            if not len(rows):
-                continue
-            P = present[rows]
-            n_in = _column_sums(P)
-            eligible = int(((n_in >= self.min_support) & (n_in < len(rows))).sum())
-            n_rules_possible += eligible + eligible * (eligible - 1) // 2
-            e = err[rows].astype(np.float32)
-            chunk = max(1, 4_000_000 // len(rows))  # permutations at a time: memory stays bounded
-            for start in range(0, n_permutations, chunk):
-                E = np.stack([rng.permutation(e) for _ in range(min(chunk, n_permutations - start))], axis=1)
-                part = null_max[start : start + E.shape[1]]
-                null_max[start : start + E.shape[1]] = np.maximum(part, self._null_max(P, E))
+        chunk = max(1, 4_000_000 // max(len(y), 1))  # permutations at a time: memory stays bounded
+        for start in range(0, n_permutations, chunk):
+            m = min(chunk, n_permutations - start)
+            part = null_max[start : start + m]
+            permuted: list[tuple[sparse.csc_matrix, np.ndarray, np.ndarray]] = []
+            for (P, e), rng in zip(classes, streams, strict=True):
+                if not P.shape[0]:
+                    continue
+                E = np.stack([rng.permutation(e) for _ in range(m)], axis=1)
+                z, best = self._null_class(P, E)
+                part = np.maximum(part, best)
+                permuted.append((P, E, z))
+            if joint:
+                part = np.maximum(part, self._null_both(permuted))
+            null_max[start : start + m] = part
         inside = self._inside(present)
         p_perm = max_t_p_values(null_max, self.strength_)
-        p_bonf = np.array(
-            [
-                contrast(inside[:, k], y == c, err).p_value() * max(n_rules_possible, 1)
-                for k, c in enumerate(self.classes_)
-            ]
-        )
+        p_bonf = np.empty(len(self.classes_))
+        for k, (cls, both) in enumerate(zip(self.classes_, self.joint_, strict=True)):
+            own = contrast(inside[:, k], y == cls, err).p_value()
+            if both:
+                other = contrast(inside[:, k], y == 1 - cls, err).p_value()
+                p_bonf[k] = _fisher_two(own, other) * max(n_rules_possible, 1)
+                if own > self.half_level:
+                    p_perm[k] = p_bonf[k] = np.inf  # the gate: this class's half does not err
+            else:
+                p_bonf[k] = own * max(n_rules_possible, 1)
         self.p_values_ = np.minimum(1.0, 2 * np.minimum(p_perm, p_bonf))
         return self
 
@@ -188,55 +241,100 @@ class TermRuleSlicer(SlicerEstimator):
 
     def _scored(self, P: sparse.csc_matrix, e: np.ndarray, c: int) -> list[tuple[float, int, int, int]]:
         """Every rule of class ``c`` with its score: single terms, then pairs of the best terms."""
-        n_in, e_in = _column_sums(P), np.asarray(P.T @ e, dtype=np.float64).ravel()
-        z = binomial_strength(n_in, e_in, float(len(e)), float(e.sum()))
+        n_in, z = _strengths(P, e)
         ok = np.flatnonzero((n_in >= self.min_support) & (z > 0))
         out = [(float(z[t]), c, int(t), int(t)) for t in ok]
         top = ok[np.argsort(-z[ok], kind="stable")][: self.n_pair_terms]
         if len(top) > 1:
-            S = P[:, top].toarray().astype(np.float64)
-            both = S.T @ S  # co-occurrence counts of the best terms
-            err_both = (S * e[:, None]).T @ S
-            zz = binomial_strength(both, err_both, float(len(e)), float(e.sum()))
+            both, zz = _pair_strengths(P, e, top)
             for a, b in zip(*np.triu_indices(len(top), 1), strict=True):
                 if both[a, b] >= self.min_support and zz[a, b] > max(z[top[a]], z[top[b]]):
                     out.append((float(zz[a, b]), c, int(top[a]), int(top[b])))
         return out
 
-    def _null_max(self, P: sparse.csc_matrix, E: np.ndarray) -> np.ndarray:
-        """The largest score of any rule :meth:`_scored` would produce, for each column of errors
-        ``E`` (a permutation of one class's errors: the same total in every column)."""
+    def _scored_both(
+        self, classes: list[tuple[sparse.csc_matrix, np.ndarray]]
+    ) -> list[tuple[float, int, int, int]]:
+        """Every rule over both classes with its score (class -1): single terms, then pairs."""
+        if not all(P.shape[0] for P, _ in classes):
+            return []
+        (n0, z0), (n1, z1) = (_strengths(P, e) for P, e in classes)
+        joint = _fisher_strength(z0, z1)
+        ok = np.flatnonzero((n0 + n1 >= self.min_support) & (joint > 0))
+        out = [(float(joint[t]), -1, int(t), int(t)) for t in ok]
+        top = ok[np.argsort(-joint[ok], kind="stable")][: self.n_pair_terms]
+        if len(top) > 1:
+            (both0, zz0), (both1, zz1) = (_pair_strengths(P, e, top) for P, e in classes)
+            jj = _fisher_strength(zz0, zz1)
+            for a, b in zip(*np.triu_indices(len(top), 1), strict=True):
+                if both0[a, b] + both1[a, b] >= self.min_support and jj[a, b] > max(
+                    joint[top[a]], joint[top[b]]
+                ):
+                    out.append((float(jj[a, b]), -1, int(top[a]), int(top[b])))
+        return out
+
+    def _null_class(self, P: sparse.csc_matrix, E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each column of errors ``E`` (a permutation of one class's errors: the same total in
+        every column): every term's score ``(terms, permutations)``, and the largest score of any
+        rule of the class that :meth:`_scored` would produce."""
         n_all = float(P.shape[0])
-        e_all = E.sum(axis=0, dtype=np.float64)
+        e_all = float(E[:, 0].sum(dtype=np.float64))
         n_in = _column_sums(P)
-        keep = np.flatnonzero(n_in >= self.min_support)
+        e_in = np.asarray(P.astype(np.float32).T @ E, dtype=np.float64)  # (terms, permutations)
+        z = binomial_strength(n_in[:, None], e_in, n_all, e_all)
         out = np.full(E.shape[1], -np.inf)
+        keep = np.flatnonzero(n_in >= self.min_support)
         if not len(keep):
-            return out
-        Pk = P[:, keep].astype(np.float32)
-        e_in = np.asarray(Pk.T @ E, dtype=np.float64)  # (terms, permutations)
-        z = binomial_strength(n_in[keep][:, None], e_in, n_all, float(e_all[0]))
-        out = z.max(axis=0)
+            return z, out
+        zk = z[keep]
+        out = zk.max(axis=0)
         if self.n_pair_terms < 2 or len(keep) < 2:
-            return out
-        n_top = min(self.n_pair_terms, len(keep))
-        masked = np.where(z > 0, z, -np.inf)
-        tops = np.argpartition(-masked, n_top - 1, axis=0)[:n_top]  # (n_top, permutations)
-        for b in range(E.shape[1]):
-            top = tops[:, b][np.isfinite(masked[tops[:, b], b])]
-            if len(top) < 2:
-                continue
-            S = Pk[:, top].toarray()
-            both = S.T @ S
-            err_both = (S * E[:, b : b + 1]).T @ S
-            zz = binomial_strength(
-                both.astype(np.float64), err_both.astype(np.float64), n_all, float(e_all[b])
-            )
+            return z, out
+        for b, top in self._tops(zk, keep):
+            both, zz = _pair_strengths(P, E[:, b], top, e_all)
             single = z[top, b]
             better = (both >= self.min_support) & (zz > np.maximum(single[:, None], single[None, :]))
             np.fill_diagonal(better, False)
             if better.any():
                 out[b] = max(out[b], float(zz[better].max()))
+        return z, out
+
+    def _null_both(self, permuted: list[tuple[sparse.csc_matrix, np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The largest score of any rule over both classes that :meth:`_scored_both` would produce,
+        for each permutation: ``permuted`` holds each class's terms, errors and term scores."""
+        (P0, E0, z0), (P1, E1, z1) = permuted
+        n0, n1 = _column_sums(P0), _column_sums(P1)
+        keep = np.flatnonzero(n0 + n1 >= self.min_support)
+        out = np.full(E0.shape[1], -np.inf)
+        if not len(keep):
+            return out
+        joint = _fisher_strength(z0[keep], z1[keep])
+        out = joint.max(axis=0)
+        if self.n_pair_terms < 2 or len(keep) < 2:
+            return out
+        e0, e1 = float(E0[:, 0].sum(dtype=np.float64)), float(E1[:, 0].sum(dtype=np.float64))
+        for b, top in self._tops(joint, keep):
+            both0, zz0 = _pair_strengths(P0, E0[:, b], top, e0)
+            both1, zz1 = _pair_strengths(P1, E1[:, b], top, e1)
+            jj = _fisher_strength(zz0, zz1)
+            single = _fisher_strength(z0[top, b], z1[top, b])
+            better = (both0 + both1 >= self.min_support) & (jj > np.maximum(single[:, None], single[None, :]))
+            np.fill_diagonal(better, False)
+            if better.any():
+                out[b] = max(out[b], float(jj[better].max()))
+        return out
+
+    def _tops(self, z: np.ndarray, columns: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """For each permutation ``b`` (a column of ``z``, scores of ``columns``), the term columns of
+        its ``n_pair_terms`` best scores above 0, when there are two or more."""
+        n_top = min(self.n_pair_terms, len(columns))
+        masked = np.where(z > 0, z, -np.inf)
+        tops = np.argpartition(-masked, n_top - 1, axis=0)[:n_top]  # (n_top, permutations)
+        out = []
+        for b in range(z.shape[1]):
+            top = tops[:, b][np.isfinite(masked[tops[:, b], b])]
+            if len(top) >= 2:
+                out.append((b, columns[top]))
         return out
 
     def _inputs(self, X: Any, y: Any, y_pred: Any) -> tuple[sparse.csc_matrix, np.ndarray, np.ndarray]:
@@ -265,3 +363,54 @@ class TermRuleSlicer(SlicerEstimator):
 
 def _column_sums(P: sparse.spmatrix) -> np.ndarray:
     return np.asarray(P.sum(axis=0), dtype=np.float64).ravel()
+
+
+def _rate(err: np.ndarray) -> float:
+    return float(err.mean()) if len(err) else 0.0
+
+
+def _strengths(P: sparse.csc_matrix, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each term's carriers among one class's cases, and its score at the class's error rate."""
+    n_in, e_in = _column_sums(P), np.asarray(P.T @ e, dtype=np.float64).ravel()
+    return n_in, binomial_strength(n_in, e_in, float(len(e)), float(e.sum()))
+
+
+def _pair_strengths(
+    P: sparse.csc_matrix, e: np.ndarray, top: np.ndarray, e_all: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Co-occurrence counts of the terms ``top`` among one class's cases, and each pair's score."""
+    S = P[:, top].toarray().astype(np.float32)  # counts: exact in float32 below 2**24
+    wrong = S[np.asarray(e) > 0]  # errors are 0 or 1: only the rows in error count them
+    both = (S.T @ S).astype(np.float64)
+    err_both = (wrong.T @ wrong).astype(np.float64)
+    total = float(np.sum(e, dtype=np.float64)) if e_all is None else e_all
+    return both, binomial_strength(both, err_both, float(P.shape[0]), total)
+
+
+def _fisher_strength(s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """Minus the log of Fisher's combination of two p-values given as minus their logs, where both
+    show errors above their class's rate (0 elsewhere): a rule over both classes is not scored on
+    one class's errors alone.
+
+    With ``s = s0 + s1``, Fisher's statistic ``2 s`` has 4 degrees of freedom under the null, and
+    its tail is ``exp(-s) (1 + s)``.
+
+    >>> float(np.round(_fisher_strength(np.array(3.0), np.array(2.0)), 4))
+    3.2082
+    >>> float(_fisher_strength(np.array(9.0), np.array(0.0)))
+    0.0
+    """
+    s = s0 + s1
+    return np.where((s0 > 0) & (s1 > 0), s - np.log1p(s), 0.0)
+
+
+def _fisher_two(p0: float, p1: float) -> float:
+    """Fisher's combination of two independent p-values: ``q (1 - log q)`` with ``q = p0 p1``."""
+    q = max(p0 * p1, 1e-300)
+    return float(min(1.0, q * (1 - np.log(q))))
+
+
+def _n_rules(n_in: np.ndarray, min_support: int, n_rows: int) -> int:
+    """Rules that could be chosen among terms of these carrier counts: each eligible term and pair."""
+    eligible = int(((n_in >= min_support) & (n_in < n_rows)).sum())
+    return eligible + eligible * (eligible - 1) // 2

@@ -220,7 +220,13 @@ def test_the_onnx_text_tower_finds_the_same_slices_as_the_torch_tower():
     assert [np.flatnonzero(f.members).tolist() for f in slices_onnx] == [
         np.flatnonzero(f.members).tolist() for f in slices_torch
     ]
-    assert [f.p_value for f in slices_onnx] == pytest.approx([f.p_value for f in slices_torch], rel=1e-6)
+    assert [f.p_value_raw for f in slices_onnx] == pytest.approx(
+        [f.p_value_raw for f in slices_torch], rel=1e-6
+    )
+    # The Bonferroni factor counts the components chosen in every cross-fitted space (about 40
+    # here); float rounding can move one component's territory across the smallest size that is
+    # chosen, on one machine and not another: the adjusted p-values agree within that one count.
+    assert [f.p_value for f in slices_onnx] == pytest.approx([f.p_value for f in slices_torch], rel=0.03)
 
 
 def test_a_failing_view_is_its_header_value_not_the_report_word_it_shares():

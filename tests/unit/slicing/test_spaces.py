@@ -17,6 +17,7 @@ from agent.slicing import (
     discover_in_spaces,
     discover_slices,
 )
+from agent.slicing.base import contrast
 
 
 def _mixture(seed: int) -> ErrorAwareMixture:
@@ -135,11 +136,21 @@ def test_a_space_with_the_wrong_number_of_rows_is_a_clear_error():
 def test_term_rules_are_estimators_with_validated_parameters():
     terms, y, y_pred, _ = _window(800, 2, share=0.05)
     slicer = TermRuleSlicer(n_rules=3)
-    assert clone(slicer).get_params() == {"n_rules": 3, "min_support": 10, "n_pair_terms": 30}
+    assert clone(slicer).get_params() == {
+        "n_rules": 3,
+        "min_support": 10,
+        "n_pair_terms": 30,
+        "both_classes": True,
+        "half_level": 0.05,
+    }
     with pytest.raises(NotFittedError):
         slicer.membership(terms)
     with pytest.raises(FitError, match="n_rules"):
         TermRuleSlicer(n_rules=0).fit(terms, y, y_pred)
+    with pytest.raises(FitError, match="half_level"):
+        TermRuleSlicer(half_level=0).fit(terms, y, y_pred)
+    with pytest.raises(FitError, match="both_classes"):
+        TermRuleSlicer(both_classes="yes").fit(terms, y, y_pred)  # type: ignore[arg-type]
     slicer.fit(terms, y, y_pred)
     assert 0 in slicer.rules_[:, 0]
     by_class = slicer.membership(terms, y)
@@ -198,3 +209,60 @@ def test_sparse_term_presence_gives_the_same_rules_as_dense():
     assert [f.p_value for f in folds] == [
         f.p_value for f in discover_in_spaces([Space("terms", terms, _terms)], y, y_pred, random_state=2)
     ]
+
+
+def _two_class_window(seed: int, per_class: int, rate: float) -> Arrays:
+    """1,000 cases, 200 random terms; term 0 marks ``per_class`` cases of each class, erring at ``rate``."""
+    rng = np.random.default_rng(seed)
+    terms = (rng.random((1000, 200)) < rng.uniform(0.01, 0.2, 200)).astype(np.float32)
+    y = (rng.random(1000) < 0.4).astype(float)
+    group = np.zeros(1000, dtype=bool)
+    for c in (0, 1):
+        group[rng.choice(np.flatnonzero(y == c), per_class, replace=False)] = True
+    terms[:, 0] = group
+    err = rng.random(1000) < np.where(group, rate, 0.06)
+    return terms, y, np.where(err, 1 - y, y), group
+
+
+def test_a_group_too_small_in_either_class_is_a_rule_over_both():
+    """9 carriers in each class: under the 10 a rule of one class needs, so only a rule over
+    both classes can name the group. It is kept as one component per class, and the whole
+    window's test finds it (10 seeded windows: at least 9 at p < 0.05)."""
+    significant = 0
+    for seed in range(10):
+        terms, y, y_pred, _ = _two_class_window(seed, 9, 0.65)
+        one = TermRuleSlicer(both_classes=False).fit(terms, y, y_pred)
+        assert not (one.rules_ == 0).any()
+        both = TermRuleSlicer().fit_calibrated(terms, y, y_pred, n_permutations=199, random_state=seed)
+        on_group = np.flatnonzero((both.rules_ == 0).all(axis=1))
+        assert sorted(both.classes_[on_group]) == [0.0, 1.0]
+        assert both.joint_[on_group].all()
+        assert both.strength_[on_group[0]] == both.strength_[on_group[1]]
+        significant += bool((both.p_values_[on_group] < 0.05).all())
+    assert significant >= 9, f"found in {significant} of 10 windows"
+
+
+def test_a_class_whose_carriers_do_not_err_is_not_reported_with_the_other():
+    """Term 0: 40 carriers of class 0, half of them errors; 40 of class 1 with 4 errors (10%,
+    above the 6% elsewhere, but not significantly). A rule over both classes scores the term,
+    and its class-1 component is gated out (p = 1): only the class-0 failure is reported."""
+    for seed in range(5):
+        terms, y, _, group = _two_class_window(seed, 40, 0.06)
+        rng = np.random.default_rng([seed, 1])
+        err = rng.random(1000) < 0.06
+        for c, n_err in ((0, 20), (1, 4)):
+            carriers = np.flatnonzero(group & (y == c))
+            err[carriers] = False
+            err[rng.choice(carriers, n_err, replace=False)] = True
+        y_pred = np.where(err, 1 - y, y)
+        assert contrast(group, y == 1, err.astype(float)).p_value() > 0.05  # the premise
+        slicer = TermRuleSlicer().fit_calibrated(terms, y, y_pred, n_permutations=199, random_state=seed)
+        joint = (slicer.rules_ == 0).all(axis=1) & slicer.joint_
+        assert sorted(slicer.classes_[joint]) == [0.0, 1.0]
+        assert slicer.p_values_[joint & (slicer.classes_ == 1)] == [1.0]
+        assert slicer.p_values_[joint & (slicer.classes_ == 0)] < 0.05
+        found = discover_in_spaces(
+            [Space("terms", terms, _terms, permutations=199)], y, y_pred, random_state=seed
+        )
+        assert found and found[0].slice_class == 0 and found[0].members[group & (y == 0)].all()
+        assert not any(f.members[group & (y == 1)].any() for f in found)
