@@ -44,7 +44,14 @@ from scipy import sparse
 from sklearn.utils._param_validation import Interval
 
 from agent.errors import FitError
-from agent.slicing.base import SlicerEstimator, as_binary, binomial_strength, contrast, max_t_p_values
+from agent.slicing.base import (
+    SlicerEstimator,
+    as_binary,
+    binomial_strength,
+    contrast,
+    fisher_strength,
+    max_t_p_values,
+)
 
 __all__ = ["TermRuleSlicer"]
 
@@ -259,13 +266,13 @@ class TermRuleSlicer(SlicerEstimator):
         if not all(P.shape[0] for P, _ in classes):
             return []
         (n0, z0), (n1, z1) = (_strengths(P, e) for P, e in classes)
-        joint = _fisher_strength(z0, z1)
+        joint = fisher_strength(z0, z1)
         ok = np.flatnonzero((n0 + n1 >= self.min_support) & (joint > 0))
         out = [(float(joint[t]), -1, int(t), int(t)) for t in ok]
         top = ok[np.argsort(-joint[ok], kind="stable")][: self.n_pair_terms]
         if len(top) > 1:
             (both0, zz0), (both1, zz1) = (_pair_strengths(P, e, top) for P, e in classes)
-            jj = _fisher_strength(zz0, zz1)
+            jj = fisher_strength(zz0, zz1)
             for a, b in zip(*np.triu_indices(len(top), 1), strict=True):
                 if both0[a, b] + both1[a, b] >= self.min_support and jj[a, b] > max(
                     joint[top[a]], joint[top[b]]
@@ -308,7 +315,7 @@ class TermRuleSlicer(SlicerEstimator):
         out = np.full(E0.shape[1], -np.inf)
         if not len(keep):
             return out
-        joint = _fisher_strength(z0[keep], z1[keep])
+        joint = fisher_strength(z0[keep], z1[keep])
         out = joint.max(axis=0)
         if self.n_pair_terms < 2 or len(keep) < 2:
             return out
@@ -316,8 +323,8 @@ class TermRuleSlicer(SlicerEstimator):
         for b, top in self._tops(joint, keep):
             both0, zz0 = _pair_strengths(P0, E0[:, b], top, e0)
             both1, zz1 = _pair_strengths(P1, E1[:, b], top, e1)
-            jj = _fisher_strength(zz0, zz1)
-            single = _fisher_strength(z0[top, b], z1[top, b])
+            jj = fisher_strength(zz0, zz1)
+            single = fisher_strength(z0[top, b], z1[top, b])
             better = (both0 + both1 >= self.min_support) & (jj > np.maximum(single[:, None], single[None, :]))
             np.fill_diagonal(better, False)
             if better.any():
@@ -385,23 +392,6 @@ def _pair_strengths(
     err_both = (wrong.T @ wrong).astype(np.float64)
     total = float(np.sum(e, dtype=np.float64)) if e_all is None else e_all
     return both, binomial_strength(both, err_both, float(P.shape[0]), total)
-
-
-def _fisher_strength(s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
-    """Minus the log of Fisher's combination of two p-values given as minus their logs, where both
-    show errors above their class's rate (0 elsewhere): a rule over both classes is not scored on
-    one class's errors alone.
-
-    With ``s = s0 + s1``, Fisher's statistic ``2 s`` has 4 degrees of freedom under the null, and
-    its tail is ``exp(-s) (1 + s)``.
-
-    >>> float(np.round(_fisher_strength(np.array(3.0), np.array(2.0)), 4))
-    3.2082
-    >>> float(_fisher_strength(np.array(9.0), np.array(0.0)))
-    0.0
-    """
-    s = s0 + s1
-    return np.where((s0 > 0) & (s1 > 0), s - np.log1p(s), 0.0)
 
 
 def _fisher_two(p0: float, p1: float) -> float:

@@ -16,11 +16,19 @@ case itself left out: its own error never counts towards its score). Each compon
 compared with the largest strength of every component in ``n_permutations`` within-class
 permutations of the errors, the whole scan repeated in each: a p-value valid for the selection
 (max-T), computed on every case of the window, with no fold set aside.
+
+A marker that both classes carry holds half its errors in each, and its members' nearest
+neighbours are of both classes. The scan over both classes (``both_classes``) reads the cases of
+both: each case is scored by its nearest neighbours' errors beyond their own class's error rate,
+the top shares of the cases read are cut into one component per class, and both components take
+the share's strength, Fisher's combination of the two halves' binomial tails
+(:func:`~agent.slicing.base.fisher_strength`), compared in the same max-T. A half whose own
+class's members do not err above the rest of the class at ``half_level`` gets a p-value of 1.
 """
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +42,8 @@ from agent.slicing.base import (
     as_embedding,
     as_shares,
     binomial_strength,
+    contrast,
+    fisher_strength,
     max_t_p_values,
     whitened_rows,
 )
@@ -59,6 +69,12 @@ class NeighbourScanSlicer(SlicerEstimator):
     max_reference
         Most cases of a class that serve as neighbours (a seeded sample above it), which bounds
         the scan's time and memory on large windows to ``n * max_reference`` similarities.
+    both_classes
+        Scan both classes together as well (see above).
+    half_level
+        After :meth:`fit_calibrated`: a half of the scan over both classes keeps the share's
+        p-value only where its own class's members err above the rest of the class at this
+        one-sided Fisher level (otherwise its p-value is 1).
     max_cases
         Most cases of a class the scan reads: a larger class is scanned on a seeded uniform
         sample of this many (its shares are shares of the sample, its members drawn from it).
@@ -70,13 +86,15 @@ class NeighbourScanSlicer(SlicerEstimator):
     ----------
     classes_
         The class of each component.
+    joint_
+        Whether each component is one class's half of a share of the scan over both classes.
     shares_
-        The share of each component.
+        The share of each component: of its class, or of the cases read for a half.
     means_
         Each component's error rate on the window.
     strength_
         Each component's score: minus the log of the binomial tail of its errors at its class's
-        error rate.
+        error rate (for a half, Fisher's combination of both halves' tails).
     p_values_
         After :meth:`fit_calibrated`: each component's p-value, adjusted for the whole scan.
 
@@ -101,6 +119,8 @@ class NeighbourScanSlicer(SlicerEstimator):
         "min_support": [Interval(Integral, 1, None, closed="left")],
         "max_reference": [Interval(Integral, 2, None, closed="left")],
         "max_cases": [Interval(Integral, 2, None, closed="left")],
+        "both_classes": ["boolean"],
+        "half_level": [Interval(Real, 0, 1, closed="right")],
     }
 
     def __init__(
@@ -111,12 +131,16 @@ class NeighbourScanSlicer(SlicerEstimator):
         min_support: int = 10,
         max_reference: int = 4000,
         max_cases: int = 5000,
+        both_classes: bool = True,
+        half_level: float = 0.05,
     ) -> None:
         self.shares = shares
         self.n_neighbors = n_neighbors
         self.min_support = min_support
         self.max_reference = max_reference
         self.max_cases = max_cases
+        self.both_classes = both_classes
+        self.half_level = half_level
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, *, random_state: int = 0
@@ -133,10 +157,12 @@ class NeighbourScanSlicer(SlicerEstimator):
         unit = whitened_rows(X)
         tiebreak = rng.random(len(X)) * 1e-6  # fixed across permutations: part of the scan
         self._components: list[_Component] = []
+        scanned: list[np.ndarray] = []
         for c in (0.0, 1.0):
             rows = np.flatnonzero(y == c)
             if len(rows) > self.max_cases:
                 rows = np.sort(rng.choice(rows, self.max_cases, replace=False))
+            scanned.append(rows)
             sizes = sorted({round(share * len(rows)) for share in shares})
             sizes = [s for s in sizes if self.min_support <= s < len(rows)]
             if not sizes or len(rows) < 2:
@@ -158,14 +184,25 @@ class NeighbourScanSlicer(SlicerEstimator):
                 self._components.append(
                     _Component(c, size / len(rows), size, rows, graphs[k], tiebreak[rows])
                 )
-        if not self._components:
+        self._joint = (
+            self._scan_both(unit, err, y, scanned, shares, tiebreak, rng)
+            if self.both_classes and all(len(rows) > 1 for rows in scanned)
+            else None
+        )
+        halves = [] if self._joint is None else self._joint.halves
+        n_joint = 1 if self._joint is None else len(self._joint.rows)
+        if not self._components and not halves:
             raise FitError(f"no class holds {self.min_support} cases at the scan's shares {self.shares!r}")
-        self.classes_ = np.array([p.cls for p in self._components])
-        self.shares_ = np.array([p.share for p in self._components])
+        self.classes_ = np.array([p.cls for p in self._components] + [c for _, c in halves], dtype=np.float64)
+        self.shares_ = np.array(
+            [p.share for p in self._components] + [size / n_joint for size, _ in halves], dtype=np.float64
+        )
+        self.joint_ = np.array([False] * len(self._components) + [True] * len(halves))
         self.n_features_in_ = X.shape[1]
-        self._err = err
-        self._members = np.zeros((len(X), len(self._components)), dtype=bool)
-        self._score = np.zeros((len(X), len(self._components)))
+        self._err, self._y, self._scanned = err, y, scanned
+        k_all = len(self._components) + len(halves)
+        self._members = np.zeros((len(X), k_all), dtype=bool)
+        self._score = np.zeros((len(X), k_all))
         strength = []
         for j, p in enumerate(self._components):
             score = p.scores(err[p.rows][:, None])[:, 0]
@@ -181,9 +218,37 @@ class NeighbourScanSlicer(SlicerEstimator):
             self._score[p.rows, j] = score
             self._score[top, j] = 0.5 * (score[chosen] + core[chosen])
             strength.append(float(p.strength(err[top].sum(), err[p.rows].sum())))
-        self.means_ = (err @ self._members) / np.array([p.size for p in self._components])
+        if self._joint is not None:
+            strength += self._joint.fill(err, self._members, self._score, len(self._components))
+        self.means_ = (err @ self._members) / np.maximum(self._members.sum(axis=0), 1)
         self.strength_ = np.array(strength)
         return self
+
+    def _scan_both(
+        self,
+        unit: np.ndarray,
+        err: np.ndarray,
+        y: np.ndarray,
+        scanned: list[np.ndarray],
+        shares: np.ndarray,
+        tiebreak: np.ndarray,
+        rng: np.random.Generator,
+    ) -> _Joint | None:
+        """The scan over both classes: neighbours of any class, each case scored by its
+        neighbours' errors beyond their own class's rate, the top shares of the scanned cases
+        cut into one component per class."""
+        rows = np.sort(np.concatenate(scanned))
+        sizes = sorted({round(share * len(rows)) for share in shares})
+        sizes = [s for s in sizes if self.min_support <= s < len(rows)]
+        if not sizes:
+            return None
+        k = self._k(max(sizes), len(rows))
+        nearest = self._nearest(unit[rows], k, rng)
+        graph = sparse.csr_matrix(
+            (np.full(len(rows) * k, 1.0 / k), nearest.ravel(), np.arange(0, len(rows) * k + 1, k)),
+            shape=(len(rows), len(rows)),
+        )
+        return _Joint(rows, y[rows], graph, tiebreak[rows], sizes, [float(err[r].mean()) for r in scanned])
 
     def fit_calibrated(
         self,
@@ -199,20 +264,29 @@ class NeighbourScanSlicer(SlicerEstimator):
         if n_permutations < 1:
             raise FitError(f"expected n_permutations >= 1, got {n_permutations}")
         self.fit(X, y, y_pred, random_state=random_state)
-        rng = np.random.default_rng([random_state, 1])
-        null_max = np.full(n_permutations, -np.inf)
-        for c in (0.0, 1.0):
+        # Each class's errors are permuted by a stream of its own, so that both classes'
+        # permutations of one column are at hand together (the scan over both classes needs them).
+        streams = [np.random.default_rng(s) for s in np.random.SeedSequence([random_state, 1]).spawn(2)]
+        classes = []
+        for c, stream in zip((0.0, 1.0), streams, strict=True):
             parts = [p for p in self._components if p.cls == c]
-            if not parts:
-                continue
-            e = self._err[parts[0].rows]
+            rows = self._scanned[int(c)]
             by_graph: dict[int, list[_Component]] = {}
             for p in parts:  # the shares of a class share one neighbour graph: one score each
                 by_graph.setdefault(id(p.graph), []).append(p)
-            chunk = max(1, 4_000_000 // len(e))  # permutations at a time: memory stays bounded
-            for start in range(0, n_permutations, chunk):
-                b = min(chunk, n_permutations - start)
-                E = np.stack([rng.permutation(e) for _ in range(b)], axis=1)
+            classes.append((rows, self._err[rows], by_graph, stream))
+        n_scanned = sum(len(rows) for rows, _, _, _ in classes)
+        null_max = np.full(n_permutations, -np.inf)
+        chunk = max(1, 2_000_000 // max(n_scanned, 1))  # permutations at a time: memory stays bounded
+        for start in range(0, n_permutations, chunk):
+            b = min(chunk, n_permutations - start)
+            part = null_max[start : start + b]
+            permuted = {}
+            for (rows, e, by_graph, stream), c in zip(classes, (0.0, 1.0), strict=True):
+                if not len(rows):
+                    continue
+                E = np.stack([stream.permutation(e) for _ in range(b)], axis=1)
+                permuted[c] = E
                 for group in by_graph.values():
                     # The largest share's top cases, ranked: every smaller share's top cases are
                     # their head (the tie-break jitter makes scores distinct), so one selection
@@ -224,9 +298,17 @@ class NeighbourScanSlicer(SlicerEstimator):
                     errors = np.take_along_axis(E, np.take_along_axis(top, order, axis=0), axis=0)
                     running = np.cumsum(errors, axis=0)
                     for p in group:
-                        z = p.strength(running[p.size - 1], float(e.sum()))
-                        null_max[start : start + b] = np.maximum(null_max[start : start + b], z)
+                        part = np.maximum(part, p.strength(running[p.size - 1], float(e.sum())))
+            if self._joint is not None:
+                part = np.maximum(part, self._joint.null_max(permuted[0.0], permuted[1.0]))
+            null_max[start : start + b] = part
         self.p_values_ = max_t_p_values(null_max, self.strength_)
+        # A half of the scan over both classes whose own class's members do not err above the
+        # rest of the class is not reported with the other (as with the term rules).
+        for j in np.flatnonzero(self.joint_):
+            own = contrast(self._members[:, j], self._y == self.classes_[j], self._err).p_value()
+            if own > self.half_level:
+                self.p_values_[j] = 1.0
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -300,3 +382,81 @@ class _Component:
             float(len(self.rows)),
             e_all,
         )
+
+
+class _Joint:
+    """The scan over both classes: the scanned cases of both, their neighbour graph, and the
+    halves (one per class) of each share's top cases."""
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        y: np.ndarray,
+        graph: sparse.csr_matrix,
+        jitter: np.ndarray,
+        sizes: list[int],
+        rates: list[float],
+    ) -> None:
+        self.rows, self.y, self.graph, self.jitter, self.sizes = rows, y, graph, jitter, sizes
+        self.rate = np.where(y == 1, rates[1], rates[0])  # each case's own class's error rate
+        self.halves = [(size, c) for size in sizes for c in (0.0, 1.0)]
+
+    def scores(self, E: np.ndarray) -> np.ndarray:
+        """Neighbours' errors beyond their own class's rate, for each column of errors ``E``: a
+        class that errs more often does not pull every case towards its own cases."""
+        return np.asarray(self.graph @ (E - self.rate[:, None])) + self.jitter[:, None]
+
+    def strengths(self, E: np.ndarray) -> np.ndarray:
+        """``(sizes, columns)``: each share's strength, Fisher's combination of its two halves'
+        binomial tails (each at its class's rate), for each column of errors ``E``."""
+        scores = self.scores(E)
+        big = max(self.sizes)
+        top = np.argpartition(-scores, big - 1, axis=0)[:big]
+        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=0), axis=0), axis=0)
+        errors = np.take_along_axis(E, order, axis=0)
+        is_one = self.y[order] == 1
+        out = []
+        tails = []
+        for c, mask in ((0.0, ~is_one), (1.0, is_one)):
+            n_c = float((self.y == c).sum())
+            e_c = E[self.y == c].sum(axis=0, dtype=np.float64)  # the same in every column
+            n_in = np.cumsum(mask, axis=0, dtype=np.float64)
+            e_in = np.cumsum(errors * mask, axis=0, dtype=np.float64)
+            tails.append((n_in, e_in, n_c, float(e_c[0])))
+        for size in self.sizes:
+            (n0, e0, a0, b0), (n1, e1, a1, b1) = tails
+            out.append(
+                fisher_strength(
+                    binomial_strength(n0[size - 1], e0[size - 1], a0, b0),
+                    binomial_strength(n1[size - 1], e1[size - 1], a1, b1),
+                )
+            )
+        return np.array(out)
+
+    def fill(self, err: np.ndarray, members: np.ndarray, score: np.ndarray, first: int) -> list[float]:
+        """Write the halves' members and ranks (columns from ``first``); return their strengths."""
+        e = err[self.rows][:, None]
+        strength = self.strengths(e)[:, 0]
+        scores = self.scores(e)[:, 0]
+        ranked = np.argsort(-scores, kind="stable")
+        out = []
+        for j, (size, c) in enumerate(self.halves, start=first):
+            chosen = ranked[:size]
+            inside = np.zeros(len(self.rows))
+            inside[chosen] = 1.0
+            core = np.asarray(self.graph @ inside)
+            half = chosen[self.y[chosen] == c]
+            members[self.rows[half], j] = True
+            # Ranked core first, as a class's own scan: neighbours' excess errors and members.
+            score[self.rows, j] = scores
+            score[self.rows[half], j] = 0.5 * (scores[half] + core[half])
+            out.append(float(strength[self.sizes.index(size)]))
+        return out
+
+    def null_max(self, E0: np.ndarray, E1: np.ndarray) -> np.ndarray:
+        """The largest strength of any share, for each permutation (``E0``, ``E1``: each class's
+        permuted errors, rows in the order of the class's scanned cases)."""
+        E = np.empty((len(self.rows), E0.shape[1]), dtype=E0.dtype)
+        E[self.y == 0] = E0  # rows are sorted, and each class's scanned rows are too
+        E[self.y == 1] = E1
+        return np.asarray(self.strengths(E).max(axis=0))
