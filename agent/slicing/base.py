@@ -30,6 +30,7 @@ __all__ = [
     "binomial_strength",
     "contrast",
     "fisher_strength",
+    "gated_halves",
     "max_t_p_values",
     "whitened_rows",
 ]
@@ -116,6 +117,43 @@ def fisher_strength(s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
     """
     s = s0 + s1
     return np.where((s0 > 0) & (s1 > 0), s - np.log1p(s), 0.0)
+
+
+def gated_halves(
+    p_values: np.ndarray,
+    joint: np.ndarray,
+    members: np.ndarray,
+    classes: np.ndarray,
+    y: np.ndarray,
+    err: np.ndarray,
+    level: float,
+) -> np.ndarray:
+    """The p-values of the components, each half of a slice over both classes (``joint``) taking
+    the larger of the slice's p-value and its own: its members (column of ``members``) against the
+    rest of its class, one-sided Fisher. A half whose own p-value is above ``level`` gets 1.
+
+    A gatekeeping step: the slice over both classes is tested under the family-wise correction,
+    each half after it on its own cases, so a strong half carries neither a half without errors
+    into the report nor its own p-value onto a weak one (a half of 13% errors against 7% is not
+    shown at the p-value of its partner's 70%).
+
+    Two halves of one slice at 1e-6: class 0's, 8 errors in 20 against 1 in 30, keeps its own
+    larger p-value; class 1's, 3 in 20 against 1 in 30, is not reported.
+
+    >>> members = np.zeros((100, 2), dtype=bool)
+    >>> members[:20, 0] = members[50:70, 1] = True
+    >>> y = np.r_[np.zeros(50), np.ones(50)]
+    >>> err = np.zeros(100)
+    >>> err[[*range(8), 30, 50, 51, 52, 90]] = 1
+    >>> p = gated_halves(np.full(2, 1e-6), np.ones(2, bool), members, np.array([0.0, 1.0]), y, err, 0.05)
+    >>> [float(round(v, 4)) for v in p]
+    [0.0016, 1.0]
+    """
+    out = np.array(p_values, dtype=np.float64)
+    for j in np.flatnonzero(joint):
+        own = contrast(np.asarray(members[:, j], dtype=bool), y == classes[j], err).p_value()
+        out[j] = 1.0 if own > level else max(out[j], own)
+    return out
 
 
 def as_shares(shares: Any) -> np.ndarray:

@@ -17,9 +17,10 @@ few for a rule of that class alone. Rules over both classes ("carries ``t``", wh
 are scored too, by Fisher's combination of the two classes' binomial tails (each at its own
 class's error rate), and kept as two components, one per class (a slice is of one class: the
 report's contract). A component of such a rule is reported only where its own class's cases
-carrying the terms err above the rest of the class at ``half_level`` (a gatekeeping step: the
-rule over both classes is tested under the family-wise correction, its halves one by one after
-it), so a strong half does not carry a half without errors into the report.
+carrying the terms err above the rest of the class at ``half_level``, at the larger of the
+rule's p-value and its own (a gatekeeping step: the rule over both classes is tested under the
+family-wise correction, its halves one by one after it), so a strong half does not carry a half
+without errors into the report, nor lend its p-value to a weak one.
 
 It is tested in one of two ways:
 
@@ -50,6 +51,7 @@ from agent.slicing.base import (
     binomial_strength,
     contrast,
     fisher_strength,
+    gated_halves,
     max_t_p_values,
 )
 
@@ -70,9 +72,9 @@ class TermRuleSlicer(SlicerEstimator):
     both_classes
         Score rules over both classes as well as rules of one class.
     half_level
-        After :meth:`fit_calibrated`: a component of a rule over both classes keeps the rule's
-        p-value only where its own class's carriers err above the rest of the class at this
-        one-sided Fisher level (otherwise its p-value is 1).
+        After :meth:`fit_calibrated`: a component of a rule over both classes is reported only
+        where its own class's carriers err above the rest of the class at this one-sided Fisher
+        level (otherwise its p-value is 1).
 
     Attributes
     ----------
@@ -183,8 +185,9 @@ class TermRuleSlicer(SlicerEstimator):
           chosen (every eligible term, and every pair of them, in each class and over both).
           Loose, but it orders strong slices where the permutations cannot.
 
-        A component of a rule over both classes whose own class's carriers do not err above
-        the rest of the class at ``half_level`` gets a p-value of 1.
+        A component of a rule over both classes takes the larger of the rule's p-value and its
+        own (its class's carriers against the rest of the class, one-sided Fisher), and 1 where
+        its own is above ``half_level`` (:func:`~agent.slicing.base.gated_halves`).
         """
         if n_permutations < 1:
             raise FitError(f"expected n_permutations >= 1, got {n_permutations}")
@@ -222,12 +225,11 @@ class TermRuleSlicer(SlicerEstimator):
             own = contrast(inside[:, k], y == cls, err).p_value()
             if both:
                 other = contrast(inside[:, k], y == 1 - cls, err).p_value()
-                p_bonf[k] = _fisher_two(own, other) * max(n_rules_possible, 1)
-                if own > self.half_level:
-                    p_perm[k] = p_bonf[k] = np.inf  # the gate: this class's half does not err
-            else:
-                p_bonf[k] = own * max(n_rules_possible, 1)
-        self.p_values_ = np.minimum(1.0, 2 * np.minimum(p_perm, p_bonf))
+                own = _fisher_two(own, other)
+            p_bonf[k] = own * max(n_rules_possible, 1)
+        p_values = np.minimum(1.0, 2 * np.minimum(p_perm, p_bonf))
+        members = inside & (y[:, None] == self.classes_[None, :])
+        self.p_values_ = gated_halves(p_values, self.joint_, members, self.classes_, y, err, self.half_level)
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:

@@ -22,8 +22,9 @@ neighbours are of both classes. The scan over both classes (``both_classes``) re
 both: each case is scored by its nearest neighbours' errors beyond their own class's error rate,
 the top shares of the cases read are cut into one component per class, and both components take
 the share's strength, Fisher's combination of the two halves' binomial tails
-(:func:`~agent.slicing.base.fisher_strength`), compared in the same max-T. A half whose own
-class's members do not err above the rest of the class at ``half_level`` gets a p-value of 1.
+(:func:`~agent.slicing.base.fisher_strength`), compared in the same max-T. Each half then takes
+the larger of the share's p-value and its own (its members against the rest of its class), and
+1 where its own is above ``half_level`` (:func:`~agent.slicing.base.gated_halves`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from agent.slicing.base import (
     as_embedding,
     as_shares,
     binomial_strength,
-    contrast,
     fisher_strength,
+    gated_halves,
     max_t_p_values,
     whitened_rows,
 )
@@ -72,9 +73,9 @@ class NeighbourScanSlicer(SlicerEstimator):
     both_classes
         Scan both classes together as well (see above).
     half_level
-        After :meth:`fit_calibrated`: a half of the scan over both classes keeps the share's
-        p-value only where its own class's members err above the rest of the class at this
-        one-sided Fisher level (otherwise its p-value is 1).
+        After :meth:`fit_calibrated`: a half of the scan over both classes is reported only where
+        its own class's members err above the rest of the class at this one-sided Fisher level
+        (otherwise its p-value is 1).
     max_cases
         Most cases of a class the scan reads: a larger class is scanned on a seeded uniform
         sample of this many (its shares are shares of the sample, its members drawn from it).
@@ -302,13 +303,15 @@ class NeighbourScanSlicer(SlicerEstimator):
             if self._joint is not None:
                 part = np.maximum(part, self._joint.null_max(permuted[0.0], permuted[1.0]))
             null_max[start : start + b] = part
-        self.p_values_ = max_t_p_values(null_max, self.strength_)
-        # A half of the scan over both classes whose own class's members do not err above the
-        # rest of the class is not reported with the other (as with the term rules).
-        for j in np.flatnonzero(self.joint_):
-            own = contrast(self._members[:, j], self._y == self.classes_[j], self._err).p_value()
-            if own > self.half_level:
-                self.p_values_[j] = 1.0
+        self.p_values_ = gated_halves(
+            max_t_p_values(null_max, self.strength_),
+            self.joint_,
+            self._members,
+            self.classes_,
+            self._y,
+            self._err,
+            self.half_level,
+        )
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
