@@ -50,6 +50,7 @@ from agent.slicing.base import (
     as_binary,
     binomial_strength,
     contrast,
+    fisher_p,
     fisher_strength,
     gated_halves,
     max_t_p_values,
@@ -225,11 +226,10 @@ class TermRuleSlicer(SlicerEstimator):
             own = contrast(inside[:, k], y == cls, err).p_value()
             if both:
                 other = contrast(inside[:, k], y == 1 - cls, err).p_value()
-                own = _fisher_two(own, other)
+                own = fisher_p(own, other)
             p_bonf[k] = own * max(n_rules_possible, 1)
         p_values = np.minimum(1.0, 2 * np.minimum(p_perm, p_bonf))
-        members = inside & (y[:, None] == self.classes_[None, :])
-        self.p_values_ = gated_halves(p_values, self.joint_, members, self.classes_, y, err, self.half_level)
+        self.p_values_ = gated_halves(p_values, self.joint_, inside, self.classes_, y, err, self.half_level)
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -394,12 +394,6 @@ def _pair_strengths(
     err_both = (wrong.T @ wrong).astype(np.float64)
     total = float(np.sum(e, dtype=np.float64)) if e_all is None else e_all
     return both, binomial_strength(both, err_both, float(P.shape[0]), total)
-
-
-def _fisher_two(p0: float, p1: float) -> float:
-    """Fisher's combination of two independent p-values: ``q (1 - log q)`` with ``q = p0 p1``."""
-    q = max(p0 * p1, 1e-300)
-    return float(min(1.0, q * (1 - np.log(q))))
 
 
 def _n_rules(n_in: np.ndarray, min_support: int, n_rows: int) -> int:

@@ -289,15 +289,10 @@ class NeighbourScanSlicer(SlicerEstimator):
                 E = np.stack([stream.permutation(e) for _ in range(b)], axis=1)
                 permuted[c] = E
                 for group in by_graph.values():
-                    # The largest share's top cases, ranked: every smaller share's top cases are
-                    # their head (the tie-break jitter makes scores distinct), so one selection
-                    # and a running sum of errors serve them all.
-                    scores = group[0].scores(E)
-                    big = max(p.size for p in group)
-                    top = np.argpartition(-scores, big - 1, axis=0)[:big]
-                    order = np.argsort(-np.take_along_axis(scores, top, axis=0), axis=0, kind="stable")
-                    errors = np.take_along_axis(E, np.take_along_axis(top, order, axis=0), axis=0)
-                    running = np.cumsum(errors, axis=0)
+                    # Every smaller share's top cases are the largest share's head, so one
+                    # selection and a running sum of errors serve them all.
+                    head = _head(group[0].scores(E), max(p.size for p in group))
+                    running = np.cumsum(np.take_along_axis(E, head, axis=0), axis=0)
                     for p in group:
                         part = np.maximum(part, p.strength(running[p.size - 1], float(e.sum())))
             if self._joint is not None:
@@ -412,29 +407,18 @@ class _Joint:
     def strengths(self, E: np.ndarray) -> np.ndarray:
         """``(sizes, columns)``: each share's strength, Fisher's combination of its two halves'
         binomial tails (each at its class's rate), for each column of errors ``E``."""
-        scores = self.scores(E)
-        big = max(self.sizes)
-        top = np.argpartition(-scores, big - 1, axis=0)[:big]
-        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=0), axis=0), axis=0)
-        errors = np.take_along_axis(E, order, axis=0)
-        is_one = self.y[order] == 1
-        out = []
-        tails = []
+        head = _head(self.scores(E), max(self.sizes))
+        errors = np.take_along_axis(E, head, axis=0)
+        is_one = self.y[head] == 1
+        tails = []  # each class's half of every share: its binomial tail
         for c, mask in ((0.0, ~is_one), (1.0, is_one)):
-            n_c = float((self.y == c).sum())
-            e_c = E[self.y == c].sum(axis=0, dtype=np.float64)  # the same in every column
             n_in = np.cumsum(mask, axis=0, dtype=np.float64)
             e_in = np.cumsum(errors * mask, axis=0, dtype=np.float64)
-            tails.append((n_in, e_in, n_c, float(e_c[0])))
-        for size in self.sizes:
-            (n0, e0, a0, b0), (n1, e1, a1, b1) = tails
-            out.append(
-                fisher_strength(
-                    binomial_strength(n0[size - 1], e0[size - 1], a0, b0),
-                    binomial_strength(n1[size - 1], e1[size - 1], a1, b1),
-                )
-            )
-        return np.array(out)
+            n_c = float((self.y == c).sum())
+            e_c = float(E[self.y == c, 0].sum(dtype=np.float64))  # the same in every column
+            at = np.array(self.sizes) - 1
+            tails.append(binomial_strength(n_in[at], e_in[at], n_c, e_c))
+        return np.asarray(fisher_strength(*tails))
 
     def fill(self, err: np.ndarray, members: np.ndarray, score: np.ndarray, first: int) -> list[float]:
         """Write the halves' members and ranks (columns from ``first``); return their strengths."""
@@ -443,17 +427,20 @@ class _Joint:
         scores = self.scores(e)[:, 0]
         ranked = np.argsort(-scores, kind="stable")
         out = []
-        for j, (size, c) in enumerate(self.halves, start=first):
+        j = first
+        for size, s in zip(self.sizes, strength, strict=True):  # the order of ``halves``
             chosen = ranked[:size]
             inside = np.zeros(len(self.rows))
             inside[chosen] = 1.0
             core = np.asarray(self.graph @ inside)
-            half = chosen[self.y[chosen] == c]
-            members[self.rows[half], j] = True
-            # Ranked core first, as a class's own scan: neighbours' excess errors and members.
-            score[self.rows, j] = scores
-            score[self.rows[half], j] = 0.5 * (scores[half] + core[half])
-            out.append(float(strength[self.sizes.index(size)]))
+            for c in (0.0, 1.0):
+                half = chosen[self.y[chosen] == c]
+                members[self.rows[half], j] = True
+                # Ranked core first, as a class's own scan: neighbours' excess errors and members.
+                score[self.rows, j] = scores
+                score[self.rows[half], j] = 0.5 * (scores[half] + core[half])
+                out.append(float(s))
+                j += 1
         return out
 
     def null_max(self, E0: np.ndarray, E1: np.ndarray) -> np.ndarray:
@@ -463,3 +450,11 @@ class _Joint:
         E[self.y == 0] = E0  # rows are sorted, and each class's scanned rows are too
         E[self.y == 1] = E1
         return np.asarray(self.strengths(E).max(axis=0))
+
+
+def _head(scores: np.ndarray, size: int) -> np.ndarray:
+    """``(size, columns)``: the rows of the ``size`` highest scores of each column, highest first
+    (the tie-break jitter makes scores distinct)."""
+    top = np.argpartition(-scores, size - 1, axis=0)[:size]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=0), axis=0, kind="stable")
+    return np.take_along_axis(top, order, axis=0)
