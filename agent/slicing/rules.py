@@ -54,6 +54,7 @@ from agent.slicing.base import (
     fisher_strength,
     gated_halves,
     max_t_p_values,
+    tail_p_values,
 )
 
 __all__ = ["TermRuleSlicer"]
@@ -94,6 +95,12 @@ class TermRuleSlicer(SlicerEstimator):
     p_values_
         After :meth:`fit_calibrated` only: each rule's p-value, adjusted for every rule the
         selection could have chosen.
+    p_estimates_
+        ``p_values_``, except beyond every permutation's largest score: there, the estimate of
+        :func:`~agent.slicing.base.tail_p_values` below the permutation floor (for ranking and
+        reporting; significance is decided on ``p_values_``).
+    null_max_
+        The largest score of each permutation.
 
     Examples
     --------
@@ -229,7 +236,11 @@ class TermRuleSlicer(SlicerEstimator):
                 own = fisher_p(own, other)
             p_bonf[k] = own * max(n_rules_possible, 1)
         p_values = np.minimum(1.0, 2 * np.minimum(p_perm, p_bonf))
-        self.p_values_ = gated_halves(p_values, self.joint_, inside, self.classes_, y, err, self.half_level)
+        estimates = np.minimum(1.0, 2 * np.minimum(tail_p_values(null_max, self.strength_), p_bonf))
+        gate = (self.joint_, inside, self.classes_, y, err, self.half_level)
+        self.null_max_ = null_max
+        self.p_values_ = gated_halves(p_values, *gate)
+        self.p_estimates_ = gated_halves(estimates, *gate)
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:

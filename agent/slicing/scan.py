@@ -46,6 +46,7 @@ from agent.slicing.base import (
     fisher_strength,
     gated_halves,
     max_t_p_values,
+    tail_p_values,
     whitened_rows,
 )
 
@@ -98,6 +99,12 @@ class NeighbourScanSlicer(SlicerEstimator):
         error rate (for a half, Fisher's combination of both halves' tails).
     p_values_
         After :meth:`fit_calibrated`: each component's p-value, adjusted for the whole scan.
+    p_estimates_
+        ``p_values_``, except beyond every permutation's largest score: there, the estimate of
+        :func:`~agent.slicing.base.tail_p_values` below the permutation floor (for ranking and
+        reporting; significance is decided on ``p_values_``).
+    null_max_
+        The largest score of each permutation.
 
     Examples
     --------
@@ -298,15 +305,10 @@ class NeighbourScanSlicer(SlicerEstimator):
             if self._joint is not None:
                 part = np.maximum(part, self._joint.null_max(permuted[0.0], permuted[1.0]))
             null_max[start : start + b] = part
-        self.p_values_ = gated_halves(
-            max_t_p_values(null_max, self.strength_),
-            self.joint_,
-            self._members,
-            self.classes_,
-            self._y,
-            self._err,
-            self.half_level,
-        )
+        gate = (self.joint_, self._members, self.classes_, self._y, self._err, self.half_level)
+        self.null_max_ = null_max
+        self.p_values_ = gated_halves(max_t_p_values(null_max, self.strength_), *gate)
+        self.p_estimates_ = gated_halves(tail_p_values(null_max, self.strength_), *gate)
         return self
 
     def membership(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:

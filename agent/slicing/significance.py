@@ -67,7 +67,9 @@ class SliceFinding:
     A slice of a whole-window space (``fold == -1``, :attr:`Space.permutations`) was chosen and
     tested on every case: its rates are over the window, ``n_tested`` is its size, its p-value
     comes from the permutation test, and ``held_out`` is the first fold, on which its names are
-    checked after being chosen on the other cases.
+    checked after being chosen on the other cases. Beyond every permutation's largest score its
+    p-value is the permutation maxima's tail estimate, below the permutation floor
+    (:func:`~agent.slicing.base.tail_p_values`); it was found significant at the floor.
     """
 
     members: np.ndarray
@@ -266,17 +268,21 @@ def discover_in_spaces(
     n_chosen = 0
     splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
     whole: list[tuple[Contrast, float, tuple[int, int], int, float]] = []
+    # A whole-window slice beyond every permutation is ranked and reported at the permutation
+    # maxima's tail estimate, below the floor; significance stays the permutation test's.
+    estimates: dict[tuple[tuple[int, int], int], float] = {}
     for index, (space, X) in enumerate(zip(spaces, matrices, strict=True)):
         calibrated = _calibrated(space, X, y, y_pred, random_state) if space.permutations > 0 else None
         if calibrated is None:
             continue
         key = (index, -1)
-        fitted[key], membership, p_values = calibrated
+        fitted[key], membership, p_values, p_estimates = calibrated
         territories[key] = membership > 0
         for j, cls in enumerate(getattr(fitted[key], "classes_", [])):
             c = contrast(territories[key][:, j], y == cls, err)
             if c.n_in >= min_size and c.n_out > 0:
                 whole.append((c, float(p_values[j]), key, j, float(cls)))
+                estimates[key, j] = float(p_estimates[j])
                 memberships[key, j] = membership[:, j].copy()
     for fold, (train, test) in enumerate(splits):
         held_out[fold] = np.isin(np.arange(len(y)), test)
@@ -308,17 +314,20 @@ def discover_in_spaces(
     # n_slices components in every fold; its p-values are already adjusted within the space.
     share = n_slices * n_splits
     m = max(n_chosen + share * sum(s.permutations > 0 for s in spaces), 1)
-    adjusted = [(c, p * m, key, j, cls) for c, p, key, j, cls in tested]
-    adjusted += [(c, p * m / share, key, j, cls) for c, p, key, j, cls in whole]
-    # Ties (whole-window p-values share the permutation test's floor) go to the stronger
-    # evidence on the cases tested: more errors beyond chance, not the highest rate of a few.
+    raw = {(key, j): p for _, p, key, j, _ in tested}
+    raw.update({(key, j): estimates[key, j] for _, _, key, j, _ in whole})
+    # (test, p-value that decides, p-value that ranks and is reported, key, component, class)
+    adjusted = [(c, p * m, p * m, key, j, cls) for c, p, key, j, cls in tested]
+    adjusted += [(c, p * m / share, raw[key, j] * m / share, key, j, cls) for c, p, key, j, cls in whole]
+    # Ties (whole-window p-values beyond every permutation, where the tail leaves them equal) go
+    # to the stronger evidence on the cases tested: more errors beyond chance, not the highest
+    # rate of a few.
     significant = sorted(
         (t for t in adjusted if t[1] < alpha),
-        key=lambda t: (t[1], t[0].p_value(), -(t[0].e_in / t[0].n_in - t[0].e_out / t[0].n_out)),
+        key=lambda t: (t[2], t[0].p_value(), -(t[0].e_in / t[0].n_in - t[0].e_out / t[0].n_out)),
     )
-    raw = {(key, j): p for _, p, key, j, _ in [*tested, *whole]}
     kept: list[SliceFinding] = []
-    for c, p, key, j, cls in significant:
+    for c, _, p, key, j, cls in significant:
         members = territories[key][:, j] & (y == cls)
         if members.sum() < min_size:
             continue
@@ -368,9 +377,10 @@ def discover_in_spaces(
 
 def _calibrated(
     space: Space, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, random_state: int
-) -> tuple[Slicer, np.ndarray, np.ndarray] | None:
-    """A whole-window space's slicer, fitted and calibrated on every case, with its membership
-    and its rules' p-values (adjusted within the space); None when it finds no rule."""
+) -> tuple[Slicer, np.ndarray, np.ndarray, np.ndarray] | None:
+    """A whole-window space's slicer, fitted and calibrated on every case, with its membership,
+    its rules' p-values (adjusted within the space) and their estimates below the permutation
+    floor (``p_estimates_``, where the slicer gives them); None when it finds no rule."""
     slicer = space.make_slicer(random_state)
     fit = getattr(slicer, "fit_calibrated", None)
     if fit is None:
@@ -385,7 +395,9 @@ def _calibrated(
         )
     except FitError:
         return None
-    return slicer, slicer.membership(X, y), np.asarray(slicer.p_values_, dtype=np.float64)  # type: ignore[attr-defined]
+    p_values = np.asarray(slicer.p_values_, dtype=np.float64)  # type: ignore[attr-defined]
+    estimates = np.asarray(getattr(slicer, "p_estimates_", p_values), dtype=np.float64)
+    return slicer, slicer.membership(X, y), p_values, np.minimum(estimates, p_values)
 
 
 def _choose(

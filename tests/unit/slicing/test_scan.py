@@ -9,7 +9,7 @@ from sklearn.base import clone
 from agent.errors import FitError, NotFittedError
 from agent.metrics import precision_at_k
 from agent.slicing import ErrorAwareMixture, NeighbourScanSlicer, Space, discover_in_spaces
-from agent.slicing.base import contrast
+from agent.slicing.base import contrast, max_t_p_values, tail_p_values
 
 Window = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -234,3 +234,63 @@ def test_a_half_whose_class_does_not_err_is_not_reported():
             p1 = scan.p_values_[halves & (scan.classes_ == 1)]
             stopped += bool(p0 < 0.05) and bool(p1 == 1.0)
     assert stopped > 0
+
+
+def test_a_slice_beyond_every_permutation_is_ranked_by_its_tail_estimate():
+    """The permutation floor is a bound, not a p-value. A strong small group that the scan finds
+    (5%, 70% errors) and a broad, weaker one that a cross-fitted mixture finds in another space
+    (20% of the window, 45% errors): the scan's slice is beyond all 199
+    permutations, so its p-value was the floor, and the mixture's held-out p-value, below that
+    floor, ranked the weaker group first. Ranked by the permutation maxima's tail estimate, the
+    strong group comes first; what is significant does not change."""
+    X, y, y_pred, group = _window(1000, 3, share=0.05, error_in=0.7)
+    rng = np.random.default_rng(4)
+    broad = (rng.random(len(y)) < 0.2) & ~group
+    W = rng.normal(size=(len(y), 4))
+    W[broad, 0] += 8
+    y_pred = np.where(broad & (rng.random(len(y)) < 0.45), 1 - y, y_pred)
+    spaces = [
+        Space("image neighbours", X, _scan, permutations=199),
+        Space("report", W, lambda s: ErrorAwareMixture(2, random_state=s)),
+    ]
+    found = discover_in_spaces(spaces, y, y_pred, random_state=3)
+    scan, other = found[0], next(f for f in found if f.space == "report")
+    assert scan.space == "image neighbours" and precision_at_k([scan.ranking()], group, 10) >= 0.9
+    assert broad[other.members].mean() > 0.9
+    floor = (scan.p_value / scan.p_value_raw) / 200  # the floor, adjusted as the scan's p-value is
+    assert scan.p_value < other.p_value < floor  # the floor would have ranked the broad group first
+    assert [f.p_value for f in found] == sorted(f.p_value for f in found)
+
+
+def test_the_tail_estimate_only_lowers_p_values_at_the_floor():
+    """``p_values_`` (what decides) are the permutation test's; ``p_estimates_`` differ from them
+    only for scores beyond every permutation's largest, where they are below the floor and keep
+    the order of the scores."""
+    X, y, y_pred, _ = _window(1000, 3, share=0.05, error_in=0.7)
+    scan = NeighbourScanSlicer().fit_calibrated(X, y, y_pred, n_permutations=199, random_state=3)
+    beyond = scan.strength_ > scan.null_max_.max()
+    assert beyond.any() and not beyond.all()
+    assert np.all(scan.p_values_[beyond] >= 1 / 200)  # the floor, or a gated half's own p-value
+    assert np.all(scan.p_estimates_[beyond] < 1 / 200)
+    assert np.array_equal(scan.p_estimates_[~beyond], scan.p_values_[~beyond])
+    one = beyond & ~scan.joint_  # one-class components: no gate, the order of their scores
+    order = np.argsort(-scan.strength_[one])
+    assert np.all(np.diff(scan.p_estimates_[one][order]) >= 0)
+
+
+@pytest.mark.parametrize(
+    ("null", "observed"),
+    [
+        (np.full(500, -np.inf), [3.0]),  # no permutation produced a component
+        (np.full(500, 4.0), [9.0]),  # every maximum equal: no tail to fit
+        (np.arange(50.0), [80.0]),  # 50 permutations: 5 maxima in the tail, too few
+    ],
+)
+def test_the_tail_estimate_keeps_the_floor_where_it_cannot_be_fitted(null, observed):
+    assert np.array_equal(tail_p_values(null, np.array(observed)), max_t_p_values(null, np.array(observed)))
+
+
+def test_the_tail_estimate_is_never_zero():
+    null = 5 + np.random.default_rng(0).exponential(0.01, 500)  # a tail of scale 0.01
+    p = tail_p_values(null, np.array([1e6, 10.0]))
+    assert np.all(p > 0) and p[0] <= p[1] < 1 / 501
