@@ -24,6 +24,7 @@ from agent.errors import FitError, NotFittedError
 __all__ = [
     "Contrast",
     "SlicerEstimator",
+    "Whitening",
     "as_binary",
     "as_embedding",
     "as_shares",
@@ -56,9 +57,10 @@ class SlicerEstimator(BaseEstimator):
         except SklearnNotFittedError as err:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first") from err
 
-    def _check_X(self, X: Any) -> np.ndarray:
-        """A fitted slicer's input: 2-D, finite, with the width it was fitted on."""
-        X = as_embedding(X)
+    def _check_X(self, X: Any, *, keep_float32: bool = False) -> np.ndarray:
+        """A fitted slicer's input: 2-D, finite, with the width it was fitted on (float32 kept as it
+        is with ``keep_float32``, for a pass that converts it a slab at a time)."""
+        X = as_embedding(X, keep_float32=keep_float32)
         if X.shape[1] != self.n_features_in_:
             raise FitError(
                 f"expected {self.n_features_in_} features as in fit, got {X.shape[1]}; "
@@ -67,9 +69,12 @@ class SlicerEstimator(BaseEstimator):
         return X
 
 
-def as_embedding(X: Any) -> np.ndarray:
-    """``X`` as a finite 2-D float array, or a :class:`FitError` that says what to fix."""
-    X = np.asarray(X, dtype=np.float64)
+def as_embedding(X: Any, *, keep_float32: bool = False) -> np.ndarray:
+    """``X`` as a finite 2-D float64 array (float32 left as it is with ``keep_float32``: no copy of
+    a whole window), or a :class:`FitError` that says what to fix."""
+    X = np.asarray(X)
+    if not (keep_float32 and X.dtype == np.float32):
+        X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise FitError(f"expected a 2-D embedding array, got shape {X.shape}")
     if not np.all(np.isfinite(X)):
@@ -253,9 +258,52 @@ def contrast(inside: np.ndarray, same_class: np.ndarray, err: np.ndarray) -> Con
     return Contrast(int(inside.sum()), int(err[inside].sum()), int(outside.sum()), int(err[outside].sum()))
 
 
-def whitened_rows(X: np.ndarray) -> np.ndarray:
+def whitened_rows(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """Every column centred and scaled to unit variance (a minor principal axis weighs as much as a
-    major one), then every row scaled to unit length: cosine geometry over whitened axes."""
-    spread = X.std(axis=0)
-    out = (X - X.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-    return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
+    major one), then every row scaled to unit length: cosine geometry over whitened axes.
+
+    With ``rows``, those rows only, whitened by the whole of ``X``'s columns (the same numbers as
+    ``whitened_rows(X)[rows]``, without a whitened copy of every row)."""
+    return Whitening(X)(rows)
+
+
+class Whitening:
+    """:func:`whitened_rows` with the columns' centre and spread learnt once from ``X``, for rows
+    taken a subset at a time (float64 rows; each row's numbers are computed alone, so they are the
+    same in any subset).
+
+    The centre and spread are float64 sums over slabs of rows (two passes: the mean, then the
+    squared deviations from it), so a float32 window is never copied whole in float64.
+
+    >>> X = np.random.default_rng(0).normal(3.0, 2.0, size=(5000, 4)).astype(np.float32)
+    >>> w = Whitening(X)
+    >>> bool(np.allclose(w.centre, X.astype(np.float64).mean(axis=0), rtol=1e-12))
+    True
+    >>> bool(np.allclose(w.spread, X.astype(np.float64).std(axis=0), rtol=1e-12))
+    True
+    >>> bool(np.array_equal(w(np.array([7, 2])), w()[[7, 2]]))
+    True
+    """
+
+    _SLAB = 4096
+
+    def __init__(self, X: np.ndarray) -> None:
+        n = max(len(X), 1)
+        total = np.zeros(X.shape[1])
+        for start in range(0, len(X), self._SLAB):
+            total += X[start : start + self._SLAB].sum(axis=0, dtype=np.float64)
+        centre = total / n
+        squares = np.zeros(X.shape[1])
+        for start in range(0, len(X), self._SLAB):
+            part = X[start : start + self._SLAB] - centre
+            squares += np.einsum("ij,ij->j", part, part)
+        spread = np.sqrt(squares / n)
+        self.X = X
+        self.centre = centre
+        self.spread = np.where(spread > 0, spread, 1.0)
+
+    def __call__(self, rows: np.ndarray | None = None) -> np.ndarray:
+        out = (self.X if rows is None else self.X[rows]) - self.centre  # float64
+        out /= self.spread  # in place: one copy of the rows, not three
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return np.asarray(out)

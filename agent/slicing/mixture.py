@@ -441,9 +441,11 @@ class ErrorAwareMixture(SlicerEstimator):
 
     # -- prediction ------------------------------------------------------------------------
 
-    def _inputs(self, X: Any, y: Any | None, y_pred: Any | None) -> tuple[Any, Any, Any]:
+    def _inputs(
+        self, X: Any, y: Any | None, y_pred: Any | None, *, keep_float32: bool = False
+    ) -> tuple[Any, Any, Any]:
         self._check_fitted()
-        X = self._check_X(X)
+        X = self._check_X(X, keep_float32=keep_float32)
         yy = None if y is None else as_binary(y, len(X))
         pp = None if y_pred is None else as_binary(y_pred, len(X), name="y_pred", soft=True)
         return X, yy, pp
@@ -479,7 +481,8 @@ class ErrorAwareMixture(SlicerEstimator):
         This is the membership used to test a slice on samples the fit did not see: neither
         a held-out sample's prediction nor its error can pull it into a high-error component.
         """
-        X, labels, _ = self._inputs(X, y, None)
+        # One pass, a float64 slab at a time: a float32 window is not copied whole.
+        X, labels, _ = self._inputs(X, y, None, keep_float32=True)
         n = X.shape[0]
         out = np.empty((n, len(self.weights_)))
         for start in _slabs(n):

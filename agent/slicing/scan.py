@@ -39,6 +39,7 @@ from sklearn.utils._param_validation import Interval
 from agent.errors import FitError
 from agent.slicing.base import (
     SlicerEstimator,
+    Whitening,
     as_binary,
     as_embedding,
     as_shares,
@@ -47,10 +48,13 @@ from agent.slicing.base import (
     gated_halves,
     max_t_p_values,
     tail_p_values,
-    whitened_rows,
 )
 
 __all__ = ["NeighbourScanSlicer"]
+
+
+#: Elements of the largest temporary (a block of similarities, a chunk of permuted errors).
+_BLOCK = 1 << 19
 
 
 class NeighbourScanSlicer(SlicerEstimator):
@@ -156,13 +160,13 @@ class NeighbourScanSlicer(SlicerEstimator):
         """Score every case by its neighbours' errors and form the components on these rows."""
         self._check_params()
         shares = as_shares(self.shares)
-        X = as_embedding(X)
+        X = as_embedding(X, keep_float32=True)  # whitened a subset of rows at a time, in float64
         y = as_binary(y, len(X))
         err = (y != (as_binary(y_pred, len(X), name="y_pred", soft=True) >= 0.5)).astype(np.float64)
         rng = np.random.default_rng(random_state)
         # Whitened: every column (a principal axis, after fusion) at unit variance, so that a
         # minor direction weighs in the distances as much as a major one; then cosine.
-        unit = whitened_rows(X)
+        unit = Whitening(X)  # rows whitened as they are scanned: a class above max_cases is sampled
         tiebreak = rng.random(len(X)) * 1e-6  # fixed across permutations: part of the scan
         self._components: list[_Component] = []
         scanned: list[np.ndarray] = []
@@ -176,7 +180,7 @@ class NeighbourScanSlicer(SlicerEstimator):
             if not sizes or len(rows) < 2:
                 continue
             ks = {size: self._k(size, len(rows)) for size in sizes}
-            nearest = self._nearest(unit[rows], max(ks.values()), rng)
+            nearest = self._nearest(unit(rows), max(ks.values()), rng)
             graphs: dict[int, sparse.csr_matrix] = {}
             for size in sizes:
                 k = ks[size]
@@ -234,7 +238,7 @@ class NeighbourScanSlicer(SlicerEstimator):
 
     def _scan_both(
         self,
-        unit: np.ndarray,
+        unit: Whitening,
         err: np.ndarray,
         y: np.ndarray,
         scanned: list[np.ndarray],
@@ -251,7 +255,7 @@ class NeighbourScanSlicer(SlicerEstimator):
         if not sizes:
             return None
         k = self._k(max(sizes), len(rows))
-        nearest = self._nearest(unit[rows], k, rng)
+        nearest = self._nearest(unit(rows), k, rng)
         graph = sparse.csr_matrix(
             (np.full(len(rows) * k, 1.0 / k), nearest.ravel(), np.arange(0, len(rows) * k + 1, k)),
             shape=(len(rows), len(rows)),
@@ -285,7 +289,9 @@ class NeighbourScanSlicer(SlicerEstimator):
             classes.append((rows, self._err[rows], by_graph, stream))
         n_scanned = sum(len(rows) for rows, _, _, _ in classes)
         null_max = np.full(n_permutations, -np.inf)
-        chunk = max(1, 2_000_000 // max(n_scanned, 1))  # permutations at a time: memory stays bounded
+        # Permutations at a time: memory stays bounded. Each class draws from its own stream, so
+        # the permutations are the same whatever the chunk.
+        chunk = max(1, _BLOCK // max(n_scanned, 1))
         for start in range(0, n_permutations, chunk):
             b = min(chunk, n_permutations - start)
             part = null_max[start : start + b]
@@ -315,7 +321,7 @@ class NeighbourScanSlicer(SlicerEstimator):
         """``(n, k)`` over the fitted rows: for each member, the mean of its neighbours' error rate
         and of the share of its neighbours that are members too (the core first); 0 outside."""
         self._check_fitted()
-        X = self._check_X(X)
+        X = self._check_X(X, keep_float32=True)  # its shape only: no float64 copy of the window
         if len(X) != len(self._members):
             raise FitError(
                 f"a neighbour scan describes the {len(self._members)} rows it was fitted on, got {len(X)}"
@@ -337,15 +343,19 @@ class NeighbourScanSlicer(SlicerEstimator):
             else np.sort(rng.choice(n, self.max_reference, replace=False))
         )
         out = np.empty((n, k), dtype=np.intp)
-        for start in range(0, n, 1024):
-            block = unit[start : start + 1024] @ unit[ref].T
-            own = np.arange(start, min(start + 1024, n))
+        reference = unit[ref].T
+        step = max(1, _BLOCK // len(ref))  # rows per block: the block and its partition stay small
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            block = unit[start:stop] @ reference
+            block *= -1.0  # dissimilarity, in place: the partition and sort below need no copy
+            own = np.arange(start, stop)
             hit = np.minimum(np.searchsorted(ref, own), len(ref) - 1)
             is_ref = ref[hit] == own
-            block[np.flatnonzero(is_ref), hit[is_ref]] = -np.inf  # never one's own neighbour
-            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-            order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
-            out[start : start + 1024] = ref[np.take_along_axis(top, order, axis=1)]
+            block[np.flatnonzero(is_ref), hit[is_ref]] = np.inf  # never one's own neighbour
+            top = np.argpartition(block, k - 1, axis=1)[:, :k]
+            order = np.argsort(np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+            out[start:stop] = ref[np.take_along_axis(top, order, axis=1)]
         return out
 
 

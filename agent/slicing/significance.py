@@ -387,7 +387,7 @@ def _calibrated(
         raise FitError(f"space {space.name!r} asks for permutations, but its slicer cannot calibrate them")
     try:
         fit(
-            X if sparse.issparse(X) else _take(X, np.arange(len(y))),
+            X,  # as given: a whole-window slicer converts what it needs (a scan, a subset of rows)
             y,
             y_pred,
             n_permutations=space.permutations,
