@@ -104,11 +104,10 @@ class NeighbourScanSlicer(SlicerEstimator):
     p_values_
         After :meth:`fit_calibrated`: each component's p-value, adjusted for the whole scan.
     p_estimates_
-        ``p_values_``, except beyond every permutation's largest score: there, the estimate of
-        :func:`~agent.slicing.base.tail_p_values` below the permutation floor (for ranking and
-        reporting; significance is decided on ``p_values_``).
+        What ranks and reports the components: ``p_values_``, or for a score that no permutation
+        reached, its tail estimate under the floor (:func:`~agent.slicing.base.tail_p_values`).
     null_max_
-        The largest score of each permutation.
+        Per permutation, the largest component score of the scan run again.
 
     Examples
     --------
