@@ -258,13 +258,11 @@ def contrast(inside: np.ndarray, same_class: np.ndarray, err: np.ndarray) -> Con
     return Contrast(int(inside.sum()), int(err[inside].sum()), int(outside.sum()), int(err[outside].sum()))
 
 
-def whitened_rows(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+def whitened_rows(X: np.ndarray) -> np.ndarray:
     """Every column centred and scaled to unit variance (a minor principal axis weighs as much as a
-    major one), then every row scaled to unit length: cosine geometry over whitened axes.
-
-    With ``rows``, those rows only, whitened by the whole of ``X``'s columns (the same numbers as
-    ``whitened_rows(X)[rows]``, without a whitened copy of every row)."""
-    return Whitening(X)(rows)
+    major one), then every row scaled to unit length: cosine geometry over whitened axes
+    (:class:`Whitening` whitens a subset of the rows)."""
+    return Whitening(X)()
 
 
 class Whitening:

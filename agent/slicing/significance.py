@@ -268,9 +268,10 @@ def discover_in_spaces(
     n_chosen = 0
     splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
     whole: list[tuple[Contrast, float, tuple[int, int], int, float]] = []
-    # A whole-window slice beyond every permutation is ranked and reported at the permutation
-    # maxima's tail estimate, below the floor; significance stays the permutation test's.
-    estimates: dict[tuple[tuple[int, int], int], float] = {}
+    # The p-value each slice is ranked and reported at, before the Bonferroni factor: a
+    # whole-window slice beyond every permutation at the permutation maxima's tail estimate,
+    # below the floor (significance stays the permutation test's); a cross-fitted one at its own.
+    raw: dict[tuple[tuple[int, int], int], float] = {}
     for index, (space, X) in enumerate(zip(spaces, matrices, strict=True)):
         calibrated = _calibrated(space, X, y, y_pred, random_state) if space.permutations > 0 else None
         if calibrated is None:
@@ -282,7 +283,7 @@ def discover_in_spaces(
             c = contrast(territories[key][:, j], y == cls, err)
             if c.n_in >= min_size and c.n_out > 0:
                 whole.append((c, float(p_values[j]), key, j, float(cls)))
-                estimates[key, j] = float(p_estimates[j])
+                raw[key, j] = float(p_estimates[j])
                 memberships[key, j] = membership[:, j].copy()
     for fold, (train, test) in enumerate(splits):
         held_out[fold] = np.isin(np.arange(len(y)), test)
@@ -314,8 +315,7 @@ def discover_in_spaces(
     # n_slices components in every fold; its p-values are already adjusted within the space.
     share = n_slices * n_splits
     m = max(n_chosen + share * sum(s.permutations > 0 for s in spaces), 1)
-    raw = {(key, j): p for _, p, key, j, _ in tested}
-    raw.update({(key, j): estimates[key, j] for _, _, key, j, _ in whole})
+    raw.update({(key, j): p for _, p, key, j, _ in tested})
     # (test, p-value that decides, p-value that ranks and is reported, key, component, class)
     adjusted = [(c, p * m, p * m, key, j, cls) for c, p, key, j, cls in tested]
     adjusted += [(c, p * m / share, raw[key, j] * m / share, key, j, cls) for c, p, key, j, cls in whole]
