@@ -287,6 +287,8 @@ def fit_slices(
             random_state=a.seed,
             basis=None if warm is None else warm.basis(),
             max_drift=0.0 if warm is None else warm.max_drift,
+            projected=None if warm is None else warm.projected(),
+            remember=warm is not None,
         )
         make_slicer = _make_slicer(settings, components)
         folds = None

@@ -17,6 +17,15 @@ then projected in one pass, no covariance, no ``eigh``. The pass also measures t
 window's variance about the stored centre that the axes capture; when it falls more than
 ``max_drift`` (relative) below the fraction they captured when they were fitted, the basis no
 longer describes the window and is fitted again.
+
+Between the refits of a stream most cases stay in the window, so a fusion that is asked to
+``remember`` keeps its cases' projections on the basis (:class:`Projected`), addressed by their
+content: each block's row is fingerprinted by its squared norm and its dot product with a fixed
+random probe (``einsum``, the same bits wherever the row sits in a slab). The next fusion
+on the same basis projects only the rows whose fingerprints it has not seen (new cases, or a
+case whose report arrived since) and reads the rest, after checking the whole fingerprint, not
+only its hash. A case is thereby never matched by its study id: content that changed under the
+same id is projected again.
 """
 
 from __future__ import annotations
@@ -30,13 +39,16 @@ import scipy.linalg.blas
 from sklearn.decomposition import PCA
 
 from agent.errors import FitError
+from agent.hashing import hash_columns
 
-__all__ = ["MODALITIES", "Basis", "Fused", "fuse", "project"]
+__all__ = ["MODALITIES", "Basis", "Fused", "Projected", "fuse", "project"]
 
 MODALITIES = ("image", "report", "metadata")
 
 #: Bytes of one slab of rows at most; bounds the memory fuse uses beside its result.
 _SLAB_BYTES = 8 * 2**20
+#: Fingerprint columns per block: the row's squared norm and its dot product with a probe.
+_PRINT = 2
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,15 @@ class Basis:
         """Whether this basis can project blocks of these modalities and widths to ``k`` dimensions."""
         return self.modalities == modalities and self.widths == widths and self.axes.shape[1] == k
 
+    def same_as(self, other: Basis) -> bool:
+        """Whether ``other`` is the same map (read back from storage, say), to the bit."""
+        return self is other or (
+            self.modalities == other.modalities
+            and self.widths == other.widths
+            and np.array_equal(self.centre, other.centre)
+            and np.array_equal(self.axes, other.axes)
+        )
+
 
 @dataclass(frozen=True)
 class Fused:
@@ -69,16 +90,62 @@ class Fused:
     explained_variance: float = 1.0
     basis: Basis | None = None
     reused: bool = False
+    projected: Projected | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Projected:
+    """A fusion's cases on its basis, by content, for the next fusion on the same basis.
+
+    ``rows`` holds each case's projection and, in its last column, its unit row's dot product
+    with the basis's centre (read-only: the fused embedding is a view of it); ``prints`` each
+    case's fingerprint; ``hashes`` the fingerprints' hashes, sorted, and ``order`` the case each
+    belongs to.
+    """
+
+    basis: Basis
+    hashes: np.ndarray
+    order: np.ndarray
+    prints: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def of(cls, basis: Basis, prints: np.ndarray, rows: np.ndarray) -> Projected:
+        """Index a window's fingerprints and projected rows."""
+        hashes = hash_columns(prints)
+        order = np.argsort(hashes, kind="stable")
+        rows.flags.writeable = False
+        return cls(basis, hashes[order], order, prints, rows)
+
+    def find(self, prints: np.ndarray) -> np.ndarray:
+        """For each fingerprint, the row that holds its projection here, or -1."""
+        if not len(self.hashes):
+            return np.full(len(prints), -1, dtype=np.intp)
+        hashes = hash_columns(prints)
+        at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+        rows = self.order[at]
+        # A hash collision, however unlikely, is no match: the whole fingerprint must be equal.
+        same = (self.hashes[at] == hashes) & np.all(self.prints[rows] == prints, axis=1)
+        return np.where(same, rows, -1)
+
+    def __repr__(self) -> str:
+        return f"Projected({len(self.hashes)} cases, {self.nbytes / 2**20:.1f} MiB)"
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held between refits, in bytes."""
+        return int(self.hashes.nbytes + self.order.nbytes + self.prints.nbytes + self.rows.nbytes)
 
 
 class _Blocks:
     """The modality blocks as given (never copied whole), read a slab of cases at a time.
 
-    The first pass over them (:meth:`first_pass`) learns each row's scale to unit norm and
-    which rows are missing; later passes reuse them.
+    The first pass over them learns each row's scale to unit norm and which rows are missing
+    and, with ``fingerprint``, each row's fingerprint (:class:`Projected`); later passes reuse
+    them.
     """
 
-    def __init__(self, arrays: list[np.ndarray], slab: int) -> None:
+    def __init__(self, arrays: list[np.ndarray], slab: int, *, fingerprint: bool = False) -> None:
         self.arrays = arrays
         self.slab = slab
         self.n = arrays[0].shape[0]
@@ -86,6 +153,15 @@ class _Blocks:
         self.width = int(self.offsets[-1])
         self.scales = [np.zeros(self.n, dtype=np.float32) for _ in arrays]
         self.missing = [np.zeros(self.n, dtype=bool) for _ in arrays]
+        self.prints: np.ndarray | None = None
+        self._probes: list[np.ndarray] = []
+        if fingerprint:
+            self.prints = np.empty((self.n, _PRINT * len(arrays)), dtype=np.float32)
+            # Fixed probes (seeded by the block's width): the same in every process and refit.
+            self._probes = [
+                np.asarray(np.random.default_rng(a.shape[1]).standard_normal(a.shape[1]), dtype=np.float32)
+                for a in arrays
+            ]
         self._scanned = False
 
     def slabs(self, shift: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -108,24 +184,27 @@ class _Blocks:
             yield start, out
         self._scanned = True
 
-    def project(self, basis: np.ndarray, centre: np.ndarray) -> np.ndarray:
-        """``(unit rows - mean) @ basis`` in float32, block by block on the rows as given.
+    def project(self, basis: np.ndarray, centre: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(unit rows - mean) @ basis`` in float32, block by block on the rows as given (only
+        ``rows``, in that order, when given: the scales must be learnt already).
 
         A block's unit rows are its rows times their scale, so each block is projected as it
         is and scaled after (``k`` columns, not ``d_m``); ``centre`` is the mean's projection.
         """
-        out = np.empty((self.n, basis.shape[1]), dtype=np.float32)
-        for start in range(0, self.n, self.slab):
-            stop = min(start + self.slab, self.n)
+        n = self.n if rows is None else len(rows)
+        out = np.empty((n, basis.shape[1]), dtype=np.float32)
+        for start in range(0, n, self.slab):
+            stop = min(start + self.slab, n)
+            at = slice(start, stop) if rows is None else rows[start:stop]
             acc = np.zeros((stop - start, basis.shape[1]), dtype=np.float32)
             for i, a in enumerate(self.arrays):
                 if not self._scanned:  # a reused basis: no pass before this one learnt the scales
-                    self._learn_scale(i, start, a[start:stop])
-                part = a[start:stop] @ basis[self.offsets[i] : self.offsets[i + 1]]
-                gone = self.missing[i][start:stop]
+                    self._learn_scale(i, start, a[at])
+                part = a[at] @ basis[self.offsets[i] : self.offsets[i + 1]]
+                gone = self.missing[i][at]
                 if gone.any():
                     part[gone] = 0.0  # NaN rows: 0 * NaN would stay NaN
-                part *= self.scales[i][start:stop, None]
+                part *= self.scales[i][at, None]
                 acc += part
             acc -= centre.astype(np.float32)
             out[start:stop] = acc
@@ -159,11 +238,19 @@ class _Blocks:
         stop = start + len(source)
         self.scales[i][start:stop] = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
         self.missing[i][start:stop] = ~ok
+        if self.prints is not None:
+            prints = self.prints[start:stop, _PRINT * i : _PRINT * (i + 1)]
+            prints[:, 0] = squares
+            prints[:, 1] = np.einsum("ij,j->i", source, self._probes[i])  # the same bits in any slab
+            prints[~ok] = (-1.0, 0.0)  # a missing row (no squared norm is negative)
 
 
-def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+def _covariance_pca(
+    blocks: _Blocks, k: int, *, centre_column: bool = False
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Project the fused rows on their top ``k`` principal axes; return them, the variance kept,
-    the window's mean and the axes (float32).
+    the window's mean and the axes (float32). With ``centre_column`` the projection has one more
+    column, each unit row's dot product with the mean (what :class:`Projected` keeps).
 
     One pass accumulates the sum and the scatter about a shift (the first slab's mean, close
     to the window's, so that the correction below cancels nothing); float32 products of each
@@ -194,28 +281,49 @@ def _covariance_pca(blocks: _Blocks, k: int) -> tuple[np.ndarray, float, np.ndar
     peak = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)]
     vectors *= np.where(peak < 0, -1.0, 1.0)
     axes = np.ascontiguousarray(vectors, dtype=np.float32)
-    out = blocks.project(axes, mean.astype(np.float64) @ vectors)
+    if centre_column:
+        out = blocks.project(*_with_centre(axes, mean.astype(np.float32)))
+    else:
+        out = blocks.project(axes, mean.astype(np.float64) @ vectors)
     kept = float(np.sum(np.maximum(values, 0.0)))
     return out, (kept / variance if variance > 0 else 1.0), mean.astype(np.float32), axes
 
 
-def _reuse(blocks: _Blocks, basis: Basis) -> tuple[np.ndarray, float]:
-    """Project on a stored basis in one pass; return the projection and the fraction it captures
-    of the window's variance about the basis's centre.
+def _with_centre(axes: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The axes with the centre as one more column, and the shift that centres the projection on
+    the axes only (the last column stays each unit row's dot product with the centre)."""
+    both = np.ascontiguousarray(np.concatenate([axes, centre[:, None]], axis=1), dtype=np.float32)
+    return both, np.append(centre.astype(np.float64) @ axes.astype(np.float64), 0.0)
+
+
+def _reuse(blocks: _Blocks, basis: Basis, projected: Projected | None) -> tuple[np.ndarray, float]:
+    """Project on a stored basis in one pass; return the projection, with each unit row's dot
+    product with the centre as its last column, and the fraction it captures of the window's
+    variance about the basis's centre.
 
     The centre rides along as one more axis: the same pass gives each row's dot product with it,
     hence ``|x - c|^2 = |x|^2 - 2 x.c + |c|^2`` with ``|x|^2`` the case's count of modalities.
+    Rows whose fingerprints ``projected`` holds (on this basis) are read from it, not projected.
     """
     k = basis.axes.shape[1]
     centre = basis.centre.astype(np.float64)
-    both = np.concatenate([basis.axes, basis.centre[:, None]], axis=1)
-    shift = np.append(centre @ basis.axes.astype(np.float64), 0.0)
-    out = blocks.project(np.ascontiguousarray(both, dtype=np.float32), shift)
+    both, shift = _with_centre(basis.axes, basis.centre)
+    if projected is not None and blocks.prints is not None and projected.basis.same_as(basis):
+        blocks.scan()
+        found = projected.find(blocks.prints)
+        out = np.empty((blocks.n, k + 1), dtype=np.float32)
+        seen = found >= 0
+        out[seen] = projected.rows[found[seen]]
+        new = np.flatnonzero(~seen)
+        if len(new):
+            out[new] = blocks.project(both, shift, new)
+    else:
+        out = blocks.project(both, shift)
     dots = out[:, k].astype(np.float64)
     total = float(blocks.present().sum() - 2.0 * dots.sum() + blocks.n * (centre @ centre))
     reduced = out[:, :k]
     kept = float(np.einsum("ij,ij->", reduced, reduced, dtype=np.float64))
-    return reduced, (kept / total if total > 0 else 1.0)
+    return out, (kept / total if total > 0 else 1.0)
 
 
 def fuse(
@@ -225,6 +333,8 @@ def fuse(
     random_state: int = 0,
     basis: Basis | None = None,
     max_drift: float = 0.05,
+    projected: Projected | None = None,
+    remember: bool = False,
 ) -> Fused:
     """Fuse the given modality blocks (rows with NaN mark a missing modality for that case).
 
@@ -244,6 +354,12 @@ def fuse(
     max_drift
         Relative loss of captured variance, against ``basis.explained``, beyond which ``basis``
         is dropped and the window's own is fitted.
+    projected
+        An earlier fusion's cases on ``basis`` (its :attr:`Fused.projected`): cases with the same
+        content are read from it instead of projected again.
+    remember
+        Keep this fusion's cases on its basis (:attr:`Fused.projected`) for the next one; it
+        costs a fingerprint pass and ``4 (k + 1 + 2 m) + 16`` bytes per case (``m`` modalities).
 
     Examples
     --------
@@ -263,18 +379,20 @@ def fuse(
         raise FitError(f"expected 2-D modality blocks, got shapes {[a.shape for a in arrays]}")
     n = arrays[0].shape[0]
     width = sum(a.shape[1] for a in arrays)
-    fused = _Blocks(arrays, _slab_rows(n, width))
+    fused = _Blocks(arrays, _slab_rows(n, width), fingerprint=remember)
     k = min(n_components, n, width)
     widths = tuple(a.shape[1] for a in arrays)
     if basis is not None and n >= 2 and basis.fits(names, widths, k):
-        reduced, captured = _reuse(fused, basis)
+        rows, captured = _reuse(fused, basis, projected)
         if captured >= (1.0 - max_drift) * basis.explained:
-            return Fused(reduced, names, _missing(names, fused), captured, basis, reused=True)
-        fused = _Blocks(arrays, fused.slab)  # the scales are learnt again by the first pass
+            kept_rows = _remembered(basis, fused, rows) if remember else None
+            return Fused(rows[:, :k], names, _missing(names, fused), captured, basis, True, kept_rows)
+        fused = _Blocks(arrays, fused.slab, fingerprint=remember)  # the first pass learns again
     if n >= width and n >= 2 and k >= 1:
-        reduced, kept, mean, axes = _covariance_pca(fused, k)
+        rows, kept, mean, axes = _covariance_pca(fused, k, centre_column=remember)
         fitted = Basis(mean, axes, names, widths, kept)
-        return Fused(reduced, names, _missing(names, fused), kept, fitted)
+        kept_rows = _remembered(fitted, fused, rows) if remember else None
+        return Fused(rows[:, :k], names, _missing(names, fused), kept, fitted, projected=kept_rows)
     joined = np.empty((n, width), dtype=np.float32)
     for start, rows in fused.slabs():
         joined[start : start + len(rows)] = rows
@@ -311,6 +429,11 @@ def project(blocks: list[np.ndarray], center: np.ndarray, basis: np.ndarray) -> 
     rows = _Blocks(arrays, _slab_rows(arrays[0].shape[0], width))
     rows.scan()
     return rows.project(basis, center.astype(np.float64) @ basis.astype(np.float64))
+
+
+def _remembered(basis: Basis, blocks: _Blocks, rows: np.ndarray) -> Projected:
+    assert blocks.prints is not None
+    return Projected.of(basis, blocks.prints, rows)
 
 
 def _slab_rows(n: int, width: int) -> int:

@@ -29,12 +29,13 @@ import json
 import logging
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from agent.fuse import Basis, Fused
+from agent.fuse import Basis, Fused, Projected
+from agent.hashing import mix64
 from agent.slicing import ErrorAwareMixture, Slicer
 from agent.slicing.mixture import MixtureParams
 
@@ -43,15 +44,6 @@ __all__ = ["WarmStart", "WarmState", "stable_folds"]
 log = logging.getLogger(__name__)
 
 _PARAMS = ("weights", "means", "variances", "y_probs", "y_pred_probs")
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on unsigned 64-bit integers (wrapping arithmetic)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def stable_folds(keys: Sequence[str], n_splits: int, seed: int) -> np.ndarray:
@@ -71,19 +63,36 @@ def stable_folds(keys: Sequence[str], n_splits: int, seed: int) -> np.ndarray:
     width = codes.dtype.itemsize // 4
     points = codes.view(np.uint32).reshape(len(keys), width).astype(np.uint64)
     offset = np.uint64(seed % 2**32) << np.uint64(32)
-    weights = _mix(np.arange(1, width + 1, dtype=np.uint64) + offset) | np.uint64(1)
+    weights = mix64(np.arange(1, width + 1, dtype=np.uint64) + offset) | np.uint64(1)
     with np.errstate(over="ignore"):
-        hashed = _mix((points * weights).sum(axis=1, dtype=np.uint64))
+        hashed = mix64((points * weights).sum(axis=1, dtype=np.uint64))
     return (hashed % np.uint64(n_splits)).astype(np.intp)
 
 
 @dataclass(frozen=True)
 class WarmState:
-    """A refit's basis and its folds' mixtures; ``age`` counts the refits that reused the basis."""
+    """A refit's basis and its folds' mixtures; ``age`` counts the refits that reused the basis.
+
+    ``projected``, the window's cases on the basis (:class:`~agent.fuse.Projected`), lives in
+    memory only: it is not saved, and a state read back starts without it (the next fusion then
+    projects every case once).
+    """
 
     basis: Basis
     mixtures: dict[int, MixtureParams] = field(default_factory=dict)
     age: int = 0
+    projected: Projected | None = field(default=None, compare=False, repr=False)
+
+    def with_projections_of(self, other: WarmState | None) -> WarmState:
+        """This state with ``other``'s projections, when they lie on this state's basis.
+
+        A worker keeps its last refit's state in memory and reads the shared one from the
+        store: the projections carry over only if no other worker refitted the basis since.
+        """
+        if other is None or other.projected is None or self.projected is not None:
+            return self
+        same = self.basis.same_as(other.projected.basis)
+        return replace(self, projected=other.projected) if same else self
 
     def to_bytes(self) -> bytes:
         """An ``.npz`` of float32 arrays and one JSON string (no pickles)."""
@@ -151,6 +160,10 @@ class WarmStart:
         p = self.previous
         return p.basis if p is not None and p.age + 1 < self.refresh_refits else None
 
+    def projected(self) -> Projected | None:
+        """The last refit's cases on the basis :meth:`basis` offers, when it kept them."""
+        return None if self.basis() is None or self.previous is None else self.previous.projected
+
     def slicers(
         self, make: Callable[[int, MixtureParams | None], Slicer], seed: int, fused: Fused
     ) -> Callable[[int], Slicer]:
@@ -180,7 +193,7 @@ class WarmStart:
                     warm.append(fold)
         self.warm_folds = tuple(warm)
         age = self.previous.age + 1 if fused.reused and self.previous is not None else 0
-        self.current = WarmState(fused.basis, mixtures, age)
+        self.current = WarmState(fused.basis, mixtures, age, fused.projected)
 
     def describe(self) -> dict[str, object]:
         """What this refit reused, for its report."""

@@ -111,6 +111,9 @@ class Refitter:
         self.settings = settings
         self.extras = extras
         self.clock = clock
+        # Each target's last warm state as this worker left it, with its cases' projections
+        # (memory only): the next refit reads them if the shared state still has that basis.
+        self._kept: dict[tuple[str, ClassLabel], WarmState] = {}
 
     def _targets(self, model: str, samples: Sequence[Sample]) -> list[ClassLabel]:
         configured = self.settings.stream.target_classes.get(model)
@@ -163,11 +166,10 @@ class Refitter:
         s = self.settings.stream
         warm = None
         if s.warm_refits:
-            warm = WarmStart(
-                WarmState.from_bytes(self.store.warm_state(model, target)),
-                refresh_refits=s.basis_refresh_refits,
-                max_drift=s.basis_max_drift,
-            )
+            shared = WarmState.from_bytes(self.store.warm_state(model, target))
+            if shared is not None:
+                shared = shared.with_projections_of(self._kept.get((model, target)))
+            warm = WarmStart(shared, refresh_refits=s.basis_refresh_refits, max_drift=s.basis_max_drift)
         fits: list[FitView] = []
         report, problems = run_audit(
             samples,
@@ -213,6 +215,8 @@ class Refitter:
                 "refit %d of %s target=%r dropped: its lease passed to another worker", number, model, target
             )
             return None
+        if warm is not None and warm.current is not None:
+            self._kept[model, target] = warm.current
         if self.warning is not None and fits:
             self._describe(fits[0], tracked, number)
         folder = report_dir(s.reports_dir, model, target)

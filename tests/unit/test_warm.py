@@ -96,6 +96,77 @@ def test_fuse_reuses_a_basis_that_still_fits_and_refits_one_that_drifted():
     assert not fuse({"image": blocks["image"]}, n_components=8, basis=cold.basis).reused
 
 
+def _count_projected(monkeypatch) -> list[int]:
+    """Rows each projection pass computes (all of the window when ``rows`` is None)."""
+    import agent.fuse as fuse_module
+
+    counts: list[int] = []
+    original = fuse_module._Blocks.project
+
+    def counting(self, basis, centre, rows=None):
+        counts.append(self.n if rows is None else len(rows))
+        return original(self, basis, centre, rows)
+
+    monkeypatch.setattr(fuse_module._Blocks, "project", counting)
+    return counts
+
+
+def test_fuse_projects_only_the_cases_it_has_not_seen_on_the_basis(monkeypatch):
+    blocks = _blocks(3000, 0)
+    first = fuse(blocks, n_components=8, remember=True)
+    assert first.projected is not None and first.basis is not None
+    assert not first.embedding.flags.writeable  # the memory's rows: nothing may change them
+    # The next window: 2,800 of the cases slid along, 200 new, one case whose report arrived
+    # since (same position, new content), one whose image was re-embedded.
+    fresh = _blocks(200, 1)
+    nxt = {m: np.concatenate([blocks[m][200:], fresh[m]]) for m in blocks}
+    arrived = 9 * 30 - 200  # a case that had no report (every ninth) ...
+    assert np.isnan(nxt["report"][arrived]).all()
+    nxt["report"][arrived] = np.random.default_rng(5).normal(size=10)  # ... has one now
+    nxt["image"][7] *= 2.0  # same direction, new norm: the unit row is the same
+    nxt["image"][8, 0] += 1.0
+    counts = _count_projected(monkeypatch)
+    warm = fuse(nxt, n_components=8, basis=first.basis, projected=first.projected, remember=True)
+    assert warm.reused
+    # Read from memory: every case seen before, unchanged; projected: the new, the one whose
+    # report arrived, and the two changed images (a fingerprint is of the rows as given).
+    assert counts == [200 + 3]
+    plain = fuse(nxt, n_components=8, basis=first.basis)
+    np.testing.assert_allclose(warm.embedding, plain.embedding, atol=1e-5)
+    assert warm.explained_variance == pytest.approx(plain.explained_variance, rel=1e-5)
+    # A memory of another basis is not read.
+    other = fuse(_blocks(3000, 2), n_components=8, remember=True)
+    counts.clear()
+    fuse(nxt, n_components=8, basis=first.basis, projected=other.projected)
+    assert counts == [3000]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_projections_stay_in_memory_and_follow_their_basis():
+    blocks = _blocks(2000, 0)
+    settings = Settings()
+    data = planted_gaussian(2000, 40, seed=1)
+    dims, components = window_capacity(settings, 2000)
+    warm = WarmStart(None)
+    fit_slices(blocks, data.y, data.y_pred, settings, dims, components,
+               keys=[f"k{i}" for i in range(2000)], warm=warm)  # fmt: skip
+    state = warm.current
+    assert state is not None and state.projected is not None
+    assert state.projected.nbytes >= 2000 * (state.basis.axes.shape[1] + 1) * 4
+    again = WarmState.from_bytes(state.to_bytes())
+    assert again is not None and again.projected is None  # not saved
+    assert again.basis.same_as(state.basis) and set(again.mixtures) == set(state.mixtures)
+    # A worker's memory joins the shared state when the basis is the one it projected on ...
+    joined = again.with_projections_of(state)
+    assert joined.projected is state.projected and WarmStart(joined).projected() is state.projected
+    # ... and not when another worker has fitted another basis since.
+    other = fuse(_blocks(2000, 3), n_components=dims)
+    assert other.basis is not None
+    assert WarmState(other.basis).with_projections_of(state).projected is None
+    # Nor when the basis is due a refresh: that refit fits a new one.
+    assert WarmStart(joined, refresh_refits=1).projected() is None
+
+
 def test_mixture_starts_from_parameters_of_the_same_shape_only():
     data = planted_gaussian(1500, 8, seed=3)
     cold = ErrorAwareMixture(6, random_state=0).fit(data.X, data.y, data.y_pred)
