@@ -11,9 +11,13 @@ and the mixture maximises the sum over samples of the log-sum-exp over component
 multimodal slice-discovery paper uses ``γ = 10``. ``ŷ`` may be a hard 0/1 prediction or the
 model's probability of the target class (a soft Bernoulli target).
 
-The embedding is kept as given (float32 or float64, never copied whole): every pass over the
-cases takes ``_SLAB_ROWS`` rows at a time into float64, so the fit holds the ``(n, k)``
-responsibilities and a slab beside its input, and the arithmetic stays in float64.
+The embedding is kept as given (float32 or float64, never copied whole) and read
+``_SLAB_ROWS`` rows at a time. A float32 embedding (what :func:`agent.fuse.fuse` gives) has
+its matrix products in float32: the two of the Gaussian terms, ``x² · 1/σ²`` and
+``x · 2μ/σ²``, and the two of the M-step's sums, with float32 responsibilities. Everything
+else is float64: the products' sums over slabs, the log-sum-exp, the parameters, and the
+memberships handed to the test. On the planted windows and streams of
+``tests/unit/test_refit_golden.py`` the slices are the float64 fit's, to the member.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ log = logging.getLogger(__name__)
 _EPS = 10 * np.finfo(np.float64).eps
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _LOG_TINY = float(np.log(np.finfo(np.float64).tiny))
+_LOG_TINY32 = float(np.log(np.finfo(np.float32).tiny))
+#: Above this, float64 ``exp`` runs at full speed and its result is normal.
+_LOG_FAST = -700.0
 #: Cases per slab in every pass over the embedding: slab temporaries stay a few MiB.
 _SLAB_ROWS = 1024
 
@@ -70,8 +77,12 @@ def mahalanobis_sq(
 ) -> np.ndarray:
     """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
     precisions = 1.0 / variances
-    quad = (X * X if squares is None else squares) @ precisions.T
-    quad -= X @ (2.0 * means * precisions).T  # 2 (X @ W): doubling is exact, and one pass fewer
+    if X.dtype == np.float32:
+        quad = ((X * X if squares is None else squares) @ precisions.T.astype(np.float32)).astype(np.float64)
+        quad -= X @ (2.0 * means * precisions).T.astype(np.float32)
+    else:
+        quad = (X * X if squares is None else squares) @ precisions.T
+        quad -= X @ (2.0 * means * precisions).T  # 2 (X @ W): doubling is exact, and one pass fewer
     quad += np.sum(means * means * precisions, axis=1)
     return np.maximum(quad, 0.0, out=quad)
 
@@ -98,6 +109,26 @@ def _softmax_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, top + np.log(total)
 
 
+def _softmax_rows32(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_softmax_rows` of a float64 log joint, with the responsibilities in float32 (for
+    the float32 M-step products) and the log-sum-exp in float64.
+
+    Shifted by the row maximum in float64 first, so the float32 terms are the small ones near 0
+    that matter; terms below float32's ``tiny`` are flushed (float32's ``exp`` is several times
+    faster than float64's on the large negative terms that ``gamma = 10`` makes of most).
+    """
+    top = a.max(axis=1)
+    top = np.where(np.isfinite(top), top, 0.0)
+    a -= top[:, None]
+    low = a < _LOG_TINY32
+    out = a.astype(np.float32)
+    np.exp(out, out=out)
+    np.copyto(out, 0.0, where=low)
+    total = out.sum(axis=1, dtype=np.float64)
+    out /= total[:, None].astype(np.float32)
+    return out, top + np.log(total)
+
+
 def _slabs(n: int) -> range:
     return range(0, n, _SLAB_ROWS)
 
@@ -105,6 +136,11 @@ def _slabs(n: int) -> range:
 def _rows64(X: np.ndarray, start: int) -> np.ndarray:
     """One slab of ``X`` in float64 (a view when ``X`` is already float64)."""
     return np.asarray(X[start : start + _SLAB_ROWS], dtype=np.float64)
+
+
+def _rows(X: np.ndarray, start: int) -> np.ndarray:
+    """One slab of ``X`` as given."""
+    return X[start : start + _SLAB_ROWS]
 
 
 def _cells(y: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
@@ -137,7 +173,8 @@ class _Stats:
 
     def add(self, rows: np.ndarray, resp: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> None:
         self.nk += resp.sum(axis=0)
-        centered = rows - self.shift
+        centered = rows - self.shift.astype(rows.dtype)
+        resp = resp.astype(rows.dtype, copy=False)
         # (X.T @ resp), not resp.T @ X: the same product, but OpenBLAS is tens of times
         # faster with the long dimension inside (measured in bench/mixture_fit.py).
         self.first += centered.T @ resp
@@ -203,7 +240,8 @@ class ErrorAwareMixture(SlicerEstimator):
     y_probs_, y_pred_probs_
         Per-component probability that the label, and the prediction, is the target class.
     converged_, n_iter_, lower_bound_
-        Whether EM converged, the iterations run, and the final mean per-sample lower bound.
+        Whether EM converged, the iterations run, and the mean per-sample lower bound of the
+        last E-step (before the last M-step, which raises it by less than ``tol`` on convergence).
     lower_bounds_
         The mean lower bound after every iteration (non-decreasing up to rounding).
     warm_started_
@@ -264,7 +302,7 @@ class ErrorAwareMixture(SlicerEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> ErrorAwareMixture:
         """Fit by EM. ``y`` is 0/1; ``y_pred`` is 0/1 or the probability of the target class."""
         self._check_params()
-        # EM passes over the cases a dozen times: they are converted to float64 once.
+        # float32 is kept (its products run in float32); anything else becomes float64, once.
         X, y, y_pred = self._validate(X, y, y_pred)
         n = X.shape[0]
         if n < self.n_components:
@@ -273,7 +311,7 @@ class ErrorAwareMixture(SlicerEstimator):
                 "lower n_components or widen the window"
             )
         self.n_features_in_ = X.shape[1]
-        self._shift = X.mean(axis=0)
+        self._shift = X.mean(axis=0, dtype=np.float64)
         start = self.init_params
         self.warm_started_ = start is not None and start.shape == (self.n_components, X.shape[1])
         if start is not None and self.warm_started_:
@@ -295,7 +333,9 @@ class ErrorAwareMixture(SlicerEstimator):
                 self.converged_ = True
                 break
             previous = bound
-        _, self.lower_bound_ = self._e_step(X, y, y_pred, keep=False)
+        # The last E-step's bound, as scikit-learn reports it: a final E-step over the whole
+        # training set would cost a pass and change no parameter.
+        self.lower_bound_ = self.lower_bounds_[-1]
         if not self.converged_:
             warnings.warn(
                 f"EM did not converge in max_iter={self.max_iter} iterations; raise max_iter or tol",
@@ -314,7 +354,7 @@ class ErrorAwareMixture(SlicerEstimator):
         self.y_pred_probs_ = np.clip(np.asarray(start.y_pred_probs, dtype=np.float64), _EPS, 1 - _EPS)
 
     def _validate(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        X = as_embedding(X)
+        X = as_embedding(X, keep_float32=True)
         return X, as_binary(y, len(X)), as_binary(y_pred, len(X), name="y_pred", soft=True)
 
     def _initial_resp(
@@ -353,7 +393,7 @@ class ErrorAwareMixture(SlicerEstimator):
         stats = _Stats(X.shape[1], resp.shape[1], self._shift)
         for start in _slabs(X.shape[0]):
             stop = start + _SLAB_ROWS
-            stats.add(_rows64(X, start), resp[start:stop], y[start:stop], y_pred[start:stop])
+            stats.add(_rows(X, start), resp[start:stop], y[start:stop], y_pred[start:stop])
         self._set_params(stats)
 
     def _em_step(
@@ -369,11 +409,11 @@ class ErrorAwareMixture(SlicerEstimator):
         norm = np.empty(n)
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
-            rows = _rows64(X, start)
+            rows = _rows(X, start)
             squares = rows * rows
             part = None if cells is None else cells[start:stop]
             joint = self._joint_log_prob(rows, y[start:stop], y_pred[start:stop], squares, part)
-            resp, norm[start:stop] = _softmax_rows(joint)
+            resp, norm[start:stop] = (_softmax_rows32 if rows.dtype == np.float32 else _softmax_rows)(joint)
             stats.add(rows, resp, y[start:stop], y_pred[start:stop])
         self._set_params(stats)
         return float(np.mean(norm))
@@ -421,23 +461,16 @@ class ErrorAwareMixture(SlicerEstimator):
         # The same operations, in the same order, as the elementwise terms: the same numbers.
         return np.stack([(by_label[c // 2] + by_prediction[c % 2]) * self.gamma for c in range(4)])
 
-    def _e_step(
-        self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, *, keep: bool = True
-    ) -> tuple[np.ndarray | None, float]:
-        """Log responsibilities (None unless ``keep``) and the mean lower bound."""
+    def _e_step(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        """Log responsibilities ``(n, k)``."""
         n = X.shape[0]
-        log_resp = np.empty((n, len(self.weights_))) if keep else None
-        norm = np.empty(n)
+        log_resp = np.empty((n, len(self.weights_)))
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
             joint = self._joint_log_prob(_rows64(X, start), y[start:stop], y_pred[start:stop])
-            norm[start:stop] = (
-                logsumexp_rows(joint, overwrite=True) if log_resp is None else logsumexp_rows(joint)
-            )
-            if log_resp is not None:
-                joint -= norm[start:stop, None]
-                log_resp[start:stop] = joint
-        return log_resp, float(np.mean(norm))
+            joint -= logsumexp_rows(joint)[:, None]
+            log_resp[start:stop] = joint
+        return log_resp
 
     # -- prediction ------------------------------------------------------------------------
 
@@ -453,9 +486,7 @@ class ErrorAwareMixture(SlicerEstimator):
     def predict_proba(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         """Slice membership given embedding, label and prediction (what Domino reports)."""
         X, y, y_pred = self._inputs(X, y, y_pred)
-        log_resp, _ = self._e_step(X, y, y_pred)
-        assert log_resp is not None
-        return _exp_flushed(log_resp)
+        return _exp_flushed(self._e_step(X, y, y_pred))
 
     def predict(
         self, X: np.ndarray, y: np.ndarray | None = None, y_pred: np.ndarray | None = None
@@ -481,26 +512,48 @@ class ErrorAwareMixture(SlicerEstimator):
         This is the membership used to test a slice on samples the fit did not see: neither
         a held-out sample's prediction nor its error can pull it into a high-error component.
         """
+        return self._memberships(X, y, typical=False)[0]
+
+    def memberships(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``membership(X, y)`` and ``membership(X)`` (the typicality) from one pass over ``X``:
+        the Gaussian terms, most of the work, are shared; the numbers are those of two calls."""
+        both = self._memberships(X, y, typical=True)
+        assert both[1] is not None
+        return both[0], both[1]
+
+    def _memberships(
+        self, X: np.ndarray, y: np.ndarray | None, *, typical: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         # One pass, a float64 slab at a time: a float32 window is not copied whole.
         X, labels, _ = self._inputs(X, y, None, keep_float32=True)
         n = X.shape[0]
         out = np.empty((n, len(self.weights_)))
+        blind = np.empty_like(out) if typical else None
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
-            joint = self._joint_log_prob(_rows64(X, start), None, None)
+            joint = self._joint_log_prob(_rows(X, start), None, None)
+            if blind is not None:
+                blind[start:stop] = _normalised(joint.copy())
             if labels is not None:
                 joint += self.gamma * _bernoulli_log_prob(labels[start:stop], self.y_probs_)
-            # exp(joint - logsumexp), not a division by the sum: a saturated membership is then
-            # exactly 1, and ties among such members are broken by typicality, not by rounding.
-            joint -= logsumexp_rows(joint)[:, None]
-            out[start:stop] = _exp_flushed_inplace(joint)
-        return out
+            out[start:stop] = _normalised(joint)
+        return out, blind
 
     def component_error_rates(self) -> np.ndarray:
         """Expected error rate of each component, ``P(y != ŷ | j)`` under independence within it."""
         self._check_fitted()
         p, q = self.y_probs_, self.y_pred_probs_
         return np.asarray(p * (1 - q) + (1 - p) * q)
+
+
+def _normalised(joint: np.ndarray) -> np.ndarray:
+    """Row-wise ``exp(joint - logsumexp(joint))``, in ``joint``.
+
+    Not a division by the sum: a saturated membership is then exactly 1, and ties among such
+    members are broken by typicality, not by rounding.
+    """
+    joint -= logsumexp_rows(joint)[:, None]
+    return _exp_flushed_inplace(joint)
 
 
 def _exp_flushed(log_p: np.ndarray) -> np.ndarray:
@@ -513,9 +566,22 @@ def _exp_flushed(log_p: np.ndarray) -> np.ndarray:
 
 
 def _exp_flushed_inplace(log_p: np.ndarray) -> np.ndarray:
-    """:func:`_exp_flushed` into ``log_p`` itself (no ``(n, k)`` temporaries)."""
-    np.copyto(log_p, -np.inf, where=log_p < _LOG_TINY)
-    return np.exp(log_p, out=log_p)
+    """:func:`_exp_flushed` into ``log_p`` itself (no ``(n, k)`` temporaries).
+
+    numpy's float64 ``exp`` is five times slower on arguments near its underflow than
+    elsewhere, and with ``gamma = 10`` most arguments are there. So it runs on the arguments
+    clamped at ``_LOG_FAST``; the rare ones between the flush and the clamp get their own
+    ``exp`` after, and those below the flush are zeroed: the numbers of a plain ``exp``, bit for bit.
+    """
+    low = log_p < _LOG_TINY
+    rare = (log_p < _LOG_FAST) & ~low
+    kept = log_p[rare] if rare.any() else None
+    np.maximum(log_p, _LOG_FAST, out=log_p)
+    np.exp(log_p, out=log_p)
+    np.copyto(log_p, 0.0, where=low)
+    if kept is not None:
+        log_p[rare] = np.exp(kept)
+    return log_p
 
 
 def _subset(X: np.ndarray, rows: np.ndarray | None, start: int) -> np.ndarray:

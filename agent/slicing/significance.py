@@ -123,11 +123,11 @@ def _territory(membership: np.ndarray, beta: float) -> np.ndarray:
 
 
 def _take(X: Any, rows: np.ndarray, slab: int = 4096) -> Any:
-    """``X[rows]`` in float64, converted a slab at a time (no float32 copy of the rows first);
-    a sparse ``X`` stays sparse."""
+    """``X[rows]``, float32 kept as it is and anything else in float64 (converted a slab at a
+    time, no copy of the rows first); a sparse ``X`` stays sparse."""
     if sparse.issparse(X):
         return X[rows]
-    out = np.empty((len(rows), X.shape[1]))
+    out = np.empty((len(rows), X.shape[1]), dtype=np.float32 if X.dtype == np.float32 else np.float64)
     for start in range(0, len(rows), slab):
         out[start : start + slab] = X[rows[start : start + slab]]
     return out
@@ -297,14 +297,19 @@ def discover_in_spaces(
             except FitError:
                 continue
             fitted[key] = slicer
-            membership = slicer.membership(X, y)
+            # A mixture gives the typicality (membership from the embedding alone) in the same
+            # pass; other slicers compute it later, for the folds whose slices are kept.
+            pair = getattr(slicer, "memberships", None)
+            membership, typical = pair(X, y) if pair is not None else (slicer.membership(X, y), None)
             territories[key] = _territory(membership, beta)
             chosen = _choose(
                 membership[train], territories[key][train], y[train], err[train], n_slices, min_size
             )
             n_chosen += len(chosen)
             memberships.update({(key, j): membership[:, j].copy() for j, _ in chosen})
-            del membership
+            if typical is not None:
+                typicalities.update({(key, j): typical[:, j].copy() for j, _ in chosen})
+            del membership, typical
             territory_test = territories[key][test]
             for j, cls in chosen:
                 c = contrast(territory_test[:, j], y[test] == cls, err[test])
