@@ -80,8 +80,10 @@ class Basis:
 class Fused:
     """The fused embedding ``(n, k)`` (float32) and what went into it.
 
-    ``basis`` is the map that produced it (None for a window too small to reduce), and ``reused``
-    whether that map was the one given to :func:`fuse` rather than fitted on this window.
+    ``basis`` is the map that produced it (None for a window too small to reduce), ``reused``
+    whether that map was the one given to :func:`fuse` rather than fitted on this window,
+    ``projected`` this fusion's cases kept for the next (when asked to remember) and
+    ``remembered`` how many cases were read from the last one's instead of projected.
     """
 
     embedding: np.ndarray
@@ -91,6 +93,7 @@ class Fused:
     basis: Basis | None = None
     reused: bool = False
     projected: Projected | None = None
+    remembered: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,23 +299,26 @@ def _with_centre(axes: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.n
     return both, np.append(centre.astype(np.float64) @ axes.astype(np.float64), 0.0)
 
 
-def _reuse(blocks: _Blocks, basis: Basis, projected: Projected | None) -> tuple[np.ndarray, float]:
+def _reuse(blocks: _Blocks, basis: Basis, projected: Projected | None) -> tuple[np.ndarray, float, int]:
     """Project on a stored basis in one pass; return the projection, with each unit row's dot
     product with the centre as its last column, and the fraction it captures of the window's
     variance about the basis's centre.
 
     The centre rides along as one more axis: the same pass gives each row's dot product with it,
     hence ``|x - c|^2 = |x|^2 - 2 x.c + |c|^2`` with ``|x|^2`` the case's count of modalities.
-    Rows whose fingerprints ``projected`` holds (on this basis) are read from it, not projected.
+    Rows whose fingerprints ``projected`` holds (on this basis) are read from it, not projected;
+    the last value returned is their number.
     """
     k = basis.axes.shape[1]
     centre = basis.centre.astype(np.float64)
     both, shift = _with_centre(basis.axes, basis.centre)
+    read = 0
     if projected is not None and blocks.prints is not None and projected.basis.same_as(basis):
         blocks.scan()
         found = projected.find(blocks.prints)
         out = np.empty((blocks.n, k + 1), dtype=np.float32)
         seen = found >= 0
+        read = int(seen.sum())
         out[seen] = projected.rows[found[seen]]
         new = np.flatnonzero(~seen)
         if len(new):
@@ -323,7 +329,7 @@ def _reuse(blocks: _Blocks, basis: Basis, projected: Projected | None) -> tuple[
     total = float(blocks.present().sum() - 2.0 * dots.sum() + blocks.n * (centre @ centre))
     reduced = out[:, :k]
     kept = float(np.einsum("ij,ij->", reduced, reduced, dtype=np.float64))
-    return out, (kept / total if total > 0 else 1.0)
+    return out, (kept / total if total > 0 else 1.0), read
 
 
 def fuse(
@@ -383,10 +389,10 @@ def fuse(
     k = min(n_components, n, width)
     widths = tuple(a.shape[1] for a in arrays)
     if basis is not None and n >= 2 and basis.fits(names, widths, k):
-        rows, captured = _reuse(fused, basis, projected)
+        rows, captured, read = _reuse(fused, basis, projected)
         if captured >= (1.0 - max_drift) * basis.explained:
             kept_rows = _remembered(basis, fused, rows) if remember else None
-            return Fused(rows[:, :k], names, _missing(names, fused), captured, basis, True, kept_rows)
+            return Fused(rows[:, :k], names, _missing(names, fused), captured, basis, True, kept_rows, read)
         fused = _Blocks(arrays, fused.slab, fingerprint=remember)  # the first pass learns again
     if n >= width and n >= 2 and k >= 1:
         rows, kept, mean, axes = _covariance_pca(fused, k, centre_column=remember)

@@ -152,6 +152,7 @@ class WarmStart:
         self.max_drift = max_drift
         self.current: WarmState | None = None
         self.basis_reused = False
+        self.remembered = 0
         self.warm_folds: tuple[int, ...] = ()
         self._slicers: dict[int, Slicer] = {}
 
@@ -170,6 +171,7 @@ class WarmStart:
         """A slicer factory for :func:`~agent.slicing.discover_slices` (seed ``seed + fold``): fold
         ``f`` starts from the last refit's fold ``f`` when ``fused`` reused its basis."""
         self.basis_reused = fused.reused
+        self.remembered = fused.remembered
         starts = self.previous.mixtures if fused.reused and self.previous is not None else {}
 
         def build(fold_seed: int) -> Slicer:
@@ -197,4 +199,8 @@ class WarmStart:
 
     def describe(self) -> dict[str, object]:
         """What this refit reused, for its report."""
-        return {"basis": "reused" if self.basis_reused else "fitted", "warm_folds": list(self.warm_folds)}
+        return {
+            "basis": "reused" if self.basis_reused else "fitted",
+            "warm_folds": list(self.warm_folds),
+            "cases_remembered": self.remembered,
+        }

@@ -3,6 +3,7 @@ honest held-out test over many warm refits, and the planted failures found as by
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -285,3 +286,37 @@ def test_warm_refits_find_the_planted_failure_as_cold_ones_do(failure, seed):
         assert len(errors & _union(cold)) / len(errors) >= 0.7
         names = {t.token for s in got.slices for t in s.tokens}
         assert names & {t.token for s in cold.slices for t in s.tokens}
+
+
+def test_a_streams_warm_refits_read_their_cases_from_the_last_refits_projections(tmp_path):
+    """A sidecar keeps its last refit's projections between refits: once the basis is reused,
+    the cases the window still holds are read, not projected (the refit report says how many)."""
+    from agent.simulate.early import MODEL, EarlySpec, WordEmbedder, _settings, early_stream
+    from agent.stream.replay import replay_file
+    from agent.stream.sidecar import Sidecar
+
+    spec = EarlySpec(per_day=100, history_days=40, ramp_days=0, after_days=0)
+    events, _ = early_stream(spec, seed=1)
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e.payload) + "\n" for e in events))
+    settings = _settings(
+        tmp_path,
+        spec,
+        {"stream": {"refit_every_labels": 500, "window_size": 2000, "basis_refresh_refits": 100}},
+    )
+    sidecar = Sidecar(settings, WordEmbedder())
+    try:
+        summary = replay_file(path, sidecar, final_refit=False)
+    finally:
+        sidecar.close()
+    assert len(summary.refits) >= 4
+    folder = tmp_path / "reports" / MODEL
+    starts = [json.loads(p.read_text())["refit"]["start"] for p in sorted(folder.glob("*/refit-*.json"))]
+    assert starts and starts[0] == {"basis": "fitted", "warm_folds": [], "cases_remembered": 0}
+    reused = [s for s in starts if s["basis"] == "reused"]
+    assert reused, starts
+    remembered = [s["cases_remembered"] for s in reused]
+    # Each reused refit read cases from memory: those the refit before held, and new cases whose
+    # header sentence (the only modality here) one of them had already. Once the window is full
+    # (2,000 cases, 500 new labels between refits), that is most of it.
+    assert min(remembered) > 0 and max(remembered) >= 1800, remembered
