@@ -274,26 +274,22 @@ def fit_slices(
     each case's metadata, give the terms).
 
     With ``warm``, each case's fold is fixed by its key (``keys``, one per case), and the fusion
-    and the fused space's mixtures start from ``warm.previous``; ``warm.current`` is set to what
-    this fit leaves (the other spaces start cold).
+    and the fused space's mixtures, and each modality's own, start from ``warm.previous``;
+    ``warm.current`` is set to what this fit leaves (the scans, score and term spaces start
+    cold: they are fitted on the whole window, or hold no state worth carrying).
     It runs on ``audit.blas_threads`` BLAS threads: on a small sidecar more would fight the
     embedder's torch threads and the event loop for the same cores.
     """
     a = settings.audit
     with threadpool_limits(limits=a.blas_threads, user_api="blas"):
-        fused = fuse(
-            blocks,
-            n_components=dims,
-            random_state=a.seed,
-            basis=None if warm is None else warm.basis(),
-            max_drift=0.0 if warm is None else warm.max_drift,
-            projected=None if warm is None else warm.projected(),
-            remember=warm is not None,
-        )
+        if warm is None:
+            fused = fuse(blocks, n_components=dims, random_state=a.seed)
+        else:
+            fused = warm.fuse(blocks, n_components=dims, random_state=a.seed)
         make_slicer = _make_slicer(settings, components)
         folds = None
         if warm is not None:
-            make_slicer = warm.slicers(_slicer_from(settings, components), a.seed, fused)
+            make_slicer = warm.slicers(_slicer_from(settings, components), a.seed)
             folds = stable_folds(keys, a.n_splits, a.seed)
         findings = discover_in_spaces(
             _spaces(
@@ -305,6 +301,7 @@ def fit_slices(
                 components,
                 mixture=make_slicer,
                 headers=headers,
+                warm=warm,
             ),
             y,
             y_pred,
@@ -317,7 +314,7 @@ def fit_slices(
             folds=folds,
         )
     if warm is not None:
-        warm.finish(fused)
+        warm.finish()
     return fused, findings
 
 
@@ -331,6 +328,7 @@ def _spaces(
     *,
     mixture: Callable[[int], Slicer] | None = None,
     headers: Sequence[Mapping[str, object] | None] = (),
+    warm: WarmStart | None = None,
 ) -> list[Space]:
     """The views slices are sought in (``audit.spaces``), under one multiplicity correction.
 
@@ -344,7 +342,8 @@ def _spaces(
     in a whole-report embedding); each case's safe header values (``headers``: ``view=lateral``,
     ``age=sixties``) are columns of their own as well, so that a lateral view is not the word
     "lateral" that reports of frontal films use too. ``mixture`` makes the fused space's
-    slicers (by default the configured one, cold).
+    slicers (by default the configured one, cold). With ``warm``, each modality's own space
+    starts from its last refit's basis, projections and mixtures (:meth:`WarmStart.space`).
     """
     a = settings.audit
     cold = _make_slicer(settings, components)
@@ -353,12 +352,23 @@ def _spaces(
     out = [Space("fused", fused, mixture)] if "fused" in a.spaces else []
     scan = "neighbours" in a.spaces and a.permutations > 0
     own = {
-        name: fuse({name: block}, n_components=dims, random_state=a.seed).embedding
+        name: (fuse if warm is None else warm.space(name).fuse)(
+            {name: block}, n_components=dims, random_state=a.seed
+        ).embedding
         for name, block in blocks.items()
         if ("modalities" in a.spaces and len(blocks) > 1) or "scores" in a.spaces or scan
     }
     if "modalities" in a.spaces and len(blocks) > 1:
-        out += [Space(name, X, cold) for name, X in own.items()]
+        out += [
+            Space(
+                name,
+                X,
+                cold
+                if warm is None
+                else warm.space(name).slicers(_slicer_from(settings, components), a.seed),
+            )
+            for name, X in own.items()
+        ]
     if "scores" in a.spaces:
         out += [Space(f"{name} score", X, lambda seed: ErrorScoreSlicer()) for name, X in own.items()]
     if scan:

@@ -226,6 +226,12 @@ class StreamSettings(BaseModel):
         description="relative loss of captured variance on a new window that makes a refit fit its"
         " basis again",
     )
+    remember_projections: bool = Field(
+        True,
+        description="a worker keeps each target's last window projected on its basis in memory"
+        " (about 0.5 KiB a case at 128 dimensions) so that a warm refit projects only new or changed"
+        " cases",
+    )
     resolve_refits: int = Field(2, ge=1, description="refits without an emerging slice before 'resolved'")
     track_min_overlap: float = Field(
         0.5, gt=0, le=1, description="member overlap |A&B|/min(|A|,|B|) that makes two refits' slices one"

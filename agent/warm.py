@@ -28,13 +28,13 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from agent.fuse import Basis, Fused, Projected
+from agent.fuse import Basis, Fused, Projected, fuse
 from agent.hashing import mix64
 from agent.slicing import ErrorAwareMixture, Slicer
 from agent.slicing.mixture import MixtureParams
@@ -73,40 +73,53 @@ def stable_folds(keys: Sequence[str], n_splits: int, seed: int) -> np.ndarray:
 class WarmState:
     """A refit's basis and its folds' mixtures; ``age`` counts the refits that reused the basis.
 
-    ``projected``, the window's cases on the basis (:class:`~agent.fuse.Projected`), lives in
-    memory only: it is not saved, and a state read back starts without it (the next fusion then
-    projects every case once).
+    ``spaces`` holds the same for each modality's own space (its own basis and mixtures), by
+    modality name. ``projected``, the window's cases on the basis
+    (:class:`~agent.fuse.Projected`), lives in memory only: it is not saved, and a state read back
+    starts without it (the next fusion then projects every case once).
     """
 
     basis: Basis
     mixtures: dict[int, MixtureParams] = field(default_factory=dict)
     age: int = 0
     projected: Projected | None = field(default=None, compare=False, repr=False)
+    spaces: dict[str, WarmState] = field(default_factory=dict)
 
     def with_projections_of(self, other: WarmState | None) -> WarmState:
-        """This state with ``other``'s projections, when they lie on this state's basis.
+        """This state with ``other``'s projections (and its spaces'), where they lie on the same basis.
 
         A worker keeps its last refit's state in memory and reads the shared one from the
         store: the projections carry over only if no other worker refitted the basis since.
         """
-        if other is None or other.projected is None or self.projected is not None:
+        if other is None:
             return self
-        same = self.basis.same_as(other.projected.basis)
-        return replace(self, projected=other.projected) if same else self
+        spaces = {name: sub.with_projections_of(other.spaces.get(name)) for name, sub in self.spaces.items()}
+        projected = self.projected
+        if projected is None and other.projected is not None and self.basis.same_as(other.projected.basis):
+            projected = other.projected
+        return replace(self, projected=projected, spaces=spaces)
 
     def to_bytes(self) -> bytes:
-        """An ``.npz`` of float32 arrays and one JSON string (no pickles)."""
-        b = self.basis
-        meta = {"modalities": b.modalities, "widths": b.widths, "explained": b.explained, "age": self.age}
-        arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta))}
-        arrays["centre"] = np.asarray(b.centre, dtype=np.float32)
-        arrays["axes"] = np.asarray(b.axes, dtype=np.float32)
-        for fold, params in self.mixtures.items():
-            for name in _PARAMS:
-                arrays[f"{fold}.{name}"] = np.asarray(getattr(params, name), dtype=np.float32)
+        """An ``.npz`` of float32 arrays and JSON strings (no pickles)."""
+        arrays: dict[str, Any] = {}
+        self._arrays("", arrays)
+        for name, sub in self.spaces.items():
+            sub._arrays(f"{name}/", arrays)
         out = io.BytesIO()
         np.savez(out, **arrays)
         return out.getvalue()
+
+    def _arrays(self, prefix: str, arrays: dict[str, Any]) -> None:
+        b = self.basis
+        meta = {"modalities": b.modalities, "widths": b.widths, "explained": b.explained, "age": self.age}
+        if not prefix:
+            meta["spaces"] = sorted(self.spaces)
+        arrays[f"{prefix}meta"] = np.array(json.dumps(meta))
+        arrays[f"{prefix}centre"] = np.asarray(b.centre, dtype=np.float32)
+        arrays[f"{prefix}axes"] = np.asarray(b.axes, dtype=np.float32)
+        for fold, params in self.mixtures.items():
+            for name in _PARAMS:
+                arrays[f"{prefix}{fold}.{name}"] = np.asarray(getattr(params, name), dtype=np.float32)
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> WarmState | None:
@@ -115,24 +128,37 @@ class WarmState:
             return None
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
-                meta = json.loads(str(f["meta"]))
-                basis = Basis(
-                    f["centre"],
-                    f["axes"],
-                    tuple(meta["modalities"]),
-                    tuple(int(w) for w in meta["widths"]),
-                    float(meta["explained"]),
-                )
-                folds = sorted({int(k.split(".")[0]) for k in f.files if "." in k})
-                mixtures = {fold: MixtureParams(*(f[f"{fold}.{name}"] for name in _PARAMS)) for fold in folds}
+                files = {k: f[k] for k in f.files}
+            state, meta = cls._read("", files)
+            spaces = {str(name): cls._read(f"{name}/", files)[0] for name in meta.get("spaces", [])}
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
             log.warning("warm state unreadable, refitting cold: %s", err)
             return None
-        return cls(basis, mixtures, int(meta["age"]))
+        return replace(state, spaces=spaces)
+
+    @classmethod
+    def _read(cls, prefix: str, files: dict[str, np.ndarray]) -> tuple[WarmState, dict[str, Any]]:
+        meta = json.loads(str(files[f"{prefix}meta"]))
+        basis = Basis(
+            files[f"{prefix}centre"],
+            files[f"{prefix}axes"],
+            tuple(meta["modalities"]),
+            tuple(int(w) for w in meta["widths"]),
+            float(meta["explained"]),
+        )
+        own = [k[len(prefix) :] for k in files if k.startswith(prefix) and "/" not in k[len(prefix) :]]
+        folds = sorted({int(k.split(".")[0]) for k in own if "." in k})
+        mixtures = {
+            fold: MixtureParams(*(files[f"{prefix}{fold}.{name}"] for name in _PARAMS)) for fold in folds
+        }
+        return cls(basis, mixtures, int(meta["age"])), meta
 
 
 class WarmStart:
     """What one refit starts from (``previous``) and, once it ran, what it leaves (``current``).
+
+    The refit fuses through :meth:`fuse` and makes the fused space's slicers through
+    :meth:`slicers`; each modality's own space does the same through its :meth:`space`.
 
     Parameters
     ----------
@@ -142,19 +168,29 @@ class WarmStart:
         Refits one basis serves at most (the one that fitted it included); 1 never reuses it.
     max_drift
         Relative loss of captured variance beyond which the basis is fitted again.
+    remember
+        Whether this refit keeps its cases' projections for the next (``current.projected``).
     """
 
     def __init__(
-        self, previous: WarmState | None, *, refresh_refits: int = 10, max_drift: float = 0.05
+        self,
+        previous: WarmState | None,
+        *,
+        refresh_refits: int = 10,
+        max_drift: float = 0.05,
+        remember: bool = True,
     ) -> None:
         self.previous = previous
         self.refresh_refits = refresh_refits
         self.max_drift = max_drift
+        self.remember = remember
         self.current: WarmState | None = None
         self.basis_reused = False
         self.remembered = 0
         self.warm_folds: tuple[int, ...] = ()
         self._slicers: dict[int, Slicer] = {}
+        self._fused: Fused | None = None
+        self._spaces: dict[str, WarmStart] = {}
 
     def basis(self) -> Basis | None:
         """The basis to offer :func:`~agent.fuse.fuse`: the last one, unless it is due a refresh."""
@@ -165,14 +201,38 @@ class WarmStart:
         """The last refit's cases on the basis :meth:`basis` offers, when it kept them."""
         return None if self.basis() is None or self.previous is None else self.previous.projected
 
-    def slicers(
-        self, make: Callable[[int, MixtureParams | None], Slicer], seed: int, fused: Fused
-    ) -> Callable[[int], Slicer]:
-        """A slicer factory for :func:`~agent.slicing.discover_slices` (seed ``seed + fold``): fold
-        ``f`` starts from the last refit's fold ``f`` when ``fused`` reused its basis."""
+    def fuse(self, blocks: Mapping[str, np.ndarray], *, n_components: int, random_state: int) -> Fused:
+        """:func:`~agent.fuse.fuse` from the last refit's basis and projections, kept for :meth:`finish`."""
+        fused = fuse(
+            blocks,
+            n_components=n_components,
+            random_state=random_state,
+            basis=self.basis(),
+            max_drift=self.max_drift,
+            projected=self.projected(),
+            remember=self.remember,
+        )
+        self._fused = fused
         self.basis_reused = fused.reused
         self.remembered = fused.remembered
-        starts = self.previous.mixtures if fused.reused and self.previous is not None else {}
+        return fused
+
+    def space(self, name: str) -> WarmStart:
+        """The warm start of the space named ``name`` (a modality's own), from its last state."""
+        if name not in self._spaces:
+            last = None if self.previous is None else self.previous.spaces.get(name)
+            self._spaces[name] = WarmStart(
+                last, refresh_refits=self.refresh_refits, max_drift=self.max_drift, remember=self.remember
+            )
+        return self._spaces[name]
+
+    def slicers(
+        self, make: Callable[[int, MixtureParams | None], Slicer], seed: int
+    ) -> Callable[[int], Slicer]:
+        """A slicer factory for :func:`~agent.slicing.discover_slices` (seed ``seed + fold``): fold
+        ``f`` starts from the last refit's fold ``f`` when :meth:`fuse` reused its basis."""
+        reused = self._fused is not None and self._fused.reused
+        starts = self.previous.mixtures if reused and self.previous is not None else {}
 
         def build(fold_seed: int) -> Slicer:
             fold = fold_seed - seed
@@ -182,9 +242,12 @@ class WarmStart:
 
         return build
 
-    def finish(self, fused: Fused) -> None:
-        """Keep this refit's basis and fitted mixtures as ``current``."""
-        if fused.basis is None:
+    def finish(self) -> None:
+        """Keep this refit's basis and fitted mixtures (and each space's) as ``current``."""
+        for sub in self._spaces.values():
+            sub.finish()
+        fused = self._fused
+        if fused is None or fused.basis is None:
             return
         mixtures: dict[int, MixtureParams] = {}
         warm: list[int] = []
@@ -195,12 +258,16 @@ class WarmStart:
                     warm.append(fold)
         self.warm_folds = tuple(warm)
         age = self.previous.age + 1 if fused.reused and self.previous is not None else 0
-        self.current = WarmState(fused.basis, mixtures, age, fused.projected)
+        spaces = {name: sub.current for name, sub in self._spaces.items() if sub.current is not None}
+        self.current = WarmState(fused.basis, mixtures, age, fused.projected, spaces)
 
     def describe(self) -> dict[str, object]:
-        """What this refit reused, for its report."""
-        return {
+        """What this refit reused, for its report (and each space's, by name)."""
+        out: dict[str, object] = {
             "basis": "reused" if self.basis_reused else "fitted",
             "warm_folds": list(self.warm_folds),
             "cases_remembered": self.remembered,
         }
+        if self._spaces:
+            out["spaces"] = {name: sub.describe() for name, sub in sorted(self._spaces.items())}
+        return out

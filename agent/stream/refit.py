@@ -169,7 +169,12 @@ class Refitter:
             shared = WarmState.from_bytes(self.store.warm_state(model, target))
             if shared is not None:
                 shared = shared.with_projections_of(self._kept.get((model, target)))
-            warm = WarmStart(shared, refresh_refits=s.basis_refresh_refits, max_drift=s.basis_max_drift)
+            warm = WarmStart(
+                shared,
+                refresh_refits=s.basis_refresh_refits,
+                max_drift=s.basis_max_drift,
+                remember=s.remember_projections,
+            )
         fits: list[FitView] = []
         report, problems = run_audit(
             samples,
@@ -215,7 +220,7 @@ class Refitter:
                 "refit %d of %s target=%r dropped: its lease passed to another worker", number, model, target
             )
             return None
-        if warm is not None and warm.current is not None:
+        if warm is not None and warm.current is not None and warm.current.projected is not None:
             self._kept[model, target] = warm.current
         if self.warning is not None and fits:
             self._describe(fits[0], tracked, number)
