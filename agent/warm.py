@@ -180,7 +180,12 @@ class WarmStart:
         max_drift: float = 0.05,
         remember: bool = True,
     ) -> None:
-        self.previous = previous
+        # The last refit's projections and spaces are taken out of its state: each is let go as
+        # soon as the fusion that reads it is done, so a refit never holds two windows of them
+        # (the caller drops its own reference to ``previous``).
+        self.previous = None if previous is None else replace(previous, projected=None, spaces={})
+        self._projected = None if previous is None else previous.projected
+        self._last_spaces = {} if previous is None else dict(previous.spaces)
         self.refresh_refits = refresh_refits
         self.max_drift = max_drift
         self.remember = remember
@@ -199,7 +204,7 @@ class WarmStart:
 
     def projected(self) -> Projected | None:
         """The last refit's cases on the basis :meth:`basis` offers, when it kept them."""
-        return None if self.basis() is None or self.previous is None else self.previous.projected
+        return None if self.basis() is None else self._projected
 
     def fuse(self, blocks: Mapping[str, np.ndarray], *, n_components: int, random_state: int) -> Fused:
         """:func:`~agent.fuse.fuse` from the last refit's basis and projections, kept for :meth:`finish`."""
@@ -212,6 +217,7 @@ class WarmStart:
             projected=self.projected(),
             remember=self.remember,
         )
+        self._projected = None  # read: let go
         self._fused = fused
         self.basis_reused = fused.reused
         self.remembered = fused.remembered
@@ -220,7 +226,7 @@ class WarmStart:
     def space(self, name: str) -> WarmStart:
         """The warm start of the space named ``name`` (a modality's own), from its last state."""
         if name not in self._spaces:
-            last = None if self.previous is None else self.previous.spaces.get(name)
+            last = self._last_spaces.pop(name, None)
             self._spaces[name] = WarmStart(
                 last, refresh_refits=self.refresh_refits, max_drift=self.max_drift, remember=self.remember
             )

@@ -168,7 +168,8 @@ class Refitter:
         if s.warm_refits:
             shared = WarmState.from_bytes(self.store.warm_state(model, target))
             if shared is not None:
-                shared = shared.with_projections_of(self._kept.get((model, target)))
+                # Taken, not copied: the refit lets the last window's projections go once read.
+                shared = shared.with_projections_of(self._kept.pop((model, target), None))
             warm = WarmStart(
                 shared,
                 refresh_refits=s.basis_refresh_refits,
