@@ -229,8 +229,8 @@ class StreamSettings(BaseModel):
     remember_projections: bool = Field(
         True,
         description="a worker keeps each target's last window projected on its basis in memory"
-        " (about 0.5 KiB a case at 128 dimensions) so that a warm refit projects only new or changed"
-        " cases",
+        " (about 0.5 KiB a case and space at 128 dimensions: the fused space and each modality's)"
+        " so that a warm refit projects only new or changed cases",
     )
     resolve_refits: int = Field(2, ge=1, description="refits without an emerging slice before 'resolved'")
     track_min_overlap: float = Field(
