@@ -277,11 +277,11 @@ def fit_slices(
     and the fused space's mixtures, and each modality's own, start from ``warm.previous``;
     ``warm.current`` is set to what this fit leaves (the scans, score and term spaces start
     cold: they are fitted on the whole window, or hold no state worth carrying).
-    It runs on ``audit.blas_threads`` BLAS threads: on a small sidecar more would fight the
-    embedder's torch threads and the event loop for the same cores.
+    It runs on ``audit.blas_threads`` BLAS and OpenMP threads: on a small sidecar more would
+    fight the embedder's threads and the event loop for the same cores.
     """
     a = settings.audit
-    with threadpool_limits(limits=a.blas_threads, user_api="blas"):
+    with threadpool_limits(limits=a.blas_threads):
         if warm is None:
             fused = fuse(blocks, n_components=dims, random_state=a.seed)
         else:

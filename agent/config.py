@@ -80,8 +80,8 @@ class AuditSettings(BaseModel):
     blas_threads: int = Field(
         1,
         ge=1,
-        description="BLAS threads of a refit's numerical part (fuse, slices); one leaves a core of a"
-        " small sidecar to the embedder and the event loop",
+        description="BLAS and OpenMP threads of a refit's numerical part (fuse, slices); one leaves"
+        " a core of a small sidecar to the embedder and the event loop",
     )
 
 

@@ -294,3 +294,25 @@ def test_the_tail_estimate_is_never_zero():
     null = 5 + np.random.default_rng(0).exponential(0.01, 500)  # a tail of scale 0.01
     p = tail_p_values(null, np.array([1e6, 10.0]))
     assert np.all(p > 0) and p[0] <= p[1] < 1 / 501
+
+
+@pytest.mark.parametrize("max_reference", [4000, 60])
+def test_nearest_cases_are_the_most_similar_and_never_the_case_itself(max_reference):
+    rng = np.random.default_rng(11)
+    unit = rng.normal(size=(300, 6))
+    unit[100:120] = unit[100]  # twenty exact twins: more than k + 1 tie at distance 0
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    scan = NeighbourScanSlicer(max_reference=max_reference)
+    k = 5
+    near = scan._nearest(unit, k, np.random.default_rng(0))
+    assert near.shape == (300, k)
+    assert not (near == np.arange(300)[:, None]).any()
+    got = np.take_along_axis(unit @ unit.T, near, axis=1)
+    assert (np.diff(got, axis=1) <= 1e-6).all()  # most similar first
+    if max_reference >= 300:  # every case a reference: the k most similar (to float32's rounding)
+        similar = unit @ unit.T
+        np.fill_diagonal(similar, -np.inf)
+        np.testing.assert_allclose(got, -np.sort(-similar, axis=1)[:, :k], atol=1e-6)
+        assert np.isin(near[100:120], np.arange(100, 120)).all()  # a twin's nearest: its twins
+    else:  # a sample of 60 references
+        assert len(np.unique(near)) <= 60
