@@ -351,26 +351,24 @@ def _spaces(
         mixture = cold
     out = [Space("fused", fused, mixture)] if "fused" in a.spaces else []
     scan = "neighbours" in a.spaces and a.permutations > 0
+
+    def own_space(name: str, block: np.ndarray) -> tuple[np.ndarray, Callable[[int], Slicer]]:
+        """A modality's own embedding and mixture slicers: cold, or from its last refit's state."""
+        if warm is None:
+            return fuse({name: block}, n_components=dims, random_state=a.seed).embedding, cold
+        start = warm.space(name)
+        X = start.fuse({name: block}, n_components=dims, random_state=a.seed).embedding
+        return X, start.slicers(_slicer_from(settings, components), a.seed)
+
     own = {
-        name: (fuse if warm is None else warm.space(name).fuse)(
-            {name: block}, n_components=dims, random_state=a.seed
-        ).embedding
+        name: own_space(name, block)
         for name, block in blocks.items()
         if ("modalities" in a.spaces and len(blocks) > 1) or "scores" in a.spaces or scan
     }
     if "modalities" in a.spaces and len(blocks) > 1:
-        out += [
-            Space(
-                name,
-                X,
-                cold
-                if warm is None
-                else warm.space(name).slicers(_slicer_from(settings, components), a.seed),
-            )
-            for name, X in own.items()
-        ]
+        out += [Space(name, X, make) for name, (X, make) in own.items()]
     if "scores" in a.spaces:
-        out += [Space(f"{name} score", X, lambda seed: ErrorScoreSlicer()) for name, X in own.items()]
+        out += [Space(f"{name} score", X, lambda seed: ErrorScoreSlicer()) for name, (X, _) in own.items()]
     if scan:
         out += [
             Space(
@@ -379,7 +377,7 @@ def _spaces(
                 lambda seed: NeighbourScanSlicer(min_support=a.min_slice_size),
                 permutations=a.permutations,
             )
-            for name, X in own.items()
+            for name, (X, _) in own.items()
         ]
     columns = [] if space is None or space.matrix_ is None else [(space.matrix_ > 0).tocsc()]
     if "terms" in a.spaces and len(headers) == len(fused):

@@ -193,8 +193,6 @@ class WarmStart:
         self.max_drift = max_drift
         self.remember = remember
         self.current: WarmState | None = None
-        self.basis_reused = False
-        self.remembered = 0
         self.warm_folds: tuple[int, ...] = ()
         self._slicers: dict[int, Slicer] = {}
         self._fused: Fused | None = None
@@ -222,8 +220,6 @@ class WarmStart:
         )
         self._projected = None  # read: let go
         self._fused = fused
-        self.basis_reused = fused.reused
-        self.remembered = fused.remembered
         return fused
 
     def space(self, name: str) -> WarmStart:
@@ -272,10 +268,11 @@ class WarmStart:
 
     def describe(self) -> dict[str, object]:
         """What this refit reused, for its report (and each space's, by name)."""
+        fused = self._fused
         out: dict[str, object] = {
-            "basis": "reused" if self.basis_reused else "fitted",
+            "basis": "reused" if fused is not None and fused.reused else "fitted",
             "warm_folds": list(self.warm_folds),
-            "cases_remembered": self.remembered,
+            "cases_remembered": 0 if fused is None else fused.remembered,
         }
         if self._spaces:
             out["spaces"] = {name: sub.describe() for name, sub in sorted(self._spaces.items())}

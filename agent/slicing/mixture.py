@@ -77,12 +77,12 @@ def mahalanobis_sq(
 ) -> np.ndarray:
     """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
     precisions = 1.0 / variances
-    if X.dtype == np.float32:
-        quad = ((X * X if squares is None else squares) @ precisions.T.astype(np.float32)).astype(np.float64)
-        quad -= X @ (2.0 * means * precisions).T.astype(np.float32)
-    else:
-        quad = (X * X if squares is None else squares) @ precisions.T
-        quad -= X @ (2.0 * means * precisions).T  # 2 (X @ W): doubling is exact, and one pass fewer
+    # The products in X's precision (float32 stays float32), the rest in float64.
+    dtype = np.float32 if X.dtype == np.float32 else np.float64
+    quad = ((X * X if squares is None else squares) @ precisions.T.astype(dtype, copy=False)).astype(
+        np.float64, copy=False
+    )
+    quad -= X @ (2.0 * means * precisions).T.astype(dtype, copy=False)  # doubling is exact: one pass fewer
     quad += np.sum(means * means * precisions, axis=1)
     return np.maximum(quad, 0.0, out=quad)
 
@@ -98,11 +98,17 @@ def logsumexp_rows(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     return _softmax_rows(a if overwrite else a.copy())[1]
 
 
-def _softmax_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``exp(a - logsumexp)`` row-wise, computed in ``a``, and the log-sum-exp: one ``exp`` for both."""
+def _shift_rows(a: np.ndarray) -> np.ndarray:
+    """Subtract each row's maximum from ``a`` in place (0 where a row has none finite); return them."""
     top = a.max(axis=1)
     top = np.where(np.isfinite(top), top, 0.0)
     a -= top[:, None]
+    return top
+
+
+def _softmax_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(a - logsumexp)`` row-wise, computed in ``a``, and the log-sum-exp: one ``exp`` for both."""
+    top = _shift_rows(a)
     _exp_flushed_inplace(a)
     total = np.sum(a, axis=1)
     a /= total[:, None]
@@ -117,9 +123,7 @@ def _softmax_rows32(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     that matter; terms below float32's ``tiny`` are flushed (float32's ``exp`` is several times
     faster than float64's on the large negative terms that ``gamma = 10`` makes of most).
     """
-    top = a.max(axis=1)
-    top = np.where(np.isfinite(top), top, 0.0)
-    a -= top[:, None]
+    top = _shift_rows(a)
     low = a < _LOG_TINY32
     out = a.astype(np.float32)
     np.exp(out, out=out)
