@@ -41,7 +41,9 @@ ALLOWED_LABELS = {
     "family",
 }
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
-TOKENS_VALUE = re.compile(r"^[a-z]{3,32}(, [a-z]{3,32}){0,4}$")
+# Up to five tokens, each a word or a two-word phrase ("chest tube"), as safe_tokens lets through.
+_WORDS = r"[a-z]{3,32}( [a-z]{3,32})?"
+TOKENS_VALUE = re.compile(rf"^{_WORDS}(, {_WORDS}){{0,4}}$")
 
 
 def _slice(
