@@ -528,19 +528,28 @@ class ErrorAwareMixture(SlicerEstimator):
     def _memberships(
         self, X: np.ndarray, y: np.ndarray | None, *, typical: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        # One pass, a float64 slab at a time: a float32 window is not copied whole.
+        # One pass, a slab at a time (a float32 window is not copied whole); each slab's log
+        # joint is written into the output and normalised there.
         X, labels, _ = self._inputs(X, y, None, keep_float32=True)
         n = X.shape[0]
         out = np.empty((n, len(self.weights_)))
         blind = np.empty_like(out) if typical else None
+        by_label = None
+        if labels is not None and np.all((labels == 0) | (labels == 1)):
+            by_label = self.gamma * _bernoulli_log_prob(np.array([0.0, 1.0]), self.y_probs_)
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
-            joint = self._joint_log_prob(_rows(X, start), None, None)
+            joint = out[start:stop]
+            joint[...] = self._joint_log_prob(_rows(X, start), None, None)
             if blind is not None:
-                blind[start:stop] = _normalised(joint.copy())
-            if labels is not None:
+                typical_rows = blind[start:stop]
+                typical_rows[...] = joint
+                _normalised(typical_rows)
+            if by_label is not None:
+                joint += by_label[labels[start:stop].astype(np.intp)]
+            elif labels is not None:
                 joint += self.gamma * _bernoulli_log_prob(labels[start:stop], self.y_probs_)
-            out[start:stop] = _normalised(joint)
+            _normalised(joint)
         return out, blind
 
     def component_error_rates(self) -> np.ndarray:
@@ -551,13 +560,13 @@ class ErrorAwareMixture(SlicerEstimator):
 
 
 def _normalised(joint: np.ndarray) -> np.ndarray:
-    """Row-wise ``exp(joint - logsumexp(joint))``, in ``joint``.
-
-    Not a division by the sum: a saturated membership is then exactly 1, and ties among such
-    members are broken by typicality, not by rounding.
-    """
-    joint -= logsumexp_rows(joint)[:, None]
-    return _exp_flushed_inplace(joint)
+    """Row-wise ``exp(joint - logsumexp(joint))``, in ``joint``: one ``exp`` (of the rows less
+    their maximum) and a division by the row's sum. A saturated membership is exactly 1 (the
+    other terms vanish beside it), so ties among such members are broken by typicality."""
+    _shift_rows(joint)
+    _exp_flushed_inplace(joint)
+    joint /= joint.sum(axis=1, keepdims=True)
+    return joint
 
 
 def _exp_flushed(log_p: np.ndarray) -> np.ndarray:

@@ -95,8 +95,13 @@ class SliceFinding:
     found in another space (None: no such candidate)."""
 
     def ranking(self) -> np.ndarray:
-        """Member indices, most probable first (ties: most typical by embedding first)."""
-        order = np.lexsort((-self.typicality, -self.probability))
+        """Member indices, most probable first (ties: most typical by embedding first).
+
+        Probabilities are compared to 12 decimals: memberships of 1 - 1e-14 and 1 are the same
+        certainty, and which of them rounding leaves at exactly 1 depends on how the sum was
+        taken; among such members the embedding's typicality decides.
+        """
+        order = np.lexsort((-self.typicality, -np.round(self.probability, 12)))
         return order[self.members[order]]
 
 
@@ -415,10 +420,12 @@ def _choose(
 ) -> list[tuple[int, float]]:
     """Up to ``n_slices`` components ``(j, class)`` of the fitting rows, by the z of their errors."""
     chosen: list[tuple[float, int, float]] = []
+    mass = membership.sum(axis=0)
+    labelled = y @ membership  # each component's membership-weighted count of label 1, one pass
     for j in range(membership.shape[1]):
-        if membership[:, j].sum() < 1e-9:
+        if mass[j] < 1e-9:
             continue
-        cls = float(np.round(np.average(y, weights=membership[:, j])))
+        cls = float(np.round(labelled[j] / mass[j]))
         c = contrast(territory[:, j], y == cls, err)
         if c.n_in >= min_size and c.z > 0:
             chosen.append((c.z, j, cls))

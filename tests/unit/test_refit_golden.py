@@ -22,7 +22,10 @@ slice kept its members, order and names; the term slices' p-values rose 1.59-fol
 Bonferroni branch counts the rules over both classes too: 3.5e-44 to 5.6e-44 for the first),
 the scan slice's did not move. (With the term rules over both classes alone, a fifth devices
 slice had come in at p 0.048: 54 cases, 65% planted; the scans' permutations, drawn since from
-one stream per class, leave it out again.) With::
+one stream per class, leave it out again.) The window planted-6000's ranking head was written
+again when a slice's ranking came to compare memberships to 12 decimals: before, rounding in the
+normalisation left three members at exactly 1 and the rest at 1 - 2.8e-14, which decided the
+order; now typicality orders them all (members, p-values and the streams did not move). With::
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 python tests/unit/test_refit_golden.py --write
 
