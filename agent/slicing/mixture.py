@@ -54,6 +54,9 @@ _LOG_TINY32 = float(np.log(np.finfo(np.float32).tiny))
 _LOG_FAST = -700.0
 #: Cases per slab in every pass over the embedding: slab temporaries stay a few MiB.
 _SLAB_ROWS = 1024
+#: EM steps a warm :meth:`ErrorAwareMixture.fit_memberships` takes before the memberships' pass
+#: checks their convergence.
+_WARM_STEPS = 2
 
 
 def diag_gaussian_log_prob(
@@ -212,6 +215,38 @@ class MixtureParams:
         return (int(self.means.shape[0]), int(self.means.shape[1]))
 
 
+class _Check:
+    """The EM bound of a window's training rows, taken during a pass over the whole window.
+
+    Only the training rows' labels and predictions are held (the rows outside are never read);
+    ``bound`` is their mean log-normaliser once the pass is done, computed as an E-step does.
+    """
+
+    def __init__(
+        self, n: int, train: np.ndarray, y: np.ndarray, y_pred: np.ndarray, cells: np.ndarray | None
+    ) -> None:
+        self.n = len(train)
+        self.mask = np.zeros(n, dtype=bool)
+        self.mask[train] = True
+        # Positions in the training rows' arrays of the window's rows (-1 outside).
+        self.at = np.full(n, -1, dtype=np.intp)
+        self.at[train] = np.arange(len(train))
+        self.y, self.y_pred, self.cells = y, y_pred, cells
+        self.bound = -np.inf
+
+    def add(self, mixture: ErrorAwareMixture, joint: np.ndarray, start: int, stop: int, *, low_precision: bool) -> float:
+        """The sum of the slab's training rows' log-normalisers; ``joint`` is left as it is."""
+        inside = self.mask[start:stop]
+        if not inside.any():
+            return 0.0
+        at = self.at[start:stop][inside]
+        part = joint[inside]  # a copy
+        cells = None if self.cells is None else self.cells[at]
+        mixture._add_label_terms(part, self.y[at], self.y_pred[at], cells)
+        norm = (_softmax_rows32 if low_precision else _softmax_rows)(part)[1]
+        return float(norm.sum())
+
+
 class ErrorAwareMixture(SlicerEstimator):
     """Gaussian mixture over ``[embedding, label, prediction]`` with the label terms weighted by ``gamma``.
 
@@ -245,7 +280,9 @@ class ErrorAwareMixture(SlicerEstimator):
         Per-component probability that the label, and the prediction, is the target class.
     converged_, n_iter_, lower_bound_
         Whether EM converged, the iterations run, and the mean per-sample lower bound of the
-        last E-step (before the last M-step, which raises it by less than ``tol`` on convergence).
+        last E-step (before the last M-step, which raises it by less than ``tol`` on convergence;
+        a warm :meth:`fit_memberships` that converged at once stops at that E-step, with the
+        parameters the bound is of).
     lower_bounds_
         The mean lower bound after every iteration (non-decreasing up to rounding).
     warm_started_
@@ -305,6 +342,50 @@ class ErrorAwareMixture(SlicerEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray) -> ErrorAwareMixture:
         """Fit by EM. ``y`` is 0/1; ``y_pred`` is 0/1 or the probability of the target class."""
+        X, y, y_pred = self._begin(X, y, y_pred)
+        self._run_em(X, y, y_pred, _cells(y, y_pred))
+        return self
+
+    def fit_memberships(
+        self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, train: np.ndarray
+    ) -> np.ndarray:
+        """Fit on the rows ``train`` of ``X`` and give :meth:`membership` ``(X, y)`` of every row.
+
+        The predictions of the rows outside ``train`` are never read. A cold start is
+        :meth:`fit` then :meth:`memberships`. A warm start (``init_params``) takes one EM step
+        on the training rows, and the E-step that checks its convergence runs inside the
+        memberships' pass over the window, which computes the same Gaussian terms: when the
+        training rows' mean bound moved by less than ``tol``, the fit stops there, with the
+        parameters that bound was computed at (``n_iter_`` 3: three E-steps, two M-steps);
+        otherwise EM goes on as :meth:`fit` would and the memberships are computed again.
+        A window that slid by a few percent since the start was fitted moves the bound by some
+        1e-2 in the first step (its new cases re-estimate every component) and by 1e-7 in the
+        second: the pass then saves the E-step and the M-step that :meth:`fit` takes to see it.
+        """
+        train = np.asarray(train, dtype=np.intp)
+        X = as_embedding(X, keep_float32=True)
+        y = as_binary(y, len(X))
+        y_pred = np.asarray(y_pred)
+        if y_pred.shape[:1] != (len(X),):
+            raise FitError(f"expected one prediction per row of X ({len(X)}), got shape {y_pred.shape}")
+        Xt, yt, pt = self._begin(X[train], y[train], y_pred[train])
+        cells = _cells(yt, pt)
+        if not self.warm_started_:
+            self._run_em(Xt, yt, pt, cells)
+            return self.membership(X, y)
+        self.lower_bounds_ = [self._em_step(Xt, yt, pt, cells) for _ in range(_WARM_STEPS)]
+        check = _Check(len(X), train, yt, pt, cells)
+        membership = self._memberships(X, y, typical=False, check=check)[0]
+        if abs(check.bound - self.lower_bounds_[-1]) < self.tol:
+            self.lower_bounds_.append(check.bound)
+            self.n_iter_, self.converged_, self.lower_bound_ = _WARM_STEPS + 1, True, check.bound
+            return membership
+        del membership
+        self._run_em(Xt, yt, pt, cells, done=_WARM_STEPS)
+        return self.membership(X, y)
+
+    def _begin(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Check the input and set the starting parameters (``init_params`` where they fit)."""
         self._check_params()
         # float32 is kept (its products run in float32); anything else becomes float64, once.
         X, y, y_pred = self._validate(X, y, y_pred)
@@ -324,12 +405,19 @@ class ErrorAwareMixture(SlicerEstimator):
             rng = check_random_state(self.random_state)
             resp = self._initial_resp(X, y, y_pred, rng)
             self._m_step(X, y, y_pred, resp)
+        return X, y, y_pred
 
-        self.lower_bounds_: list[float] = []
+    def _run_em(
+        self, X: np.ndarray, y: np.ndarray, y_pred: np.ndarray, cells: np.ndarray | None, done: int = 0
+    ) -> None:
+        """EM steps from the current parameters until the bound moves by less than ``tol``;
+        ``done`` steps were taken already (their bounds in ``lower_bounds_``)."""
+        if not done:
+            self.lower_bounds_: list[float] = []
+        del self.lower_bounds_[done:]
         self.converged_ = False
-        previous = -np.inf
-        cells = _cells(y, y_pred)
-        for it in range(1, self.max_iter + 1):
+        previous = self.lower_bounds_[-1] if done else -np.inf
+        for it in range(done + 1, self.max_iter + 1):
             bound = self._em_step(X, y, y_pred, cells)
             self.lower_bounds_.append(bound)
             self.n_iter_ = it
@@ -344,9 +432,8 @@ class ErrorAwareMixture(SlicerEstimator):
             warnings.warn(
                 f"EM did not converge in max_iter={self.max_iter} iterations; raise max_iter or tol",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return self
 
     def _set_start(self, start: MixtureParams) -> None:
         """Take an earlier fit's parameters (in float64, variances floored at ``reg_covar``)."""
@@ -443,6 +530,12 @@ class ErrorAwareMixture(SlicerEstimator):
         """``(n, k)`` log joint; ``cells`` (from :func:`_cells`) turns the label terms into a lookup."""
         out = diag_gaussian_log_prob(X, self.means_, self.variances_, squares=squares)
         out += np.log(self.weights_)
+        return self._add_label_terms(out, y, y_pred, cells)
+
+    def _add_label_terms(
+        self, out: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None, cells: np.ndarray | None
+    ) -> np.ndarray:
+        """``out`` (the Gaussian terms and log weights) plus the label and prediction terms."""
         if cells is not None:
             out += self._cell_terms()[cells]
         elif y is not None and y_pred is not None:
@@ -526,10 +619,11 @@ class ErrorAwareMixture(SlicerEstimator):
         return both[0], both[1]
 
     def _memberships(
-        self, X: np.ndarray, y: np.ndarray | None, *, typical: bool
+        self, X: np.ndarray, y: np.ndarray | None, *, typical: bool, check: _Check | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         # One pass, a slab at a time (a float32 window is not copied whole); each slab's log
-        # joint is written into the output and normalised there.
+        # joint is written into the output and normalised there. With ``check``, the training
+        # rows' EM bound under these parameters is taken from the same Gaussian terms.
         X, labels, _ = self._inputs(X, y, None, keep_float32=True)
         n = X.shape[0]
         out = np.empty((n, len(self.weights_)))
@@ -537,10 +631,13 @@ class ErrorAwareMixture(SlicerEstimator):
         by_label = None
         if labels is not None and np.all((labels == 0) | (labels == 1)):
             by_label = self.gamma * _bernoulli_log_prob(np.array([0.0, 1.0]), self.y_probs_)
+        total = 0.0
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
             joint = out[start:stop]
             joint[...] = self._joint_log_prob(_rows(X, start), None, None)
+            if check is not None:
+                total += check.add(self, joint, start, stop, low_precision=X.dtype == np.float32)
             if blind is not None:
                 typical_rows = blind[start:stop]
                 typical_rows[...] = joint
@@ -550,6 +647,8 @@ class ErrorAwareMixture(SlicerEstimator):
             elif labels is not None:
                 joint += self.gamma * _bernoulli_log_prob(labels[start:stop], self.y_probs_)
             _normalised(joint)
+        if check is not None:
+            check.bound = total / max(check.n, 1)
         return out, blind
 
     def component_error_rates(self) -> np.ndarray:

@@ -59,7 +59,8 @@ class SliceFinding:
 
     ``members`` marks the cases in the slice's territory, ``probability`` is their
     membership given embedding and label, and ``typicality`` the membership from the
-    embedding alone (it breaks ties among saturated memberships). ``error_rate`` and
+    embedding alone (it breaks ties among saturated memberships; a mixture's is computed on
+    the members only, 0 elsewhere). ``error_rate`` and
     ``rest_error_rate`` are measured on held-out cases only, ``n_tested`` of them inside.
     ``held_out`` marks the cases of the fold that the slice was tested on (its slicer never
     saw them): what checks the slice's names.
@@ -270,6 +271,7 @@ def discover_in_spaces(
     memberships: dict[tuple[tuple[int, int], int], np.ndarray] = {}
     territories: dict[tuple[int, int], np.ndarray] = {}
     typicalities: dict[tuple[tuple[int, int], int], np.ndarray] = {}
+    by_row: set[tuple[int, int]] = set()  # slicers whose memberships are computed row by row
     n_chosen = 0
     splits = _folds(y, err, n_splits, random_state) if folds is None else _given(folds, n_splits, len(y))
     whole: list[tuple[Contrast, float, tuple[int, int], int, float]] = []
@@ -297,24 +299,26 @@ def discover_in_spaces(
                 continue
             key = (index, fold)
             slicer = space.make_slicer(random_state + fold)
+            # A mixture fits and gives the memberships with passes shared (fit_memberships); its
+            # memberships are row by row, so a kept slice's typicality is computed on its members.
+            fit_memberships = getattr(slicer, "fit_memberships", None)
             try:
-                slicer.fit(_take(X, train), y[train], y_pred[train])
+                if fit_memberships is not None:
+                    membership = fit_memberships(X, y, y_pred, train)
+                    by_row.add(key)
+                else:
+                    slicer.fit(_take(X, train), y[train], y_pred[train])
+                    membership = slicer.membership(X, y)
             except FitError:
                 continue
             fitted[key] = slicer
-            # A mixture gives the typicality (membership from the embedding alone) in the same
-            # pass; other slicers compute it later, for the folds whose slices are kept.
-            pair = getattr(slicer, "memberships", None)
-            membership, typical = pair(X, y) if pair is not None else (slicer.membership(X, y), None)
             territories[key] = _territory(membership, beta)
             chosen = _choose(
                 membership[train], territories[key][train], y[train], err[train], n_slices, min_size
             )
             n_chosen += len(chosen)
             memberships.update({(key, j): membership[:, j].copy() for j, _ in chosen})
-            if typical is not None:
-                typicalities.update({(key, j): typical[:, j].copy() for j, _ in chosen})
-            del membership, typical
+            del membership
             territory_test = territories[key][test]
             for j, cls in chosen:
                 c = contrast(territory_test[:, j], y[test] == cls, err[test])
@@ -344,7 +348,11 @@ def discover_in_spaces(
         overlaps = [(members & k.members).sum() / min(members.sum(), k.members.sum()) for k in kept]
         if overlaps and max(overlaps) > dedup_overlap:
             continue
-        if (key, j) not in typicalities:
+        if key in by_row:  # the members' typicality alone: all that ranks them
+            rows = np.flatnonzero(members)
+            typicalities[key, j] = np.zeros(len(y))
+            typicalities[key, j][rows] = fitted[key].membership(_take(matrices[key[0]], rows))[:, j]
+        elif (key, j) not in typicalities:
             typical = fitted[key].membership(matrices[key[0]])
             typicalities.update({(k, c_): typical[:, c_].copy() for k, c_ in memberships if k == key})
         whole_window = key[1] < 0

@@ -287,3 +287,69 @@ def test_slabs_change_nothing_but_rounding(monkeypatch, slab):
     np.testing.assert_allclose(
         sliced.predict_proba(X, y, y_pred), whole.predict_proba(X, y, y_pred), atol=1e-9
     )
+
+
+def _slid_windows(seed: int = 3, n: int = 4000, d: int = 16, shift: int = 200):
+    """Two windows of one stream, the second slid by ``shift`` cases, in float32, with folds."""
+    rng = np.random.default_rng(seed)
+    total = n + shift
+    X = (rng.normal(size=(total, d)) + rng.integers(0, 6, total)[:, None] * 2.5).astype(np.float32)
+    y = (rng.random(total) < 0.4).astype(float)
+    y_pred = np.where(rng.random(total) < 0.1, 1 - y, y)
+    fold = rng.integers(0, 2, total)
+    return (X[:n], y[:n], y_pred[:n], fold[:n]), (X[shift:], y[shift:], y_pred[shift:], fold[shift:])
+
+
+def _warm_pair(seed: int = 3):
+    from agent.slicing.mixture import MixtureParams
+
+    (X0, y0, p0, f0), (X1, y1, p1, f1) = _slid_windows(seed)
+    first = ErrorAwareMixture(8, random_state=0).fit(X0[f0 == 1], y0[f0 == 1], p0[f0 == 1])
+    return MixtureParams.of(first), (X1, y1, p1, np.flatnonzero(f1 == 1))
+
+
+def test_warm_fit_memberships_checks_convergence_in_the_memberships_pass():
+    start, (X, y, y_pred, train) = _warm_pair()
+    m = ErrorAwareMixture(8, random_state=0, init_params=start)
+    membership = m.fit_memberships(X, y, y_pred, train)
+    # Two EM steps, then the memberships' pass found the bound still: it stopped there.
+    assert m.warm_started_ and m.converged_ and m.n_iter_ == 3
+    assert abs(m.lower_bounds_[-1] - m.lower_bounds_[-2]) < m.tol
+    # The memberships are those of the parameters returned, and the bound is theirs.
+    np.testing.assert_array_equal(membership, m.membership(X, y))
+    bound = m.score_samples(X[train], y[train], y_pred[train]).mean()
+    assert m.lower_bound_ == pytest.approx(bound, rel=1e-6)
+    # As fit would have it, up to its one more M-step (which moves the bound by under tol).
+    fitted = ErrorAwareMixture(8, random_state=0, init_params=start).fit(X[train], y[train], y_pred[train])
+    np.testing.assert_allclose(m.means_, fitted.means_, atol=1e-3)
+    assert (membership.argmax(axis=1) == fitted.membership(X, y).argmax(axis=1)).mean() > 0.999
+
+
+def test_fit_memberships_never_reads_held_out_predictions():
+    start, (X, y, y_pred, train) = _warm_pair()
+    held_out = np.setdiff1d(np.arange(len(y)), train)
+    flipped = y_pred.copy()
+    flipped[held_out] = 1 - flipped[held_out]
+    poisoned = y_pred.copy()
+    poisoned[held_out] = np.nan
+    for init in (start, None):
+        runs = [ErrorAwareMixture(8, random_state=0, init_params=init) for _ in range(3)]
+        out = [r.fit_memberships(X, y, p, train) for r, p in zip(runs, (y_pred, flipped, poisoned), strict=True)]
+        for other, r in zip(out[1:], runs[1:], strict=True):
+            np.testing.assert_array_equal(other, out[0])
+            np.testing.assert_array_equal(r.means_, runs[0].means_)
+
+
+def test_warm_fit_memberships_goes_on_with_em_when_the_check_fails():
+    from agent.slicing.mixture import MixtureParams
+
+    start, (X, y, y_pred, train) = _warm_pair()
+    # A start far from this window's fit: two steps do not reach it.
+    poor = MixtureParams(start.weights, start.means[::-1] + 3.0, start.variances * 4, start.y_probs, start.y_pred_probs)
+    m = ErrorAwareMixture(8, random_state=0, init_params=poor)
+    membership = m.fit_memberships(X, y, y_pred, train)
+    assert m.warm_started_ and m.converged_ and m.n_iter_ > 3
+    np.testing.assert_array_equal(membership, m.membership(X, y))
+    fitted = ErrorAwareMixture(8, random_state=0, init_params=poor).fit(X[train], y[train], y_pred[train])
+    assert m.n_iter_ == fitted.n_iter_
+    np.testing.assert_allclose(m.means_, fitted.means_, rtol=1e-4, atol=1e-4)
