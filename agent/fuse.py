@@ -20,12 +20,13 @@ longer describes the window and is fitted again.
 
 Between the refits of a stream most cases stay in the window, so a fusion that is asked to
 ``remember`` keeps its cases' projections on the basis (:class:`Projected`), addressed by their
-content: each block's row is fingerprinted by its squared norm and its dot product with a fixed
-random probe (``einsum``, the same bits wherever the row sits in a slab). The next fusion
-on the same basis projects only the rows whose fingerprints it has not seen (new cases, or a
-case whose report arrived since) and reads the rest, after checking the whole fingerprint, not
-only its hash. A case is thereby never matched by its study id: content that changed under the
-same id is projected again.
+content: each block's row is fingerprinted by its dot products with two fixed random probes
+(one ``einsum`` pass, the same bits wherever the row sits in a slab; a row with a NaN or an
+infinity, a missing modality, has one fingerprint of its own). The next fusion on the same
+basis reads only the fingerprints, then learns the scale of and projects only the rows whose
+fingerprints it has not seen (new cases, or a case whose report arrived since) and reads the
+rest, after checking the whole fingerprint, not only its hash. A case is thereby never matched
+by its study id: content that changed under the same id is projected again.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ MODALITIES = ("image", "report", "metadata")
 
 #: Bytes of one slab of rows at most; bounds the memory fuse uses beside its result.
 _SLAB_BYTES = 8 * 2**20
-#: Fingerprint columns per block: the row's squared norm and its dot product with a probe.
+#: Fingerprint columns per block: the row's dot products with as many fixed random probes.
 _PRINT = 2
+#: The fingerprint of every row with a NaN or an infinity (a missing modality): no finite row's.
+_MISSING_PRINT = np.inf
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,8 @@ class Projected:
 
     ``rows`` holds each case's projection and, in its last column, its unit row's dot product
     with the basis's centre (read-only: the fused embedding is a view of it); ``prints`` each
-    case's fingerprint; ``hashes`` the fingerprints' hashes, sorted, and ``order`` the case each
-    belongs to.
+    case's fingerprint; ``missing`` which of its modalities it lacks; ``hashes`` the
+    fingerprints' hashes, sorted, and ``order`` the case each belongs to.
     """
 
     basis: Basis
@@ -111,14 +114,15 @@ class Projected:
     order: np.ndarray
     prints: np.ndarray
     rows: np.ndarray
+    missing: np.ndarray
 
     @classmethod
-    def of(cls, basis: Basis, prints: np.ndarray, rows: np.ndarray) -> Projected:
-        """Index a window's fingerprints and projected rows."""
+    def of(cls, basis: Basis, prints: np.ndarray, rows: np.ndarray, missing: np.ndarray) -> Projected:
+        """Index a window's fingerprints, projected rows and missing modalities ``(n, m)``."""
         hashes = hash_columns(prints)
         order = np.argsort(hashes, kind="stable")
         rows.flags.writeable = False
-        return cls(basis, hashes[order], order, prints, rows)
+        return cls(basis, hashes[order], order, prints, rows, missing)
 
     def find(self, prints: np.ndarray) -> np.ndarray:
         """For each fingerprint, the row that holds its projection here, or -1."""
@@ -137,7 +141,9 @@ class Projected:
     @property
     def nbytes(self) -> int:
         """Memory held between refits, in bytes."""
-        return int(self.hashes.nbytes + self.order.nbytes + self.prints.nbytes + self.rows.nbytes)
+        return int(
+            self.hashes.nbytes + self.order.nbytes + self.prints.nbytes + self.rows.nbytes + self.missing.nbytes
+        )
 
 
 class _Blocks:
@@ -145,7 +151,8 @@ class _Blocks:
 
     The first pass over them learns each row's scale to unit norm and which rows are missing
     and, with ``fingerprint``, each row's fingerprint (:class:`Projected`); later passes reuse
-    them.
+    them. :meth:`fingerprint` takes the fingerprints alone, and :meth:`learn` the scales of some
+    rows, for a fusion that reads the other rows' projections from memory.
     """
 
     def __init__(self, arrays: list[np.ndarray], slab: int, *, fingerprint: bool = False) -> None:
@@ -162,7 +169,7 @@ class _Blocks:
             self.prints = np.empty((self.n, _PRINT * len(arrays)), dtype=np.float32)
             # Fixed probes (seeded by the block's width): the same in every process and refit.
             self._probes = [
-                np.asarray(np.random.default_rng(a.shape[1]).standard_normal(a.shape[1]), dtype=np.float32)
+                np.random.default_rng(a.shape[1]).standard_normal((_PRINT, a.shape[1])).astype(np.float32)
                 for a in arrays
             ]
         self._scanned = False
@@ -176,7 +183,7 @@ class _Blocks:
                 part = out[:, self.offsets[i] : self.offsets[i + 1]]
                 source = a[start:stop]
                 if not self._scanned:
-                    self._learn_scale(i, start, source)
+                    self._learn_scale(i, slice(start, stop), source)
                 # Copy and scale in one pass; a missing row is zeroed after (0 * NaN is NaN).
                 np.multiply(source, self.scales[i][start:stop, None], out=part, casting="same_kind")
                 gone = self.missing[i][start:stop]
@@ -202,7 +209,7 @@ class _Blocks:
             acc = np.zeros((stop - start, basis.shape[1]), dtype=np.float32)
             for i, a in enumerate(self.arrays):
                 if not self._scanned:  # a reused basis: no pass before this one learnt the scales
-                    self._learn_scale(i, start, a[at])
+                    self._learn_scale(i, at, a[at])
                 part = a[at] @ basis[self.offsets[i] : self.offsets[i + 1]]
                 gone = self.missing[i][at]
                 if gone.any():
@@ -223,12 +230,48 @@ class _Blocks:
         if self._scanned:
             return
         for start in range(0, self.n, self.slab):
+            at = slice(start, min(start + self.slab, self.n))
             for i, a in enumerate(self.arrays):
-                self._learn_scale(i, start, a[start : start + self.slab])
+                self._learn_scale(i, at, a[at])
         self._scanned = True
 
-    def _learn_scale(self, i: int, start: int, source: np.ndarray) -> None:
-        """Scale to unit norm of each row of ``source`` (block ``i``), 0 for a missing row."""
+    def fingerprint(self) -> None:
+        """Every row's fingerprint, and nothing else (one pass; :meth:`learn` the rest later)."""
+        assert self.prints is not None
+        for start in range(0, self.n, self.slab):
+            at = slice(start, min(start + self.slab, self.n))
+            for i, a in enumerate(self.arrays):
+                self._print(i, at, a[at])
+
+    def learn(self, rows: np.ndarray, missing: np.ndarray) -> None:
+        """The scales and missing flags of ``rows`` from their blocks, and the other rows'
+        missing flags from ``missing`` ``(n, m)`` (their scales are not needed: not projected)."""
+        for i, gone in enumerate(self.missing):
+            gone[:] = missing[:, i]
+        for start in range(0, len(rows), self.slab):
+            at = rows[start : start + self.slab]
+            for i, a in enumerate(self.arrays):
+                self._learn_scale(i, at, a[at], fingerprint=False)
+        self._scanned = True
+
+    def _print(self, i: int, at: slice | np.ndarray, source: np.ndarray) -> None:
+        """Fingerprints of block ``i``'s rows ``at`` (``source``): the probes' dot products."""
+        assert self.prints is not None
+        columns = slice(_PRINT * i, _PRINT * (i + 1))
+        prints = np.einsum("ij,kj->ik", source, self._probes[i])  # the same bits in any slab
+        odd = ~np.isfinite(prints).all(axis=1) | (prints == 0).any(axis=1)
+        if odd.any():
+            # A row with a NaN or an infinity is a missing modality: all such rows are alike. A
+            # finite row whose products overflow or vanish is never matched (NaN is no value).
+            gone = ~np.isfinite(source[odd]).all(axis=1)
+            prints[np.flatnonzero(odd)] = np.where(gone[:, None], _MISSING_PRINT, np.nan)
+        self.prints[at, columns] = prints
+
+    def _learn_scale(
+        self, i: int, at: slice | np.ndarray, source: np.ndarray, *, fingerprint: bool = True
+    ) -> None:
+        """Scale to unit norm of each row of ``source`` (block ``i``, rows ``at``), 0 for a missing
+        row; with ``fingerprint`` (and fingerprints kept), the rows' fingerprints too."""
         squares = np.einsum("ij,ij->i", source, source)
         finite = np.isfinite(squares)
         if not finite.all():  # a NaN or infinite value, or only an overflow of the squares
@@ -238,14 +281,10 @@ class _Blocks:
             )
         norm = np.sqrt(squares.astype(np.float64))
         ok = finite & (norm > 0)
-        stop = start + len(source)
-        self.scales[i][start:stop] = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
-        self.missing[i][start:stop] = ~ok
-        if self.prints is not None:
-            prints = self.prints[start:stop, _PRINT * i : _PRINT * (i + 1)]
-            prints[:, 0] = squares
-            prints[:, 1] = np.einsum("ij,j->i", source, self._probes[i])  # the same bits in any slab
-            prints[~ok] = (-1.0, 0.0)  # a missing row (no squared norm is negative)
+        self.scales[i][at] = np.where(ok, 1.0 / np.maximum(norm, 1e-12), 0.0)
+        self.missing[i][at] = ~ok
+        if fingerprint and self.prints is not None:
+            self._print(i, at, source)
 
 
 def _covariance_pca(
@@ -314,13 +353,16 @@ def _reuse(blocks: _Blocks, basis: Basis, projected: Projected | None) -> tuple[
     both, shift = _with_centre(basis.axes, basis.centre)
     read = 0
     if projected is not None and blocks.prints is not None and projected.basis.same_as(basis):
-        blocks.scan()
+        blocks.fingerprint()
         found = projected.find(blocks.prints)
         out = np.empty((blocks.n, k + 1), dtype=np.float32)
         seen = found >= 0
         read = int(seen.sum())
         out[seen] = projected.rows[found[seen]]
         new = np.flatnonzero(~seen)
+        missing = np.zeros((blocks.n, len(blocks.arrays)), dtype=bool)
+        missing[seen] = projected.missing[found[seen]]
+        blocks.learn(new, missing)
         if len(new):
             out[new] = blocks.project(both, shift, new)
     else:
@@ -365,7 +407,7 @@ def fuse(
         content are read from it instead of projected again.
     remember
         Keep this fusion's cases on its basis (:attr:`Fused.projected`) for the next one; it
-        costs a fingerprint pass and ``4 (k + 1 + 2 m) + 16`` bytes per case (``m`` modalities).
+        costs a fingerprint pass and ``4 (k + 1 + 2 m) + m + 16`` bytes per case (``m`` modalities).
 
     Examples
     --------
@@ -439,7 +481,7 @@ def project(blocks: list[np.ndarray], center: np.ndarray, basis: np.ndarray) -> 
 
 def _remembered(basis: Basis, blocks: _Blocks, rows: np.ndarray) -> Projected:
     assert blocks.prints is not None
-    return Projected.of(basis, blocks.prints, rows)
+    return Projected.of(basis, blocks.prints, rows, np.stack(blocks.missing, axis=1))
 
 
 def _slab_rows(n: int, width: int) -> int:

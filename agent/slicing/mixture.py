@@ -187,8 +187,9 @@ class _Stats:
         self.first += centered.T @ resp
         centered *= centered
         self.second += centered.T @ resp
-        self.y += resp.T @ y
-        self.y_pred += resp.T @ y_pred
+        wide = resp.astype(np.float64, copy=False)  # once for both label sums
+        self.y += wide.T @ y
+        self.y_pred += wide.T @ y_pred
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,34 @@ class MixtureParams:
         return (int(self.means.shape[0]), int(self.means.shape[1]))
 
 
+class _Terms:
+    """The parameters as each slab's log joint uses them, derived once per pass over the window
+    rather than once per slab: the same expressions, in the same order, as
+    :func:`mahalanobis_sq`, :func:`diag_gaussian_log_prob` and the label terms compute, so the
+    numbers are those, bit for bit."""
+
+    def __init__(self, mixture: ErrorAwareMixture, dtype: np.dtype) -> None:
+        precisions = 1.0 / mixture.variances_
+        dtype = np.float32 if dtype == np.float32 else np.float64
+        self.precisions = precisions.T.astype(dtype, copy=False)
+        self.scaled_means = (2.0 * mixture.means_ * precisions).T.astype(dtype, copy=False)
+        self.centre = np.sum(mixture.means_ * mixture.means_ * precisions, axis=1)
+        self.constant = mixture.means_.shape[1] * _LOG_2PI + np.sum(np.log(mixture.variances_), axis=1)
+        self.log_weights = np.log(mixture.weights_)
+        self.cells = mixture._cell_terms()
+
+    def joint(self, rows: np.ndarray, squares: np.ndarray | None = None) -> np.ndarray:
+        """``(m, k)``: the Gaussian terms plus the log weights of a slab's rows."""
+        quad = ((rows * rows if squares is None else squares) @ self.precisions).astype(np.float64, copy=False)
+        quad -= rows @ self.scaled_means
+        quad += self.centre
+        out = np.maximum(quad, 0.0, out=quad)
+        out += self.constant
+        out *= -0.5
+        out += self.log_weights
+        return out
+
+
 class _Check:
     """The EM bound of a window's training rows, taken during a pass over the whole window.
 
@@ -234,7 +263,9 @@ class _Check:
         self.y, self.y_pred, self.cells = y, y_pred, cells
         self.bound = -np.inf
 
-    def add(self, mixture: ErrorAwareMixture, joint: np.ndarray, start: int, stop: int, *, low_precision: bool) -> float:
+    def add(
+        self, mixture: ErrorAwareMixture, terms: _Terms, joint: np.ndarray, start: int, stop: int, *, low_precision: bool
+    ) -> float:
         """The sum of the slab's training rows' log-normalisers; ``joint`` is left as it is."""
         inside = self.mask[start:stop]
         if not inside.any():
@@ -242,7 +273,7 @@ class _Check:
         at = self.at[start:stop][inside]
         part = joint[inside]  # a copy
         cells = None if self.cells is None else self.cells[at]
-        mixture._add_label_terms(part, self.y[at], self.y_pred[at], cells)
+        mixture._add_label_terms(part, self.y[at], self.y_pred[at], cells, terms)
         norm = (_softmax_rows32 if low_precision else _softmax_rows)(part)[1]
         return float(norm.sum())
 
@@ -498,12 +529,13 @@ class ErrorAwareMixture(SlicerEstimator):
         n = X.shape[0]
         stats = _Stats(X.shape[1], len(self.weights_), self._shift)
         norm = np.empty(n)
+        terms = _Terms(self, X.dtype)
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
             rows = _rows(X, start)
             squares = rows * rows
             part = None if cells is None else cells[start:stop]
-            joint = self._joint_log_prob(rows, y[start:stop], y_pred[start:stop], squares, part)
+            joint = self._add_label_terms(terms.joint(rows, squares), y[start:stop], y_pred[start:stop], part, terms)
             resp, norm[start:stop] = (_softmax_rows32 if rows.dtype == np.float32 else _softmax_rows)(joint)
             stats.add(rows, resp, y[start:stop], y_pred[start:stop])
         self._set_params(stats)
@@ -533,11 +565,16 @@ class ErrorAwareMixture(SlicerEstimator):
         return self._add_label_terms(out, y, y_pred, cells)
 
     def _add_label_terms(
-        self, out: np.ndarray, y: np.ndarray | None, y_pred: np.ndarray | None, cells: np.ndarray | None
+        self,
+        out: np.ndarray,
+        y: np.ndarray | None,
+        y_pred: np.ndarray | None,
+        cells: np.ndarray | None,
+        terms: _Terms | None = None,
     ) -> np.ndarray:
         """``out`` (the Gaussian terms and log weights) plus the label and prediction terms."""
         if cells is not None:
-            out += self._cell_terms()[cells]
+            out += (self._cell_terms() if terms is None else terms.cells)[cells]
         elif y is not None and y_pred is not None:
             terms = _bernoulli_log_prob(y, self.y_probs_)
             terms += _bernoulli_log_prob(y_pred, self.y_pred_probs_)
@@ -632,12 +669,13 @@ class ErrorAwareMixture(SlicerEstimator):
         if labels is not None and np.all((labels == 0) | (labels == 1)):
             by_label = self.gamma * _bernoulli_log_prob(np.array([0.0, 1.0]), self.y_probs_)
         total = 0.0
+        terms = _Terms(self, X.dtype)
         for start in _slabs(n):
             stop = min(start + _SLAB_ROWS, n)
             joint = out[start:stop]
-            joint[...] = self._joint_log_prob(_rows(X, start), None, None)
+            joint[...] = terms.joint(_rows(X, start))
             if check is not None:
-                total += check.add(self, joint, start, stop, low_precision=X.dtype == np.float32)
+                total += check.add(self, terms, joint, start, stop, low_precision=X.dtype == np.float32)
             if blind is not None:
                 typical_rows = blind[start:stop]
                 typical_rows[...] = joint

@@ -125,6 +125,7 @@ def _count_projected(monkeypatch) -> list[int]:
 
 def test_fuse_projects_only_the_cases_it_has_not_seen_on_the_basis(monkeypatch):
     blocks = _blocks(3000, 0)
+    blocks["image"][209] = 0.0  # a zero row (a missing image): its fingerprint is never trusted
     first = fuse(blocks, n_components=8, remember=True)
     assert first.projected is not None and first.basis is not None
     assert not first.embedding.flags.writeable  # the memory's rows: nothing may change them
@@ -140,12 +141,14 @@ def test_fuse_projects_only_the_cases_it_has_not_seen_on_the_basis(monkeypatch):
     counts = _count_projected(monkeypatch)
     warm = fuse(nxt, n_components=8, basis=first.basis, projected=first.projected, remember=True)
     assert warm.reused
-    # Read from memory: every case seen before, unchanged; projected: the new, the one whose
-    # report arrived, and the two changed images (a fingerprint is of the rows as given).
-    assert counts == [200 + 3]
+    # Read from memory: every case seen before, unchanged, those without a report included;
+    # projected: the new, the one whose report arrived, the two changed images (a fingerprint
+    # is of the rows as given) and the zero image.
+    assert counts == [200 + 3 + 1]
     plain = fuse(nxt, n_components=8, basis=first.basis)
     np.testing.assert_allclose(warm.embedding, plain.embedding, atol=1e-5)
     assert warm.explained_variance == pytest.approx(plain.explained_variance, rel=1e-5)
+    assert warm.missing == plain.missing and warm.missing["image"] == 1 and warm.missing["report"] > 300
     # A memory of another basis is not read.
     other = fuse(_blocks(3000, 2), n_components=8, remember=True)
     counts.clear()
