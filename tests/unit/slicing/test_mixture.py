@@ -262,14 +262,14 @@ def test_memberships_pair_is_two_memberships_in_one_pass():
         np.testing.assert_array_equal(blind, m.membership(X_))
 
 
-def test_exp_flush_is_a_plain_exp_with_subnormals_zeroed():
-    from agent.slicing.mixture import _LOG_FAST, _LOG_TINY, _exp_flushed_inplace
+def test_exp_flush_is_a_plain_exp_above_the_flush_and_zero_at_or_below():
+    from agent.slicing.mixture import _LOG_FLUSH, _LOG_TINY, _exp_flushed_inplace
 
-    a = np.array([[0.0, -1.0, -699.9, -700.0, -705.0, _LOG_TINY, _LOG_TINY - 1e-9, -800.0, -np.inf]])
-    expected = np.exp(a)
-    expected[expected < np.finfo(np.float64).tiny] = 0.0
+    a = np.array([[0.0, -1.0, -699.9, -700.0, -705.0, _LOG_TINY, _LOG_TINY - 1e-9, -800.0, -np.inf, np.nan]])
+    expected = np.where(a > _LOG_FLUSH, np.exp(a), 0.0)
+    expected[np.isnan(a)] = np.nan
     np.testing.assert_array_equal(_exp_flushed_inplace(a.copy()), expected)
-    assert _LOG_FAST > _LOG_TINY
+    assert _LOG_FLUSH > _LOG_TINY  # nothing subnormal comes out
 
 
 @pytest.mark.parametrize("slab", [7, 64, 1000])
