@@ -142,7 +142,11 @@ class Projected:
     def nbytes(self) -> int:
         """Memory held between refits, in bytes."""
         return int(
-            self.hashes.nbytes + self.order.nbytes + self.prints.nbytes + self.rows.nbytes + self.missing.nbytes
+            self.hashes.nbytes
+            + self.order.nbytes
+            + self.prints.nbytes
+            + self.rows.nbytes
+            + self.missing.nbytes
         )
 
 

@@ -97,8 +97,8 @@ def mahalanobis_sq(
 def logsumexp_rows(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     """``log(sum(exp(a), axis=1))`` for a 2-D array, shifted by the row maximum for stability.
 
-    Terms below ``tiny`` times the row's largest are flushed to zero before ``exp``: they
-    cannot change a sum that holds 1, and subnormal floats are tens of times slower. scipy's
+    Terms at or below exp(-700) times the row's largest are flushed to zero: they cannot
+    change a sum that holds 1, and ``exp`` near its underflow and subnormal floats are slow. scipy's
     ``logsumexp`` computes the same with more checks, at three times the cost on the
     ``(n, k)`` arrays of every E-step. ``overwrite`` lets it use ``a`` as its scratch space.
     """
@@ -241,7 +241,9 @@ class _Terms:
 
     def joint(self, rows: np.ndarray, squares: np.ndarray | None = None) -> np.ndarray:
         """``(m, k)``: the Gaussian terms plus the log weights of a slab's rows."""
-        quad = ((rows * rows if squares is None else squares) @ self.precisions).astype(np.float64, copy=False)
+        quad = ((rows * rows if squares is None else squares) @ self.precisions).astype(
+            np.float64, copy=False
+        )
         quad -= rows @ self.scaled_means
         quad += self.centre
         out = np.maximum(quad, 0.0, out=quad)
@@ -271,7 +273,14 @@ class _Check:
         self.bound = -np.inf
 
     def add(
-        self, mixture: ErrorAwareMixture, terms: _Terms, joint: np.ndarray, start: int, stop: int, *, low_precision: bool
+        self,
+        mixture: ErrorAwareMixture,
+        terms: _Terms,
+        joint: np.ndarray,
+        start: int,
+        stop: int,
+        *,
+        low_precision: bool,
     ) -> float:
         """The sum of the slab's training rows' log-normalisers; ``joint`` is left as it is."""
         inside = self.mask[start:stop]
@@ -390,15 +399,15 @@ class ErrorAwareMixture(SlicerEstimator):
         """Fit on the rows ``train`` of ``X`` and give :meth:`membership` ``(X, y)`` of every row.
 
         The predictions of the rows outside ``train`` are never read. A cold start is
-        :meth:`fit` then :meth:`memberships`. A warm start (``init_params``) takes one EM step
-        on the training rows, and the E-step that checks its convergence runs inside the
+        :meth:`fit` then :meth:`membership`. A warm start (``init_params``) takes two EM steps
+        on the training rows, and the E-step that checks their convergence runs inside the
         memberships' pass over the window, which computes the same Gaussian terms: when the
         training rows' mean bound moved by less than ``tol``, the fit stops there, with the
         parameters that bound was computed at (``n_iter_`` 3: three E-steps, two M-steps);
         otherwise EM goes on as :meth:`fit` would and the memberships are computed again.
-        A window that slid by a few percent since the start was fitted moves the bound by some
-        1e-2 in the first step (its new cases re-estimate every component) and by 1e-7 in the
-        second: the pass then saves the E-step and the M-step that :meth:`fit` takes to see it.
+        On a window that slid by a few percent since the start was fitted, the first step moves
+        the bound by some 1e-2 (the new cases re-estimate every component) and the second by
+        1e-5 to 1e-7: the pass then saves the E-step and the M-step :meth:`fit` takes to see it.
         """
         train = np.asarray(train, dtype=np.intp)
         X = as_embedding(X, keep_float32=True)
@@ -542,7 +551,9 @@ class ErrorAwareMixture(SlicerEstimator):
             rows = _rows(X, start)
             squares = rows * rows
             part = None if cells is None else cells[start:stop]
-            joint = self._add_label_terms(terms.joint(rows, squares), y[start:stop], y_pred[start:stop], part, terms)
+            joint = self._add_label_terms(
+                terms.joint(rows, squares), y[start:stop], y_pred[start:stop], part, terms
+            )
             resp, norm[start:stop] = (_softmax_rows32 if rows.dtype == np.float32 else _softmax_rows)(joint)
             stats.add(rows, resp, y[start:stop], y_pred[start:stop])
         self._set_params(stats)
@@ -577,11 +588,11 @@ class ErrorAwareMixture(SlicerEstimator):
         y: np.ndarray | None,
         y_pred: np.ndarray | None,
         cells: np.ndarray | None,
-        terms: _Terms | None = None,
+        derived: _Terms | None = None,
     ) -> np.ndarray:
         """``out`` (the Gaussian terms and log weights) plus the label and prediction terms."""
         if cells is not None:
-            out += (self._cell_terms() if terms is None else terms.cells)[cells]
+            out += (self._cell_terms() if derived is None else derived.cells)[cells]
         elif y is not None and y_pred is not None:
             terms = _bernoulli_log_prob(y, self.y_probs_)
             terms += _bernoulli_log_prob(y_pred, self.y_pred_probs_)
