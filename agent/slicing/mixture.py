@@ -231,9 +231,9 @@ class _Terms:
 
     def __init__(self, mixture: ErrorAwareMixture, dtype: np.dtype) -> None:
         precisions = 1.0 / mixture.variances_
-        dtype = np.float32 if dtype == np.float32 else np.float64
-        self.precisions = precisions.T.astype(dtype, copy=False)
-        self.scaled_means = (2.0 * mixture.means_ * precisions).T.astype(dtype, copy=False)
+        products = np.float32 if dtype == np.float32 else np.float64
+        self.precisions = precisions.T.astype(products, copy=False)
+        self.scaled_means = (2.0 * mixture.means_ * precisions).T.astype(products, copy=False)
         self.centre = np.sum(mixture.means_ * mixture.means_ * precisions, axis=1)
         self.constant = mixture.means_.shape[1] * _LOG_2PI + np.sum(np.log(mixture.variances_), axis=1)
         self.log_weights = np.log(mixture.weights_)
@@ -420,7 +420,7 @@ class ErrorAwareMixture(SlicerEstimator):
         if not self.warm_started_:
             self._run_em(Xt, yt, pt, cells)
             return self.membership(X, y)
-        self.lower_bounds_ = [self._em_step(Xt, yt, pt, cells) for _ in range(_WARM_STEPS)]
+        self.lower_bounds_: list[float] = [self._em_step(Xt, yt, pt, cells) for _ in range(_WARM_STEPS)]
         check = _Check(len(X), train, yt, pt, cells)
         membership = self._memberships(X, y, typical=False, check=check)[0]
         if abs(check.bound - self.lower_bounds_[-1]) < self.tol:
@@ -460,7 +460,7 @@ class ErrorAwareMixture(SlicerEstimator):
         """EM steps from the current parameters until the bound moves by less than ``tol``;
         ``done`` steps were taken already (their bounds in ``lower_bounds_``)."""
         if not done:
-            self.lower_bounds_: list[float] = []
+            self.lower_bounds_ = []
         del self.lower_bounds_[done:]
         self.converged_ = False
         previous = self.lower_bounds_[-1] if done else -np.inf
