@@ -262,7 +262,10 @@ class _Blocks:
         """Fingerprints of block ``i``'s rows ``at`` (``source``): the probes' dot products."""
         assert self.prints is not None
         columns = slice(_PRINT * i, _PRINT * (i + 1))
-        prints = np.einsum("ij,kj->ik", source, self._probes[i])  # the same bits in any slab
+        # The same bits in any slab; in float32 before the checks (a float64 row's products may
+        # overflow float32, and must then not pass for a missing row's).
+        with np.errstate(over="ignore", invalid="ignore"):
+            prints = np.einsum("ij,kj->ik", source, self._probes[i]).astype(np.float32, copy=False)
         odd = ~np.isfinite(prints).all(axis=1) | (prints == 0).any(axis=1)
         if odd.any():
             # A row with a NaN or an infinity is a missing modality: all such rows are alike. A

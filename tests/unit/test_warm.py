@@ -156,6 +156,28 @@ def test_fuse_projects_only_the_cases_it_has_not_seen_on_the_basis(monkeypatch):
     assert counts == [3000]
 
 
+def test_a_row_whose_fingerprint_overflows_is_never_read_as_a_missing_one(monkeypatch):
+    import agent.fuse as fuse_module
+
+    blocks = {m: b.astype(np.float64) for m, b in _blocks(400, 0).items()}
+    blocks["image"][3] = np.nan  # case 3 has no image ...
+    first = fuse(blocks, n_components=6, remember=True)
+    # ... and in the next window, the same report with an image whose probe products are both
+    # 1e39: finite in float64, infinite in float32, where a missing row's fingerprint lies.
+    p = np.random.default_rng(30).standard_normal((2, 30))  # the probes of a 30-wide block
+    assert np.array_equal(
+        p.astype(np.float32), fuse_module._Blocks([blocks["image"]], 64, fingerprint=True)._probes[0]
+    )
+    nxt = {m: b.copy() for m, b in blocks.items()}
+    nxt["image"][3] = p.T @ np.linalg.solve(p @ p.T, np.full(2, 1e39))
+    counts = _count_projected(monkeypatch)
+    warm = fuse(nxt, n_components=6, basis=first.basis, projected=first.projected, remember=True)
+    assert counts == [1]  # projected, not read from memory as the missing image
+    plain = fuse(nxt, n_components=6, basis=first.basis)
+    np.testing.assert_allclose(warm.embedding, plain.embedding, atol=1e-5)
+    assert warm.missing == plain.missing and warm.missing["image"] == 0
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_projections_stay_in_memory_and_follow_their_basis():
     blocks = _blocks(2000, 0)
