@@ -7,7 +7,8 @@ The next window shares most of its cases, so the next refit starts from them:
   refits or no longer captures the window's variance (:func:`agent.fuse.fuse`'s drift check);
 - each fold's **mixture** starts EM from the last refit's mixture of the same fold, when the basis
   is the one those parameters live in and the number of components and dimensions is unchanged;
-  otherwise it starts cold;
+  otherwise it starts cold (a warm fold checks its convergence in the pass that computes the
+  memberships: :meth:`~agent.slicing.ErrorAwareMixture.fit_memberships`);
 - each **modality's own space** keeps the same (its basis and fold mixtures) under its name;
 - the **projections** of the last window's cases on each basis (:class:`~agent.fuse.Projected`)
   are kept in memory, so that only new or changed cases are projected.
