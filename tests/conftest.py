@@ -3,6 +3,7 @@ started by ``deploy/postgres/pg-local``), one per test session, with a fresh dat
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -11,10 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_LOCAL = ROOT / "deploy" / "postgres" / "pg-local"
+
+# Property tests draw the same examples on every run (derived from each test), so the test command
+# passes or fails the same way each time; `HYPOTHESIS_PROFILE=explore` draws new ones, to hunt.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def _free_port() -> int:
