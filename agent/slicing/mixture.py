@@ -72,26 +72,41 @@ def diag_gaussian_log_prob(
     never a Python loop over samples or components. ``squares`` is ``X * X`` when the caller
     has it already.
     """
-    log_det = np.sum(np.log(variances), axis=1)
-    out = mahalanobis_sq(X, means, variances, squares=squares)
-    out += X.shape[1] * _LOG_2PI + log_det
-    out *= -0.5
-    return out
+    return _Gaussians(means, variances, X.dtype).log_prob(X, squares)
 
 
 def mahalanobis_sq(
     X: np.ndarray, means: np.ndarray, variances: np.ndarray, *, squares: np.ndarray | None = None
 ) -> np.ndarray:
     """Squared Mahalanobis distance of every row of ``X`` to every diagonal Gaussian, ``(n, k)``."""
-    precisions = 1.0 / variances
-    # The products in X's precision (float32 stays float32), the rest in float64.
-    dtype = np.float32 if X.dtype == np.float32 else np.float64
-    quad = ((X * X if squares is None else squares) @ precisions.T.astype(dtype, copy=False)).astype(
-        np.float64, copy=False
-    )
-    quad -= X @ (2.0 * means * precisions).T.astype(dtype, copy=False)  # doubling is exact: one pass fewer
-    quad += np.sum(means * means * precisions, axis=1)
-    return np.maximum(quad, 0.0, out=quad)
+    return _Gaussians(means, variances, X.dtype).mahalanobis_sq(X, squares)
+
+
+class _Gaussians:
+    """Diagonal Gaussians as the two matrix products of their log densities use them, derived
+    once: a pass over a window's slabs builds this once, not once per slab."""
+
+    def __init__(self, means: np.ndarray, variances: np.ndarray, dtype: np.dtype) -> None:
+        precisions = 1.0 / variances
+        # The products in the rows' precision (float32 stays float32), the rest in float64.
+        products = np.float32 if dtype == np.float32 else np.float64
+        self.precisions = precisions.T.astype(products, copy=False)
+        # Doubling is exact: one pass fewer per slab.
+        self.scaled_means = (2.0 * means * precisions).T.astype(products, copy=False)
+        self.centre = np.sum(means * means * precisions, axis=1)
+        self.constant = means.shape[1] * _LOG_2PI + np.sum(np.log(variances), axis=1)
+
+    def mahalanobis_sq(self, X: np.ndarray, squares: np.ndarray | None = None) -> np.ndarray:
+        quad = ((X * X if squares is None else squares) @ self.precisions).astype(np.float64, copy=False)
+        quad -= X @ self.scaled_means
+        quad += self.centre
+        return np.maximum(quad, 0.0, out=quad)
+
+    def log_prob(self, X: np.ndarray, squares: np.ndarray | None = None) -> np.ndarray:
+        out = self.mahalanobis_sq(X, squares)
+        out += self.constant
+        out *= -0.5
+        return out
 
 
 def logsumexp_rows(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
@@ -224,31 +239,17 @@ class MixtureParams:
 
 
 class _Terms:
-    """The parameters as each slab's log joint uses them, derived once per pass over the window
-    rather than once per slab: the same expressions, in the same order, as
-    :func:`mahalanobis_sq`, :func:`diag_gaussian_log_prob` and the label terms compute, so the
-    numbers are those, bit for bit."""
+    """A mixture's parameters as a log joint uses them, derived once per pass over the window
+    rather than once per slab: its Gaussians, log weights and label cells."""
 
     def __init__(self, mixture: ErrorAwareMixture, dtype: np.dtype) -> None:
-        precisions = 1.0 / mixture.variances_
-        products = np.float32 if dtype == np.float32 else np.float64
-        self.precisions = precisions.T.astype(products, copy=False)
-        self.scaled_means = (2.0 * mixture.means_ * precisions).T.astype(products, copy=False)
-        self.centre = np.sum(mixture.means_ * mixture.means_ * precisions, axis=1)
-        self.constant = mixture.means_.shape[1] * _LOG_2PI + np.sum(np.log(mixture.variances_), axis=1)
+        self.gaussians = _Gaussians(mixture.means_, mixture.variances_, dtype)
         self.log_weights = np.log(mixture.weights_)
         self.cells = mixture._cell_terms()
 
     def joint(self, rows: np.ndarray, squares: np.ndarray | None = None) -> np.ndarray:
         """``(m, k)``: the Gaussian terms plus the log weights of a slab's rows."""
-        quad = ((rows * rows if squares is None else squares) @ self.precisions).astype(
-            np.float64, copy=False
-        )
-        quad -= rows @ self.scaled_means
-        quad += self.centre
-        out = np.maximum(quad, 0.0, out=quad)
-        out += self.constant
-        out *= -0.5
+        out = self.gaussians.log_prob(rows, squares)
         out += self.log_weights
         return out
 
@@ -264,8 +265,6 @@ class _Check:
         self, n: int, train: np.ndarray, y: np.ndarray, y_pred: np.ndarray, cells: np.ndarray | None
     ) -> None:
         self.n = len(train)
-        self.mask = np.zeros(n, dtype=bool)
-        self.mask[train] = True
         # Positions in the training rows' arrays of the window's rows (-1 outside).
         self.at = np.full(n, -1, dtype=np.intp)
         self.at[train] = np.arange(len(train))
@@ -283,7 +282,7 @@ class _Check:
         low_precision: bool,
     ) -> float:
         """The sum of the slab's training rows' log-normalisers; ``joint`` is left as it is."""
-        inside = self.mask[start:stop]
+        inside = self.at[start:stop] >= 0
         if not inside.any():
             return 0.0
         at = self.at[start:stop][inside]
@@ -419,17 +418,17 @@ class ErrorAwareMixture(SlicerEstimator):
         cells = _cells(yt, pt)
         if not self.warm_started_:
             self._run_em(Xt, yt, pt, cells)
-            return self.membership(X, y)
+            return self._memberships(X, y)
         self.lower_bounds_: list[float] = [self._em_step(Xt, yt, pt, cells) for _ in range(_WARM_STEPS)]
         check = _Check(len(X), train, yt, pt, cells)
-        membership = self._memberships(X, y, typical=False, check=check)[0]
+        membership = self._memberships(X, y, check)
         if abs(check.bound - self.lower_bounds_[-1]) < self.tol:
             self.lower_bounds_.append(check.bound)
             self.n_iter_, self.converged_, self.lower_bound_ = _WARM_STEPS + 1, True, check.bound
             return membership
         del membership
         self._run_em(Xt, yt, pt, cells, done=_WARM_STEPS)
-        return self.membership(X, y)
+        return self._memberships(X, y)
 
     def _begin(self, X: Any, y: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Check the input and set the starting parameters (``init_params`` where they fit)."""
@@ -578,9 +577,8 @@ class ErrorAwareMixture(SlicerEstimator):
         cells: np.ndarray | None = None,
     ) -> np.ndarray:
         """``(n, k)`` log joint; ``cells`` (from :func:`_cells`) turns the label terms into a lookup."""
-        out = diag_gaussian_log_prob(X, self.means_, self.variances_, squares=squares)
-        out += np.log(self.weights_)
-        return self._add_label_terms(out, y, y_pred, cells)
+        terms = _Terms(self, X.dtype)
+        return self._add_label_terms(terms.joint(X, squares), y, y_pred, cells, terms)
 
     def _add_label_terms(
         self,
@@ -664,25 +662,18 @@ class ErrorAwareMixture(SlicerEstimator):
         This is the membership used to test a slice on samples the fit did not see: neither
         a held-out sample's prediction nor its error can pull it into a high-error component.
         """
-        return self._memberships(X, y, typical=False)[0]
-
-    def memberships(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``membership(X, y)`` and ``membership(X)`` (the typicality) from one pass over ``X``:
-        the Gaussian terms, most of the work, are shared; the numbers are those of two calls."""
-        both = self._memberships(X, y, typical=True)
-        assert both[1] is not None
-        return both[0], both[1]
+        X, labels, _ = self._inputs(X, y, None, keep_float32=True)
+        return self._memberships(X, labels)
 
     def _memberships(
-        self, X: np.ndarray, y: np.ndarray | None, *, typical: bool, check: _Check | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        # One pass, a slab at a time (a float32 window is not copied whole); each slab's log
-        # joint is written into the output and normalised there. With ``check``, the training
-        # rows' EM bound under these parameters is taken from the same Gaussian terms.
-        X, labels, _ = self._inputs(X, y, None, keep_float32=True)
+        self, X: np.ndarray, labels: np.ndarray | None, check: _Check | None = None
+    ) -> np.ndarray:
+        """:meth:`membership` of checked inputs, in one pass, a slab at a time (a float32 window
+        is not copied whole); each slab's log joint is written into the output and normalised
+        there. With ``check``, the training rows' EM bound under these parameters is taken from
+        the same Gaussian terms."""
         n = X.shape[0]
         out = np.empty((n, len(self.weights_)))
-        blind = np.empty_like(out) if typical else None
         by_label = None
         if labels is not None and np.all((labels == 0) | (labels == 1)):
             by_label = self.gamma * _bernoulli_log_prob(np.array([0.0, 1.0]), self.y_probs_)
@@ -694,18 +685,16 @@ class ErrorAwareMixture(SlicerEstimator):
             joint[...] = terms.joint(_rows(X, start))
             if check is not None:
                 total += check.add(self, terms, joint, start, stop, low_precision=X.dtype == np.float32)
-            if blind is not None:
-                typical_rows = blind[start:stop]
-                typical_rows[...] = joint
-                _normalised(typical_rows)
-            if by_label is not None:
-                joint += by_label[labels[start:stop].astype(np.intp)]
-            elif labels is not None:
-                joint += self.gamma * _bernoulli_log_prob(labels[start:stop], self.y_probs_)
+            if labels is not None:
+                part = labels[start:stop]
+                if by_label is not None:  # hard labels: a lookup, the same numbers
+                    joint += by_label[part.astype(np.intp)]
+                else:
+                    joint += self.gamma * _bernoulli_log_prob(part, self.y_probs_)
             _normalised(joint)
         if check is not None:
             check.bound = total / max(check.n, 1)
-        return out, blind
+        return out
 
     def component_error_rates(self) -> np.ndarray:
         """Expected error rate of each component, ``P(y != ŷ | j)`` under independence within it."""
