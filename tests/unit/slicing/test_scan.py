@@ -316,3 +316,25 @@ def test_nearest_cases_are_the_most_similar_and_never_the_case_itself(max_refere
         assert np.isin(near[100:120], np.arange(100, 120)).all()  # a twin's nearest: its twins
     else:  # a sample of 60 references
         assert len(np.unique(near)) <= 60
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_top_k_is_each_rows_k_largest_largest_first_ties_by_column(seed):
+    """The floor-and-sort selection against the definition: a lexicographic sort of every row by
+    value (largest first), then column. Blocks with many ties, signed zeros, and one row's own
+    similarity at -inf (as the scan writes it), at probes below, at and above the columns."""
+    from agent.slicing.scan import _top_k
+
+    rng = np.random.default_rng(seed)
+    rows, columns = int(rng.integers(1, 70)), int(rng.integers(2, 2500))
+    if seed % 3 == 0:
+        block = rng.integers(-3, 4, size=(rows, columns)).astype(np.float32)
+        block[:, ::5] *= -0.0  # -0.0 beside +0.0: equal values, ordered by column
+    else:
+        block = rng.normal(size=(rows, columns)).astype(np.float32)
+    if seed % 2 == 0:
+        block[np.arange(rows), rng.integers(0, columns, rows)] = -np.inf
+    k = int(rng.integers(1, min(columns - 1, 40) + 1))
+    probe = int(rng.choice([1, k, 64, 1024, columns + 7]))
+    expected = np.stack([np.lexsort((np.arange(columns), -row))[:k] for row in block])
+    np.testing.assert_array_equal(_top_k(block, k, probe=probe), expected)
