@@ -572,7 +572,10 @@ def age_band(age: str | int | float | None) -> str | None:
         return None
     years: float
     if isinstance(age, int | float):
-        years = float(age)
+        try:
+            years = float(age)
+        except OverflowError:  # an integer beyond float's range: no age
+            return None
     elif isinstance(age, str):
         match = _AGE.match(age)
         if match is None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder
 
@@ -348,12 +350,39 @@ def test_age_bands(age, band):
     assert age_band(age) == band
 
 
-@pytest.mark.parametrize("age", [None, "", "Y", "65X", "-5Y", "abc", "1000Y", -1, 131, float("nan"), True])
+@pytest.mark.parametrize(
+    "age",
+    [
+        *(None, "", "Y", "65X", "-5Y", "abc", "1000Y", -1, 131, float("nan"), True),
+        pytest.param(10**400, id="int-beyond-float"),
+        pytest.param(-(10**400), id="negative-beyond-float"),
+    ],
+)
 def test_invalid_ages_have_no_band(age):
     assert age_band(age) is None
 
 
 # ------------------------------------------------------------------------------ metadata_sentence
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**1000), max_value=10**1000)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=60),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from([*SAFE_TAGS, "patient age", "view_position"]), _JSON, max_size=8))
+def test_any_json_values_of_the_safe_tags_give_a_sentence_without_digits(meta):
+    """An event's metadata is written by whoever sends it: every value JSON can hold (integers
+    beyond float's range, NaN, nested lists and objects) gives a sentence, never an error."""
+    sentence = metadata_sentence(meta)
+    assert isinstance(sentence, str) and sentence and not re.search(r"\d", sentence)
 
 
 EXAMPLE = {
