@@ -70,10 +70,8 @@ _GAP = re.compile(r"[ \t]*[\^]?[ \t]*")
 _LONE_WORD = r"[^\W\d_](?:[^\W\d_]|['’.\-])*"
 _LINE = re.compile(rf"^[ \t]*((?:{_LONE_WORD}[ \t]+){{0,2}}{_LONE_WORD})[ \t]*[,.]?[ \t]*$", _FLAGS)
 _TAIL_LINES = 3
-_BODY_LINE = re.compile(r"[.!?]\s*$|(?:\S+\s+){3}\S")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-_WITH_DIGIT = re.compile(r"\S*\d\S*")
-_SENTENCE_START = re.compile(r"(?:^|[.!?:;])[^\w]*$")
+_WITH_DIGIT = re.compile(r"(?<!\S)\S*\d\S*")  # from a run's start only: linear (see scrub)
 _HEADER_GAP = re.compile(r"[ \t]*[\^,]?[ \t]*")
 
 #: Small words that end a name: English, Spanish, German and French connectors and articles.
@@ -87,6 +85,8 @@ CONNECTORS = frozenset(
 #: Particles allowed inside a name when another name word follows (``van der Berg``, ``de la Cruz``).
 _PARTICLES = frozenset(re.findall(r"\w+", "da de del der di dos du la le van von"))
 _MAX_WORDS = 3
+#: Title words skipped before a name ("Prof. Dr. med."); "Dr. Dr. Dr. ..." does not walk a text.
+_MAX_TITLES = 3
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,27 @@ def _case_is_silent(line: str) -> bool:
     if not letters or sum(c.isupper() for c in letters) > 0.6 * len(letters):
         return True
     line = _TITLE.sub(lambda m: m.group().rstrip("."), line)  # "Prof. Haddad": no sentence starts
-    return not any(
-        m.group()[0].isupper() and not _SENTENCE_START.search(line[: m.start()]) for m in _WORD.finditer(line)
-    )
+    last = 0
+    for m in _WORD.finditer(line):
+        if m.group()[0].isupper() and not _starts_sentence(line[last : m.start()], first=last == 0):
+            return False
+        last = m.end()
+    return True
+
+
+def _starts_sentence(gap: str, *, first: bool) -> bool:
+    """Whether a word after ``gap`` (the characters since the last word, or since the line's
+    start when ``first``) starts a sentence: the non-word characters that end the gap reach
+    the line's start or hold one of ``.!?:;``. Only the gap is read, so a line is read once."""
+    i = len(gap)
+    while i and not (gap[i - 1].isalnum() or gap[i - 1] == "_"):
+        i -= 1
+    return (first and i == 0) or any(c in ".!?:;" for c in gap[i:])
+
+
+def _is_body_line(line: str) -> bool:
+    """A line of the report's body: it ends a sentence, or holds four words or more."""
+    return line.rstrip()[-1:] in (".", "!", "?") or len(line.split(maxsplit=3)) > 3
 
 
 def _is_name_word(word: str, any_case: bool) -> bool:
@@ -122,7 +140,7 @@ def _forward(
 ) -> tuple[int, int]:
     """Start and end of the run of name words from ``pos`` (empty at ``pos`` when there is none)."""
     start = end = pos
-    count = particles = 0
+    count = particles = titles = 0
     i = pos
     while count < max_words:
         gap = gap_re.match(text, i)
@@ -135,7 +153,8 @@ def _forward(
             particles += 1  # kept only if a name word follows
             i = m.end()
             continue
-        if not count and _TITLE_WORD.fullmatch(word):  # "discussed with Dr Jones"
+        if not count and titles < _MAX_TITLES and _TITLE_WORD.fullmatch(word):  # "discussed with Dr Jones"
+            titles += 1
             i = m.end()
             continue
         if not _is_name_word(word, any_case):
@@ -219,7 +238,7 @@ def name_spans(text: str) -> list[NameSpan]:
     for line in text.split("\n"):
         if line.strip() and body:
             lines.append((pos, line))
-        body = body or bool(_BODY_LINE.search(line))
+        body = body or _is_body_line(line)
         pos += len(line) + 1
     for pos, line in lines[-_TAIL_LINES:]:
         lone = _LINE.match(line)

@@ -38,12 +38,15 @@ _ID_KEYS = (
     r"location|facility|hospital|institution|ward|room|bed|time|exam\s+date|study\s+date"
 )
 _HEADER = re.compile(rf"^[ \t]*(?:{_ID_KEYS})[^:\n]{{0,40}}:[^\n]*$", re.IGNORECASE | re.MULTILINE)
-_EMAIL = re.compile(r"\S+@\S+")
+# Both are tried at the start of a run of non-spaces only ("(?<!\S)"): a match that starts inside
+# a run also matches from its start, and tried at every position a long run without "@" or a
+# digit costs time quadratic in its length (20,000 letters: seconds).
+_EMAIL = re.compile(r"(?<!\S)\S+@\S+")
 _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
 _TITLE = re.compile(
     r"(?<![\w.])(?:dr|dra|drs|prof|profa|mr|mrs|ms|mx|mme|mlle|sr|sra|srta)\b\.?", re.IGNORECASE
 )
-_WITH_DIGIT = re.compile(r"\S*\d\S*")
+_WITH_DIGIT = re.compile(r"(?<!\S)\S*\d\S*")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLACEHOLDER = re.compile(r"^x{2,}$", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?:;\n]\s*$")
@@ -89,8 +92,11 @@ def scrub(text: str) -> str:
     text = _EMAIL.sub(" ", text)
     text = _URL.sub(" ", text)
     text = _WITH_DIGIT.sub("", text)
-    for span in reversed(name_spans(text)):
-        text = text[: span.start] + text[span.end :]
+    kept, last = [], 0
+    for span in name_spans(text):  # in order, merged: no two overlap
+        kept.append(text[last : span.start])
+        last = span.end
+    text = "".join(kept) + text[last:]
     text = _TITLE.sub("", text)
     return text.strip()
 
@@ -100,7 +106,8 @@ def _words_with_position(text: str) -> Iterable[tuple[str, bool]]:
     start = 0
     for match in _WORD.finditer(text):
         before = text[start : match.start()]
-        at_start = (start == 0 and not before.strip()) or bool(_SENTENCE_END.search(text[: match.start()]))
+        # Only the characters since the last word can hold the sentence's end: a line is read once.
+        at_start = (start == 0 and not before.strip()) or bool(_SENTENCE_END.search(before))
         yield match.group(), at_start
         start = match.end()
 
