@@ -206,7 +206,9 @@ class StreamSettings(BaseModel):
         default_factory=dict, description="per model, its known classes; default: those it predicts"
     )
     max_future_seconds: float = Field(
-        7 * 24 * 3600, ge=0, description="events further ahead of the clock do not move event time"
+        7 * 24 * 3600,
+        ge=0,
+        description="events further ahead of the clock are dead-lettered (future_event), not applied",
     )
     batch_size: int = Field(100, ge=1, description="messages applied to the store per transaction")
     batch_seconds: float = Field(1.0, gt=0, description="longest wait to fill a batch")

@@ -55,6 +55,7 @@ REASONS = (
     "conflicting_inference",
     "late_label",
     "late_report",
+    "future_event",
     "unprocessable",
     "malformed_hl7",
     "malformed_fhir",

@@ -10,7 +10,9 @@ Rules (the same for ``slice-agent audit``, a replay and every worker of a group)
   inference and label watermarks, and reports against the lower of the inference and report ones, so
   a topic that runs ahead (catching up after downtime, a backlog replayed) never expires what the
   other topic has not delivered yet. A type never seen holds its dependants back: with no label seen
-  at all, nothing expires.
+  at all, nothing expires. An event dated more than ``max_future_seconds`` ahead of the store's
+  clock is a ``future_event``, dead-lettered and not applied: the window's age is measured from
+  its newest sample, and one sample dated years ahead would push every real one out.
 - A label joins every waiting inference of its study (of its ``model`` only, when it names one), or
   waits itself for an inference yet to come. A label never used by the time it expires is an
   ``orphan_label`` (no inference of its study was ever seen), a ``late_label`` (its inference had
@@ -237,7 +239,8 @@ class JoinMixin(Database):
         indices of the inputs applied for the first time (the first of a repeated id only)."""
         first: dict[str, int] = {}
         for index, item in enumerate(items):
-            if item.event is not None:
+            # An event from the future is dead-lettered, never seen: its row would never be pruned.
+            if item.event is not None and not self._from_the_future(_epoch(item.event.timestamp)):
                 first.setdefault(item.event.event_id, index)
         new: set[str] = set()
         order = list(first.items())
@@ -273,6 +276,11 @@ class JoinMixin(Database):
         ts = _epoch(event.timestamp)
         if not math.isfinite(ts):
             raise ValueError("event time is not a finite number")
+        if self._from_the_future(ts):
+            ahead = self.policy.max_future_seconds
+            message = f"event time {event.timestamp.isoformat()} is more than {ahead:g} s ahead of the clock"
+            self._dead_letter(conn, batch, item.source, "future_event", message, withheld(event))
+            return
         new = fresh
         if new is None:
             new = bool(
@@ -296,10 +304,14 @@ class JoinMixin(Database):
             self._on_label(conn, item, event, ts, batch)
         elif isinstance(event, ReportEvent):
             self._on_report(conn, item, event, ts, batch)
-        if ts <= self._clock() + self.policy.max_future_seconds:
-            batch.watermarks[event.type] = max(batch.watermarks.get(event.type, ts), ts)
-        else:
-            log.debug("event time %s is too far ahead of the clock to move the watermark", event.timestamp)
+        batch.watermarks[event.type] = max(batch.watermarks.get(event.type, ts), ts)
+
+    def _from_the_future(self, ts: float) -> bool:
+        """Whether an event time is further ahead of the clock than ``max_future_seconds``. Such an
+        event is dead-lettered, not applied: a sample dated years ahead would age every real one
+        out of its model's window (the window's age is measured from its newest sample), and
+        would itself never expire."""
+        return ts > self._clock() + self.policy.max_future_seconds
 
     def _duplicate(self, conn: Connection, item: Incoming, event: Event, batch: _Batch) -> None:
         """The same event again from another place: counted and dead-lettered, nothing applied."""

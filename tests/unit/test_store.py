@@ -137,9 +137,29 @@ def test_far_future_event_does_not_expire_what_waits(make_store):
     store = make_store(policy, clock=lambda: T0.timestamp())
     feed = Feed(store)
     feed(inf("i1", "s1"))
-    feed(inf("i2", "s2", hours=24 * 365 * 50))  # fifty years ahead of the clock
+    ahead = feed(inf("i2", "s2", hours=24 * 365 * 50))  # fifty years ahead of the clock
+    assert ahead.dead_lettered == {"future_event": 1}
     assert "expired_unlabeled:ptx" not in store.counts()
     assert feed(lab("l1", "s1")).joined
+
+
+def test_a_sample_dated_years_ahead_does_not_empty_the_window(make_store):
+    """The window's age runs from its newest sample: one pair dated 9999 would have pushed every
+    real sample out (50 -> 1), and stayed for good. It is dead-lettered, twice delivered or not,
+    and nothing of it is kept, not even its event id."""
+    policy = StorePolicy(label_delay_seconds=DAY, window_max_age_seconds=90 * DAY, max_future_seconds=3600)
+    store = make_store(policy, clock=lambda: T0.timestamp() + 3600)
+    feed = Feed(store)
+    for i in range(50):
+        feed(inf(f"i{i}", f"s{i}"), lab(f"l{i}", f"s{i}", hours=1))
+    assert len(store.window("ptx")) == 50
+    far = {"timestamp": "9999-12-31T00:00:00Z"}
+    r = feed(inf("x1", "s99", **far), lab("x2", "s99", **far))
+    assert r.dead_lettered == {"future_event": 2} and not r.joined
+    assert len(store.window("ptx")) == 50
+    assert store.dead_letter_counts() == {"future_event": 2}
+    again = feed(inf("x1", "s99", **far))  # the same id again: dead-lettered, not a duplicate
+    assert again.duplicates == 0 and store.sizes()["seen"] == 100
 
 
 def test_window_keeps_the_newest_by_count_and_age(make_store):
