@@ -27,6 +27,7 @@ from agent.embed.base import Embedder
 from agent.errors import AgentError, FitError, ImageRefusedError
 from agent.events import ClassLabel
 from agent.explain import TokenSpace, r_attr, scrub, separation, tokens
+from agent.exporter import shown
 from agent.findings import group_slices
 from agent.fuse import MODALITIES, Fused, fuse
 from agent.metrics import error_precision_at_k
@@ -112,12 +113,24 @@ def available_modalities(samples: Sequence[Sample]) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if has[m])
 
 
-def default_target_class(samples: Sequence[Sample]) -> ClassLabel:
-    """The least frequent confirmed label: in screening, the finding is the rare class."""
+def default_target_class(samples: Sequence[Sample], *, min_count: int = 1) -> ClassLabel:
+    """The least frequent confirmed label among those with ``min_count`` samples or more (among
+    all, when none has as many): in screening, the finding is the rare class.
+
+    The floor keeps a stray class out: one inference and its label carrying a class written by
+    a broken or hostile upstream (an identifier in the class field) would otherwise be the rarest,
+    and the audit of the real finding would silently turn into an audit of that one case.
+
+    >>> from types import SimpleNamespace as S
+    >>> window = [S(label="normal")] * 90 + [S(label="ptx")] * 12 + [S(label="MRN0012345")]
+    >>> default_target_class(window), default_target_class(window, min_count=10)
+    ('MRN0012345', 'ptx')
+    """
     counts = Counter(s.label for s in samples)
     if not counts:
         raise FitError("no labeled samples: nothing to audit")
-    return min(counts, key=lambda c: (counts[c], str(c)))
+    enough = [c for c in counts if counts[c] >= min_count] or list(counts)
+    return min(enough, key=lambda c: (counts[c], str(c)))
 
 
 def _batched(
@@ -504,7 +517,10 @@ def run_audit(
     if len(models) != 1:
         raise FitError(f"expected samples of one model, got {sorted(models)}")
     model = next(iter(models))
-    target = default_target_class(samples) if target_class is None else target_class
+    if target_class is None:
+        target = default_target_class(samples, min_count=settings.audit.min_slice_size)
+    else:
+        target = target_class
     chosen = tuple(modalities or settings.modalities or available_modalities(samples))
     if not chosen:
         raise FitError("the stream carries no image, report or metadata to embed")
@@ -521,9 +537,9 @@ def run_audit(
     y_pred = np.array([s.prediction == target for s in samples], dtype=np.float64)
     err = y != y_pred
     log.info(
-        "auditing %s target=%r on %d cases (%d errors) with %s",
-        model,
-        target,
+        "auditing %s target=%s on %d cases (%d errors) with %s",
+        shown(model),
+        shown(target),
         len(samples),
         int(err.sum()),
         "+".join(chosen),
@@ -683,7 +699,7 @@ def audit_embedded(
         on_fit(FitView(samples, target, emb.blocks, fused, tuple(slices), tuple(findings)))
     log.info(
         "audit of %s done: %d significant slice(s) in %d finding(s)",
-        model,
+        shown(model),
         len(slices),
         len(report.findings),
     )

@@ -200,7 +200,9 @@ class StreamSettings(BaseModel):
     refit_every_seconds: float = Field(600.0, gt=0)
     emerging_refits: int = Field(3, ge=1, description="consecutive significant refits before 'emerging'")
     target_classes: dict[str, list[str | int]] = Field(
-        default_factory=dict, description="per model, the classes to audit; default: the least frequent"
+        default_factory=dict,
+        description="per model, the classes to audit; default: the least frequent of those with"
+        " audit.min_slice_size labeled samples or more",
     )
     classes: dict[str, list[str | int]] = Field(
         default_factory=dict, description="per model, its known classes; default: those it predicts"

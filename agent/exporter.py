@@ -31,6 +31,7 @@ short lower-case alphabetic words before they are exported.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -81,6 +82,7 @@ __all__ = [
     "WarningCollector",
     "safe_label_value",
     "safe_tokens",
+    "shown",
 ]
 
 log = logging.getLogger(__name__)
@@ -593,6 +595,20 @@ def safe_label_value(value: object) -> str | None:
     """
     text = str(value)
     return text if _LABEL_VALUE.match(text) else None
+
+
+def shown(value: object) -> str:
+    """``value`` (a model name or class label, written by whoever sends events) as a log line may
+    show it: itself when it is a safe label value (:func:`safe_label_value`), else a digest
+    that tells names apart without showing them.
+
+    >>> shown("pneumothorax"), shown(1), shown("DOE^JANE MRN0012345")
+    ('pneumothorax', '1', 'withheld-19532fa6')
+    """
+    safe = safe_label_value(value)
+    if safe is not None:
+        return safe
+    return "withheld-" + hashlib.sha256(str(value).encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def safe_tokens(words: Iterable[str], limit: int = _TOP_TOKENS) -> tuple[str, ...]:

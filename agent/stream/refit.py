@@ -26,6 +26,7 @@ from agent.config import Settings
 from agent.embed.base import Embedder
 from agent.errors import AgentError
 from agent.events import ClassLabel
+from agent.exporter import shown
 from agent.images import ImageAccess
 from agent.paths import open_private, safe_component
 from agent.report import SliceReport
@@ -119,7 +120,7 @@ class Refitter:
         configured = self.settings.stream.target_classes.get(model)
         if configured:
             return list(configured)
-        return [default_target_class(samples)]
+        return [default_target_class(samples, min_count=self.settings.audit.min_slice_size)]
 
     def refit(
         self, model: str, *, trigger: str = "schedule", lease: Lease | None = None
@@ -136,7 +137,7 @@ class Refitter:
         if len(samples) < s.refit_min_samples:
             log.info(
                 "refit of %s skipped: window of %d < refit_min_samples=%d",
-                model,
+                shown(model),
                 len(samples),
                 s.refit_min_samples,
             )
@@ -147,9 +148,9 @@ class Refitter:
                     if outcome is not None:
                         outcomes.append(outcome)
                 except AgentError as err:
-                    log.warning("refit of %s target=%r failed: %s", model, target, err)
+                    log.warning("refit of %s target=%s failed: %s", shown(model), shown(target), err)
                 except Exception:  # a numerical failure must not stop the schedule or the stream
-                    log.exception("refit of %s target=%r failed", model, target)
+                    log.exception("refit of %s target=%s failed", shown(model), shown(target))
         self.store.mark_refit(model, labels_total, self.clock())
         return outcomes
 
@@ -218,7 +219,10 @@ class Refitter:
             model, target, number, document, tracker.to_state(), lease=held, warm_state=saved
         ):
             log.warning(
-                "refit %d of %s target=%r dropped: its lease passed to another worker", number, model, target
+                "refit %d of %s target=%s dropped: its lease passed to another worker",
+                number,
+                shown(model),
+                shown(target),
             )
             return None
         if warm is not None and warm.current is not None and warm.current.projected is not None:
@@ -229,19 +233,19 @@ class Refitter:
         path = folder / f"refit-{number:06d}.json"
         _write_atomic(path, json.dumps(document, indent=2) + "\n")
         log.info(
-            "refit %d of %s target=%r on %d samples: %d slice(s), %d emerging (%.1f s)",
+            "refit %d of %s target=%s on %d samples: %d slice(s), %d emerging (%.1f s)",
             number,
-            model,
-            target,
+            shown(model),
+            shown(target),
             len(samples),
             len(report.slices),
             sum(t.status == "emerging" for t in tracker.tracks),
             seconds,
         )
         for tid in tracker.emerged:
-            log.info("slice %s of %s target=%r is emerging", tid, model, target)
+            log.info("slice %s of %s target=%s is emerging", tid, shown(model), shown(target))
         for tid in tracker.resolved:
-            log.info("slice %s of %s target=%r is resolved", tid, model, target)
+            log.info("slice %s of %s target=%s is resolved", tid, shown(model), shown(target))
         return RefitOutcome(
             model, target, number, tracked, document, path, tracker.emerged, tracker.resolved, seconds
         )

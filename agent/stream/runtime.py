@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Settings, StreamSettings
+from agent.exporter import shown
 from agent.store import DeadLetter
 from agent.stream.continuity import Continuity, LogProbe, Reset, batch_marks, rewinds
 from agent.stream.ingest import Message
@@ -281,7 +282,7 @@ def build_app(settings: Settings, sidecar: Sidecar, probe: LogProbe | None = Non
             try:
                 await loop.run_in_executor(pool, sidecar.refit, model)
             except Exception:
-                log.exception("refit of %s failed", model)
+                log.exception("refit of %s failed", shown(model))
 
     async def consumer_lag() -> dict[str, int]:
         """Messages behind the partitions' high watermarks, by event type. The broker's high

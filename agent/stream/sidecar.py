@@ -24,6 +24,7 @@ from agent.config import Settings
 from agent.drift import DriftMonitor, EmbeddingDrift
 from agent.drift.weekly import EmbeddingSampler, weekly_drift
 from agent.embed.base import Embedder
+from agent.exporter import shown
 from agent.images import ImageAccess
 from agent.pacs import PacsClient, RetryPolicy
 from agent.paths import open_private
@@ -287,9 +288,9 @@ class Sidecar:
         if signal is None or not self.store.record_drift(model, signal.cls, seq, signal.error_rate):
             return
         log.info(
-            "error-rate drift of %s on class %r: now %.3f over the last %d outcomes",
-            model,
-            signal.cls,
+            "error-rate drift of %s on class %s: now %.3f over the last %d outcomes",
+            shown(model),
+            shown(signal.cls),
             signal.error_rate,
             signal.window_length,
         )

@@ -23,6 +23,7 @@ import numpy as np
 from agent.audit import FitView
 from agent.config import WarnSettings
 from agent.events import ClassLabel
+from agent.exporter import shown
 from agent.sample import Sample
 from agent.store import BucketRow, LiveCase, LiveOutcome, Store
 from agent.warn.describe import SliceSpace, describe_fit
@@ -117,10 +118,10 @@ class EarlyWarning:
         if space is not None:
             self.store.record_slice_space(space.model, space.target, number, space.to_record())
             log.info(
-                "refit %d of %s target=%r: %d slice(s) described for the early warning",
+                "refit %d of %s target=%s: %d slice(s) described for the early warning",
                 number,
-                space.model,
-                space.target,
+                shown(space.model),
+                shown(space.target),
                 len(space.slices),
             )
         return space
@@ -242,12 +243,12 @@ class EarlyWarning:
                 )
                 if t.warned:
                     log.warning(
-                        "early warning: slice %s (rank %d) of %s target=%r holds %.3f of the traffic of the"
+                        "early warning: slice %s (rank %d) of %s target=%s holds %.3f of the traffic of the"
                         " bucket from %s against %.3f of the labeled window (adjusted p=%.2g)",
                         known.id,
                         known.rank,
-                        space.model,
-                        space.target,
+                        shown(space.model),
+                        shown(space.target),
                         t.share,
                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(bucket)),
                         t.window_share,
