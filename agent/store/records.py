@@ -187,8 +187,11 @@ def withheld(event: Event) -> bytes:
     >>> json.loads(withheld(e))["text"]
     '<4 characters withheld>'
     """
-    data: dict[str, Any] = event.model_dump(mode="json", exclude={"metadata"})
-    data = {k: v for k, v in data.items() if v is not None and k in type(event).model_fields}
+    # The declared fields only: unknown ones are kept on the event and ignored, and are never
+    # serialised (one nested 300 levels deep would fail the dump, and lose a valid event).
+    declared = set(type(event).model_fields) - {"metadata"}
+    data: dict[str, Any] = event.model_dump(mode="json", include=declared)
+    data = {k: v for k, v in data.items() if v is not None}
     if isinstance(event, ReportEvent):
         data["text"] = f"<{len(event.text)} characters withheld>"
     data["timestamp"] = event.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -269,3 +269,17 @@ def test_drift_events_and_assignments_are_recorded_once(store):
     assert store.drift_events("ptx") == [("pos", 17, 0.4)]
     store.record_assignment([("label-events", 1), ("inference-events", 1)])
     assert store.assignments() == [[("inference-events", 1), ("label-events", 1)]]
+
+
+def test_a_deeply_nested_unknown_field_is_ignored_not_fatal(store):
+    """Unknown fields are kept and ignored (the event contract): one nested 300 levels deep
+    failed the dead-letter form every label is given, and the valid label was lost as
+    ``unprocessable``."""
+    nested: list = []
+    for _ in range(300):
+        nested = [nested]
+    feed = Feed(store)
+    r = feed(inf("i1", "s1"), lab("l1", "s1", trace=nested))
+    assert len(r.joined) == 1 and not r.dead_lettered
+    again = feed(lab("l1", "s1", trace=nested))  # the same label from elsewhere: its dead letter
+    assert again.dead_lettered == {"duplicate": 1}
