@@ -530,7 +530,7 @@ def summary(
         from agent.images import ImageAccess
         from agent.ingest import read_jsonl
 
-        decoded, _ = read_jsonl(events)
+        decoded, _ = read_jsonl(events, limits=settings.events)
         images = {e.study_uid: e.image for _, e in decoded if e.type == "inference" and e.image}
         thumbs = member_thumbnails(
             built.latest,

@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from agent.config import EventSettings
+from agent.ingest import bounded_lines
 from agent.paths import open_private
 from agent.store import Store
 from agent.stream.ingest import Message, decode_messages
@@ -71,23 +71,13 @@ def write_dead_letters(store: Store, path: Path) -> int:
     return written
 
 
-def _lines(fh: BinaryIO, limit: int) -> Iterator[bytes]:
-    """The file's lines, none held longer than ``limit + 1`` bytes: a longer line gives its first
-    ``limit + 1`` bytes (which the decoder refuses as ``oversized_event``) and the rest is skipped."""
-    while line := fh.readline(limit + 1):
-        if len(line) > limit and not line.endswith(b"\n"):
-            while (rest := fh.readline(limit + 1)) and not rest.endswith(b"\n"):
-                pass
-        yield line
-
-
 def _batches(path: Path, start: int, size: int, limit: int = 2**20) -> Iterator[tuple[list[Message], int]]:
     """Batches of (message, next line number) from line ``start + 1`` on (blank lines skipped);
     no line is read into memory beyond ``limit + 1`` bytes."""
     batch: list[Message] = []
     number = 0
     with path.open("rb") as fh:
-        for number, line in enumerate(_lines(fh, limit), start=1):
+        for number, line in enumerate(bounded_lines(fh, limit), start=1):
             if number <= start:
                 continue
             stripped = line.rstrip(b"\r\n")
