@@ -14,7 +14,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
@@ -201,10 +201,16 @@ def embed_samples(
         metadata.append(meta)
         pixels.append(image)
 
-    sentences = [dicom.metadata_sentence(m) if m else "" for m in metadata]
+    sentences = [
+        _read(dicom.metadata_sentence, m, f"study {s.study_uid}", "metadata", problems) if m else ""
+        for s, m in zip(samples, metadata, strict=True)
+    ]
     # Reports are scrubbed before they are embedded, not only before tokens are scored: the
     # header's names, numbers and dates are noise to the encoder and must not shape slices.
-    reports = [scrub(s.report) if s.report else "" for s in samples]
+    reports = [
+        _read(scrub, s.report, f"study {s.study_uid}", "report", problems) if s.report else ""
+        for s in samples
+    ]
     blocks: dict[str, np.ndarray] = {}
 
     def embed_texts(texts: list[str], desc: str) -> np.ndarray:
@@ -244,6 +250,20 @@ def embed_samples(
         for i, p in enumerate(pixels)
     ]
     return Embedded(blocks, texts, reports, vocabulary, problems, raw, metadata, keys, decoded)
+
+
+def _read(describe: Callable[[Any], str], value: Any, where: str, what: str, problems: list[Problem]) -> str:
+    """``describe(value)``, the text a case's metadata or report is embedded as; a value that
+    fails it is a problem (``unembeddable``, its kind named, never its value) and the case goes
+    on without that modality, as with an unreadable image. Without this, one case's value
+    failing every time (an age of 10**400 did) failed every batch, and every refit, of its window."""
+    try:
+        return describe(value)
+    except Exception as err:  # written by whoever sent the event: no failure of it stops a batch
+        problems.append(
+            Problem(where, "unembeddable", f"its {what} could not be read ({type(err).__name__}); left out")
+        )
+        return ""
 
 
 def _image_access(settings: Settings) -> ImageAccess:

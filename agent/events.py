@@ -56,6 +56,7 @@ REASONS = (
     "late_label",
     "late_report",
     "future_event",
+    "unembeddable",
     "unprocessable",
     "malformed_hl7",
     "malformed_fhir",

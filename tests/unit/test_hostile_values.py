@@ -1,5 +1,6 @@
-"""Model names and class labels are written by whoever sends events: a stray class does not become
-the audited one, and neither shows in a log line unless it is a plain identifier."""
+"""Every field of an event is written by whoever sends it. A stray class does not become the
+audited one; a model name or class shows in a log line only as a plain identifier; a value that
+no describer foresaw leaves its case without that modality, and stops nothing."""
 
 from __future__ import annotations
 
@@ -70,3 +71,37 @@ def test_a_model_name_that_is_not_an_identifier_never_reaches_a_log_line(sidecar
         sidecar.refit(name)
     assert "refit of withheld-" in caplog.text  # the skipped refit is still told, by a digest
     assert "DOE" not in caplog.text and "MRN" not in caplog.text
+
+
+def test_a_value_that_fails_its_description_leaves_the_case_without_it(tmp_path, monkeypatch):
+    """Fault injection at the describer: a metadata value that makes ``metadata_sentence`` raise
+    (as an age of 10**400 did, every time) failed each batch it was in, and the arrival worker
+    took the same batch again forever. Now its case is embedded without metadata, dead-lettered
+    as ``unembeddable`` (the kind named, not the value), and the other cases are embedded."""
+    from agent import dicom
+
+    real = dicom.metadata_sentence
+
+    def fragile(meta):
+        if meta.get("Manufacturer") == "boom":
+            raise OverflowError("a value no describer foresaw")
+        return real(meta)
+
+    monkeypatch.setattr(dicom, "metadata_sentence", fragile)
+    settings = Settings(
+        modalities=("metadata",),
+        stream={"store_path": ":memory:", "reports_dir": tmp_path / "r"},
+    )
+    made = Sidecar(settings, Lengths(), clock=lambda: 1.8e9)
+    try:
+        events = [e for i in range(6) for e in _pair(i, "ptx", "cxr")]
+        events[4]["metadata"] = {"ViewPosition": "AP", "Manufacturer": "boom"}
+        _feed(made, events)
+        assert made.arrival.drain() == 6
+        assert made.store.sizes()["unembedded"] == 0
+        letters = made.store.dead_letter_counts()
+        assert letters == {"unembeddable": 1}
+        (letter,) = made.store.unsent_dead_letters()
+        assert "boom" not in letter.message and "metadata" in letter.message
+    finally:
+        made.close()
