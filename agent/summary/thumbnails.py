@@ -69,13 +69,24 @@ def _thumbnail(source: str, size: int, access: ImageAccess) -> np.ndarray | None
     except (AgentError, OSError) as err:
         log.debug("thumbnail skipped: %s", type(err).__name__)
         return None
-    if burned_in_text(pixels):
+    if burned_in_text(pixels) or burned_in_text(_content(pixels)):
         log.debug("thumbnail skipped: text-like strokes at the image's edges")
         return None
     if size == CHECK_SIZE:
         return np.asarray(pixels, dtype=np.float32)
     grey = Image.fromarray(np.asarray(pixels, dtype=np.float32))
     return np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _content(pixels: np.ndarray) -> np.ndarray:
+    """The image without the black bands that square it (a film not square is centred on black):
+    its own edges, where annotations are burned in, lie inside the square's. Black rows and
+    columns at the image's own edges go with them, which only brings its edges nearer."""
+    img = np.asarray(pixels)
+    rows, cols = np.flatnonzero(img.any(axis=1)), np.flatnonzero(img.any(axis=0))
+    if not len(rows) or not len(cols):
+        return img
+    return img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def burned_in_text(

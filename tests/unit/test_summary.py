@@ -338,6 +338,22 @@ def test_thumbnails_hold_back_images_with_text_whatever_their_tag_says(tmp_path)
     assert len(got) == 1  # the untagged image with a name burned in is not shown
 
 
+@pytest.mark.parametrize("shape", [(512, 1024), (1024, 512)])
+def test_a_film_not_square_is_checked_at_its_own_edges(tmp_path, shape):
+    """A landscape or portrait film is centred on black to make it square: a name along its own
+    top edge, mid-width, lay outside the bands of the square's edges that were checked, and the
+    thumbnail showed it."""
+    from PIL import ImageDraw, ImageFont
+
+    h, w = shape
+    film = Image.fromarray((np.tile(np.linspace(0.2, 0.6, w), (h, 1)) * 255).astype(np.uint8))
+    ImageDraw.Draw(film).text((int(0.33 * w), 20), "DOE^JANE", fill=255, font=ImageFont.load_default(size=40))
+    pixels = np.asarray(film, dtype=np.float64) * 16
+    images = {UIDS[0]: str(_dicom(tmp_path / "a.dcm", burned_in=False, pixels=pixels))}
+    access = ImageAccess(roots=(tmp_path,))
+    assert member_thumbnails([_report(0.1)], images, per_slice=1, size=96, access=access) == {}
+
+
 def test_thumbnails_are_off_unless_turned_on():
     thumbs = {("ptx", "pneumothorax", 1): [np.zeros((8, 8))]}
     assert build_summary("2026-W48", _week(), thumbnails=thumbs).thumbnails == {}
