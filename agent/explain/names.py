@@ -85,6 +85,18 @@ CONNECTORS = frozenset(
 #: Particles allowed inside a name when another name word follows (``van der Berg``, ``de la Cruz``).
 _PARTICLES = frozenset(re.findall(r"\w+", "da de del der di dos du la le van von"))
 _MAX_WORDS = 3
+#: Words that name a role, not a person: skipped between a sign-off phrase and the name ("discussed
+#: with the referring physician, John Roe"), and never taken for a name.
+ROLE_WORDS = frozenset(
+    re.findall(
+        r"\S+",
+        "the our your his her their referring ordering attending treating primary covering on-call "
+        "requesting physician physicians provider clinician clinicians doctor resident fellow "
+        "surgeon surgeons nurse practitioner team radiologist consultant registrar emergency "
+        "department service staff family patient",
+    )
+)
+_MAX_ROLE_WORDS = 4
 #: Title words skipped before a name ("Prof. Dr. med."); "Dr. Dr. Dr. ..." does not walk a text.
 _MAX_TITLES = 3
 
@@ -130,7 +142,7 @@ def _is_body_line(line: str) -> bool:
 
 def _is_name_word(word: str, any_case: bool) -> bool:
     bare = word.rstrip(".")
-    if not bare or bare.lower() in CONNECTORS:
+    if not bare or bare.lower() in CONNECTORS or bare.lower() in ROLE_WORDS:
         return False
     return any_case or bare[0].isupper()
 
@@ -140,7 +152,7 @@ def _forward(
 ) -> tuple[int, int]:
     """Start and end of the run of name words from ``pos`` (empty at ``pos`` when there is none)."""
     start = end = pos
-    count = particles = titles = 0
+    count = particles = titles = roles = 0
     i = pos
     while count < max_words:
         gap = gap_re.match(text, i)
@@ -156,6 +168,12 @@ def _forward(
         if not count and titles < _MAX_TITLES and _TITLE_WORD.fullmatch(word):  # "discussed with Dr Jones"
             titles += 1
             i = m.end()
+            continue
+        if not count and roles < _MAX_ROLE_WORDS and word.rstrip(".").lower() in ROLE_WORDS:
+            if word.endswith("."):  # "discussed with the team." ends there
+                break
+            roles += 1  # "discussed with the referring physician, John Roe"
+            i = m.end() + (text.startswith(",", m.end()))
             continue
         if not _is_name_word(word, any_case):
             break

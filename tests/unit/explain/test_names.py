@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.explain import TokenSpace, scrub, tokens
-from agent.explain.names import CONNECTORS, NameBlocklist, name_words, person_name_fields
+from agent.explain.names import CONNECTORS, NameBlocklist, name_spans, name_words, person_name_fields
 
 BODY = [
     "FINDINGS: Right chest tube in place. No pneumothorax.",
@@ -147,3 +147,32 @@ def test_a_word_used_only_as_a_name_never_becomes_a_token(first, last, styles, c
     vocab = set(space.vocabulary_)
     assert first.lower() not in vocab and last.lower() not in vocab
     assert {"tube", "chest", "effusion"} <= vocab
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "FINDINGS WERE DISCUSSED WITH THE REFERRING PHYSICIAN, JOHN KOWALSKI, BY TELEPHONE.",
+        "Findings were discussed with the referring physician, John Kowalski, by telephone.",
+        "DISCUSSED WITH ORDERING PROVIDER DR KOWALSKI.",
+    ],
+)
+def test_a_name_after_its_role_is_found(sentence):
+    """Between a sign-off phrase and the name, an article and role words ("the referring
+    physician,") stopped the search at "the": in all-capital reports, where case proves nothing
+    else, the name reached the exported tokens."""
+    found = [sentence[s.start : s.end] for s in name_spans(sentence)]
+    assert any("KOWALSKI" in f.upper() for f in found)
+    assert not any(w in f.lower() for f in found for w in ("referring", "physician", "the "))
+
+
+def test_an_all_capital_name_after_its_role_never_becomes_a_token():
+    err = [
+        f"CHEST AP. LUNGS CLEAR.\nFINDINGS WERE DISCUSSED WITH THE REFERRING PHYSICIAN, JOHN KOWALSKI, BY "
+        f"TELEPHONE AT 10:{i:02d}.\nELECTRONICALLY SIGNED BY MARY ROE, MD"
+        for i in range(20)
+    ]
+    ok = ["CHEST PA. LUNGS CLEAR. NO EFFUSION.\nELECTRONICALLY SIGNED BY MARY ROE, MD"] * 40
+    space = TokenSpace(min_df=3).fit(err + ok, reports=err + ok)
+    top = [t.token for t in space.distinctiveness(range(20), range(20, 60), top_k=8)]
+    assert "discussed" in top and not {"john", "kowalski"} & set(top)
