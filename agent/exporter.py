@@ -101,8 +101,8 @@ WAITING = ("inference", "label")
 
 _KEY = ("model", "target_class")
 _SLICE = ("model", "target_class", "slice_rank")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
-_TOKEN = re.compile(r"^[a-z]{3,32}( [a-z]{3,32})?$")  # a word, or a two-word phrase
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}\Z")  # \Z: no newline at the end
+_TOKEN = re.compile(r"^[a-z]{3,32}( [a-z]{3,32})?\Z")  # a word, or a two-word phrase
 _TOP_TOKENS = 5
 
 _DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -592,6 +592,8 @@ def safe_label_value(value: object) -> str | None:
 
     >>> safe_label_value("pneumothorax"), safe_label_value(1), safe_label_value("Jane Doe")
     ('pneumothorax', '1', None)
+    >>> safe_label_value("cxr\\n") is None  # nothing after the end, not even a newline
+    True
     """
     text = str(value)
     return text if _LABEL_VALUE.match(text) else None

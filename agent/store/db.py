@@ -115,12 +115,22 @@ class Database:
 
     def _make_engine(self) -> Engine:
         if self.postgres:
-            return create_engine(self.url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+            # Statement parameters (study ids, model names from events) never reach an error's text.
+            return create_engine(
+                self.url, pool_size=4, max_overflow=4, pool_pre_ping=True, hide_parameters=True
+            )
         if self.url == "sqlite://":
-            engine = create_engine(self.url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+            engine = create_engine(
+                self.url,
+                poolclass=StaticPool,
+                connect_args={"check_same_thread": False},
+                hide_parameters=True,
+            )
         else:
             _private_file(Path(make_url(self.url).database or ""))
-            engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30.0})
+            engine = create_engine(
+                self.url, connect_args={"check_same_thread": False, "timeout": 30.0}, hide_parameters=True
+            )
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:

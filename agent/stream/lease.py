@@ -11,6 +11,7 @@ import logging
 import threading
 from types import TracebackType
 
+from agent.exporter import shown
 from agent.store import Store
 
 __all__ = ["Lease"]
@@ -55,14 +56,16 @@ class Lease:
         try:
             self.store.release_lease(self.name, self.holder)
         except Exception as err:  # it lapses on its own
-            log.warning("lease %s not released (%s); it lapses in %.0f s", self.name, err, self.seconds)
+            log.warning(
+                "lease %s not released (%s); it lapses in %.0f s", shown(self.name), err, self.seconds
+            )
 
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 3):
             try:
                 if not self.store.acquire_lease(self.name, self.holder, self.seconds):
                     self.lost = True
-                    log.warning("lease %s was taken by another worker", self.name)
+                    log.warning("lease %s was taken by another worker", shown(self.name))
                     return
             except Exception as err:  # the store away for a moment: try again next time
-                log.warning("lease %s not renewed yet: %s", self.name, err)
+                log.warning("lease %s not renewed yet: %s", shown(self.name), err)

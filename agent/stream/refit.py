@@ -258,7 +258,10 @@ class Refitter:
             self.warning.record_fit(view, [sl.id for sl in tracked.slices], number)
         except Exception:
             log.exception(
-                "refit %d of %s: describing its slices for the early warning failed", number, view.target
+                "refit %d of %s target=%s: describing its slices for the early warning failed",
+                number,
+                shown(tracked.model),
+                shown(view.target),
             )
 
     def _centroid(self, members: Sequence[Sample], modalities: Sequence[str]) -> tuple[float, ...] | None:

@@ -105,3 +105,19 @@ def test_a_value_that_fails_its_description_leaves_the_case_without_it(tmp_path,
         assert "boom" not in letter.message and "metadata" in letter.message
     finally:
         made.close()
+
+
+def test_a_failing_statement_names_none_of_its_parameters(sidecar, caplog):
+    """An error in the store (here a table gone, as a lost connection or a full disk would fail
+    a write) is logged with its traceback: its statement's parameters (study ids, the model name
+    from the events) were printed in it, under a headline that withheld the name."""
+    from sqlalchemy import text
+
+    name = "DOE^JANE MRN0012345"
+    _feed(sidecar, [e for i in range(60) for e in _pair(i, "ptx" if i % 4 == 0 else "normal", name)])
+    with sidecar.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE refits RENAME TO refits_gone"))
+    with caplog.at_level(logging.INFO, logger="agent"):
+        sidecar.refit(name)
+    assert "failed" in caplog.text
+    assert "DOE" not in caplog.text and "1.2.826.0.1." not in caplog.text
