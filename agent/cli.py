@@ -498,8 +498,8 @@ def summary(
                         at if at.tzinfo else at.replace(tzinfo=UTC),
                         str(d["model"]),
                         d["target_class"],
-                        d.get("statistic"),
-                        d.get("threshold"),
+                        _number_or_none(d.get("statistic")),
+                        _number_or_none(d.get("threshold")),
                     )
                 )
             except (ValueError, KeyError, TypeError) as err:
@@ -753,3 +753,12 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _number_or_none(value: object) -> float | None:
+    """A drift event's statistic or threshold: a number or nothing (TypeError otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)

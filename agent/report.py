@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,23 @@ class SliceReport:
 
         def tokens(items: Sequence[Mapping[str, Any]]) -> tuple[TokenResult, ...]:
             return tuple(
-                TokenResult(t["token"], float(t["ds"]), t.get("r_attr"), t.get("auroc"), t.get("p_value"))
+                TokenResult(
+                    text(t["token"]), float(t["ds"]), t.get("r_attr"), t.get("auroc"), t.get("p_value")
+                )
                 for t in items
             )
+
+        def text(value: Any) -> str:
+            """A field that must be text (a token, the model): a file edited by hand or corrupt
+            fails here, not in every scrape that reads it."""
+            if isinstance(value, str):
+                return value
+            raise TypeError(f"expected text, got {type(value).__name__}")
+
+        def time(value: Any) -> str | None:
+            if value is not None:
+                datetime.fromisoformat(text(value).replace("Z", "+00:00"))  # ValueError if not ISO
+            return value
 
         def nan(value: Any) -> float:
             return float("nan") if value is None else float(value)
@@ -162,10 +177,10 @@ class SliceReport:
                 for f in data.get("findings", ())
             )
             return cls(
-                model=data["model"],
+                model=text(data["model"]),
                 target_class=data["target_class"],
                 modalities=tuple(data["modalities"]),
-                window=Window(int(w["n"]), int(w["n_errors"]), w.get("start"), w.get("end")),
+                window=Window(int(w["n"]), int(w["n_errors"]), time(w.get("start")), time(w.get("end"))),
                 slices=slices,
                 baseline_tokens=tokens(data.get("baseline_tokens", ())),
                 slicer=data.get("slicer", "error_aware"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import stat
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.errors import AgentError
 from agent.exporter import SliceCollector
 from agent.report import EXPORT_MEMBERS, Member, SliceReport, SliceResult, TokenResult, Window
 
@@ -63,3 +65,24 @@ def test_the_metrics_collector_holds_no_member_uid():
     collector.publish(_report())
     (held,) = collector.reports.values()
     assert all(m.study_uid == "" for s in held.slices for m in s.members)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("slices", 0, "tokens", 0, "token"), 7),  # every scrape that published it failed
+        (("window", "end"), "24/11/2026 09:00"),
+        (("window", "end"), 1764000000),
+        (("model",), ["cxr"]),
+    ],
+)
+def test_a_corrupt_report_file_is_refused_as_one(where, value):
+    """A report file edited by hand or corrupt is refused when read, with the error every
+    reader of reports handles, not later in a scrape, a summary or a plot."""
+    data = _report().to_dict()
+    inner = data
+    for key in where[:-1]:
+        inner = inner[key]
+    inner[where[-1]] = value
+    with pytest.raises(AgentError, match="not a slice report"):
+        SliceReport.from_dict(data)

@@ -400,6 +400,19 @@ def test_summary_command_writes_the_week(tmp_path):
     assert "| report |" in markdown
 
 
+@pytest.mark.parametrize("statistic", ["high", True, [3.0]])
+def test_a_drift_event_whose_statistic_is_not_a_number_is_refused_by_line(tmp_path, statistic):
+    """A drift-event line with a statistic that is not a number failed the summary later, in the
+    HTML's number format, with no word of which line."""
+    event = {"at": "2026-11-26T10:00:00Z", "model": "ptx", "target_class": "pneumothorax"}
+    (tmp_path / "drift.jsonl").write_text(json.dumps({**event, "statistic": statistic}) + "\n")
+    (tmp_path / "reports").mkdir()
+    args = ["summary", "--week", "2026-W48", "--reports", str(tmp_path / "reports")]
+    args += ["--out", str(tmp_path / "out"), "--drift-events", str(tmp_path / "drift.jsonl")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "line 1: not a drift event" in str(result.exception)
+
+
 def test_summary_command_shows_member_thumbnails_from_the_event_file(tmp_path):
     timed = _week(3)[-1]
     data = timed.report.to_dict()
