@@ -510,6 +510,78 @@ def read_pixels(
         refuse(str(err))
 
 
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic; JPEG-LS).
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+
+
+def _codestream_shape(frame: bytes) -> tuple[int, int] | None:
+    """``(rows, columns)`` a JPEG, JPEG-LS or JPEG 2000 codestream declares (None: not found).
+
+    >>> sof = bytes([0xFF, 0xD8, 0xFF, 0xC0, 0, 11, 8, 0x32, 0xC8, 0x01, 0x00])
+    >>> _codestream_shape(sof)  # a start of frame of 13,000 x 256
+    (13000, 256)
+    """
+    # JPEG 2000: SOC, then SIZ; at the start of a codestream, or in its box of a JP2 file.
+    j2k = frame.find(b"\xff\x4f\xff\x51", 0, 4096)
+    if j2k >= 0 and len(frame) >= j2k + 24:
+        width, height, left, top = (
+            int.from_bytes(frame[j2k + i : j2k + i + 4], "big") for i in (8, 12, 16, 20)
+        )
+        return height - top, width - left
+    if frame[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(frame) and frame[at] == 0xFF:
+        marker = frame[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        if marker in _SOF:
+            tall, wide = frame[at + 5 : at + 7], frame[at + 7 : at + 9]
+            return int.from_bytes(tall, "big"), int.from_bytes(wide, "big")
+        at += 2 + int.from_bytes(frame[at + 2 : at + 4], "big")
+    return None
+
+
+def _check_codestream(ds: Dataset, name: str) -> None:
+    """Refuse compressed pixel data that would decode to more than its header declares.
+
+    The caps hold the header's Rows x Columns; decoders follow the codestream. A JPEG of
+    13,000 x 13,000 under a header of 16 x 16 took 1.6 GB before it failed, and an RLE segment of
+    "repeat 128 times" runs, 7.6 MiB, decoded to 512 MB for a 256-byte image. So the first frame's
+    JPEG or JPEG 2000 dimensions must not exceed the header's, and no RLE segment may be longer
+    than its plane could need (twice the plane: every byte a literal run of one). That bounds an
+    RLE frame's decoding to 256 times its declared size, not to the file's length times 128.
+    """
+    from pydicom.encaps import get_frame
+    from pydicom.uid import RLELossless
+
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception as err:  # encapsulation errors come in many types on corrupt data
+        raise DicomError(
+            f"{name}: cannot read the first frame's encapsulated data ({type(err).__name__})"
+        ) from err
+    if ds.file_meta.TransferSyntaxUID == RLELossless:
+        if len(frame) < 64:
+            raise DicomError(f"{name}: an RLE frame shorter than its 64-byte header")
+        count, *offsets = (int.from_bytes(frame[i : i + 4], "little") for i in range(0, 64, 4))
+        starts, ends = offsets[:count], [*offsets[1:count], len(frame)]
+        longest = 2 * rows * columns + 64  # each byte a literal run of one, at worst
+        spans = zip(starts, ends, strict=True)
+        if not 1 <= count <= 15 or any(not 64 <= a <= b or b - a > longest for a, b in spans):
+            raise DicomError(f"{name}: RLE segments that do not fit a {rows} x {columns} image")
+        return
+    shape = _codestream_shape(frame)
+    if shape is not None and (shape[0] > rows or shape[1] > columns or 0 in shape):
+        raise DicomError(
+            f"{name}: the codestream holds a {shape[0]} x {shape[1]} image where the header declares "
+            f"{rows} x {columns}"
+        )
+
+
 def _decode(
     ds: Dataset, name: str, size: int, access: ImageAccess, deadline: Deadline
 ) -> npt.NDArray[np.float32]:
@@ -526,6 +598,8 @@ def _decode(
     if not decoder.is_available:
         log.warning("cannot decode '%s' pixel data; %s", tsyntax.name, _INSTALL_HINT)
         raise DicomError(f"{name}: cannot decode '{tsyntax.name}' pixel data; {_INSTALL_HINT}")
+    if tsyntax.is_compressed:
+        _check_codestream(ds, name)
     try:
         frame = pixel_array(ds, index=0)
         deadline.check("decoding")

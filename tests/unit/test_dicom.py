@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import re
 import tempfile
 from pathlib import Path
@@ -471,3 +472,56 @@ def test_sentence_is_a_whitelist_without_digits():
 )
 def test_sentence_of_partial_metadata(meta, expected):
     assert metadata_sentence(meta) == expected
+
+
+def _encapsulated(frame: bytes, syntax: str, rows: int, columns: int) -> bytes:
+    """A DICOM file of one encapsulated 8-bit grey frame, whose header declares rows x columns."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "CR", rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_an_rle_frame_longer_than_its_image_could_need_is_refused_before_decoding():
+    """Runs of "repeat 0 128 times" decode to 128 bytes from 2: 7.6 MiB of them decoded to 512 MB
+    under a header of 16 x 16 before the frame was found too long."""
+    import struct
+
+    from pydicom.uid import RLELossless
+
+    frame = struct.pack("<16I", 1, 64, *[0] * 14) + b"\x81\x00" * 60_000
+    with pytest.raises(DicomError, match="RLE segments that do not fit a 16 x 16 image"):
+        dicom.read_pixels(_encapsulated(frame, RLELossless, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("codec", "options"), [("JPEG", {}), ("JPEG2000", {"no_jp2": True}), ("JPEG2000", {})]
+)
+def test_a_codestream_larger_than_its_header_is_refused_before_decoding(codec, options):
+    """The caps hold the header's rows and columns; the decoder follows the codestream (a JPEG of
+    13,000 x 13,000 under a 16 x 16 header took 1.6 GB before it failed)."""
+    from PIL import Image
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+    out = io.BytesIO()
+    Image.new("L", (1200, 800), 90).save(out, codec, **options)  # JPEG 2000: a codestream, or a JP2 file
+    syntax = JPEGBaseline8Bit if codec == "JPEG" else JPEG2000Lossless
+    with pytest.raises(DicomError, match="holds a 800 x 1200 image where the header declares 16 x 16"):
+        dicom.read_pixels(_encapsulated(out.getvalue(), syntax, 16, 16))
+    fits = dicom.read_pixels(_encapsulated(out.getvalue(), syntax, 800, 1200), size=32)
+    assert fits.shape == (32, 32)
