@@ -183,6 +183,7 @@ def audit(
         label_delay_seconds=label_delay if label_delay is not None else math.inf,
         window_size=2**62,
         window_max_age_seconds=math.inf,
+        max_future_seconds=math.inf,  # a file has no "now": its times are compared with each other
         default_classes=tuple(c for given in _split(classes) or [] for c in _class_forms(given)),
         extra_classes=_class_forms(target_class) if target_class is not None else (),
     )

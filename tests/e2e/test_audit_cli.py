@@ -194,6 +194,22 @@ def test_lateral_failure_named_from_metadata(tmp_path):
     assert "lateral" in [t["token"] for t in first["tokens"]]
 
 
+@pytest.mark.slow
+def test_a_file_is_audited_whatever_its_dates(tmp_path):
+    """A file has no "now": a stream dated decades ahead of the clock is joined and audited, where
+    the streaming agent dead-letters events more than ``stream.max_future_seconds`` ahead."""
+    from datetime import UTC, datetime
+
+    events, _ = generate_stream(StreamSpec(n_studies=120, seed=1, start=datetime(2099, 1, 4, tzinfo=UTC)))
+    write_jsonl(events, tmp_path / "e.jsonl")
+    args = ["audit", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "r.json"), "--modalities", "metadata"]
+    proc = _run(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "future_event" not in proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["window"]["n"] >= 100 and report["window"]["end"].startswith("2099")
+
+
 def test_unknown_model_is_a_clear_error(tmp_path):
     events, _ = generate_stream(StreamSpec(n_studies=30, seed=1))
     write_jsonl(events, tmp_path / "e.jsonl")
