@@ -650,12 +650,17 @@ def publish(
     if bootstrap_servers:
         overrides["stream"] = {"bootstrap_servers": bootstrap_servers}
     settings = load_settings(config, overrides=overrides)
-    summary = publish_file(events, settings.stream, create_topics=create_topics)
+    summary = publish_file(
+        events,
+        settings.stream,
+        create_topics=create_topics,
+        max_message_bytes=settings.events.max_message_bytes,
+    )
     per_topic = ", ".join(f"{t}={n}" for t, n in sorted(summary.sent.items()))
     typer.echo(
         f"published {sum(summary.sent.values())} message(s) from {summary.lines} line(s) to "
-        f"{settings.stream.bootstrap_servers} ({per_topic}; {summary.unroutable} unroutable) "
-        f"in {summary.seconds:.1f} s"
+        f"{settings.stream.bootstrap_servers} ({per_topic}; {summary.unroutable} unroutable, "
+        f"{summary.oversized} too long, not sent) in {summary.seconds:.1f} s"
     )
 
 

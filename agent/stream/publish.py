@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import StreamSettings
+from agent.ingest import bounded_lines
 from agent.stream.topics import TopicError, ensure_topics, message_key, topic_for
 
 __all__ = ["PublishSummary", "publish_file"]
@@ -21,17 +22,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PublishSummary:
-    """What was sent: messages per topic, and how many lines could not be routed by type."""
+    """What was sent: messages per topic, how many lines could not be routed by type, and how many
+    were longer than a message may be (not sent: the broker would refuse them)."""
 
     sent: Counter[str] = field(default_factory=Counter)
     lines: int = 0
     unroutable: int = 0
+    oversized: int = 0
     seconds: float = 0.0
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
+    """Numbered non-blank lines, none held beyond ``limit + 1`` bytes (a longer one comes cut)."""
     with path.open("rb") as fh:
-        for number, line in enumerate(fh, start=1):
+        for number, line in enumerate(bounded_lines(fh, limit), start=1):
             stripped = line.rstrip(b"\r\n")
             if stripped.strip():
                 yield number, stripped
@@ -60,11 +64,14 @@ def publish_file(
     create_topics: bool = True,
     start_line: int = 1,
     stop_line: int | None = None,
+    max_message_bytes: int = 2**20,
 ) -> PublishSummary:
     """Send every line of a JSONL file to the topic of its type, keyed as :mod:`agent.stream.topics` says.
 
     Lines are sent as they are (the agent decodes them); a line that is not an event of a known type
-    goes to the inference topic, where the agent dead-letters it. ``start_line`` and ``stop_line``
+    goes to the inference topic, where the agent dead-letters it; a line longer than
+    ``max_message_bytes`` is counted and not sent (no line is read into memory whole beyond it).
+    ``start_line`` and ``stop_line``
     (1-based, inclusive start, exclusive stop) send part of a file.
 
     Raises
@@ -93,10 +100,14 @@ def publish_file(
     except KafkaError as err:
         raise TopicError(f"cannot reach the broker at {settings.bootstrap_servers}: {err}") from err
     try:
-        for number, line in _lines(path):
+        for number, line in _lines(path, max_message_bytes):
             if number < start_line or (stop_line is not None and number >= stop_line):
                 continue
             summary.lines += 1
+            if len(line) > max_message_bytes:
+                summary.oversized += 1
+                log.warning("line %d is longer than %d bytes: not sent", number, max_message_bytes)
+                continue
             obj = _parse(line)
             kind = obj.get("type") if isinstance(obj, dict) else None
             if kind not in ("inference", "label", "report"):

@@ -47,3 +47,13 @@ def test_the_batch_audit_reads_no_line_beyond_the_message_limit(tmp_path):
     events, problems = read_jsonl(path, limits=EventSettings(max_message_bytes=65536))
     assert [(p.where, p.reason) for p in problems] == [("line 1", "oversized_event")]
     assert [where for where, _ in events] == ["line 2"]
+
+
+def test_publish_reads_no_line_beyond_a_message(tmp_path):
+    """``slice-agent publish`` holds at most a message and a byte of a line: a longer line comes
+    cut, to be counted and not sent (the broker would refuse it)."""
+    from agent.stream.publish import _lines
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"x" * 3_000_000 + b"\n\n" + b'{"b": 2}\n')
+    assert [(n, len(line)) for n, line in _lines(path, 1024)] == [(1, 8), (2, 1025), (4, 8)]
