@@ -79,20 +79,29 @@ def _meta_group_ends(tag: object, vr: object, length: object) -> bool:
     return getattr(tag, "group", 0) != 0x0002
 
 
+def file_meta_syntax(fp: BinaryIO) -> str | None:
+    """The Transfer Syntax UID of a Part 10 file's meta (None when absent), from the preamble and
+    group 0002 alone; ``fp`` is returned to where it was. Raises what pydicom raises on input that
+    is not DICOM."""
+    start = fp.tell()
+    try:
+        read_preamble(fp, False)
+        meta = read_dataset(fp, False, True, stop_when=_meta_group_ends)
+    finally:
+        fp.seek(start)
+    tsyntax = meta.get("TransferSyntaxUID")
+    return str(tsyntax) if tsyntax else None
+
+
 def check_file_meta(fp: BinaryIO) -> None:
     """Refuse what is not DICOM Part 10, or is deflated, from the preamble and file meta alone.
 
     Reads only the preamble and group 0002, then returns ``fp`` to where it was.
     """
-    start = fp.tell()
     try:
-        read_preamble(fp, False)
-        meta = read_dataset(fp, False, True, stop_when=_meta_group_ends)
+        tsyntax = file_meta_syntax(fp)
     except Exception as err:  # pydicom raises many types on input that is not DICOM
         refuse(f"no DICOM preamble or file meta ({type(err).__name__})")
-    finally:
-        fp.seek(start)
-    tsyntax = meta.get("TransferSyntaxUID")
     if not tsyntax:
         refuse("no Transfer Syntax UID in the file meta")
     if tsyntax == DeflatedExplicitVRLittleEndian:

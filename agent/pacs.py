@@ -40,7 +40,7 @@ from agent.config import PacsSettings
 from agent.dicom import read_header, read_pixels
 from agent.errors import PACS_REASONS, AgentError
 from agent.events import DICOM_UID
-from agent.images import ImageAccess, refuse
+from agent.images import ImageAccess, file_meta_syntax, refuse
 
 __all__ = [
     "PACS_REASONS",
@@ -77,10 +77,17 @@ def _single_part(content_type: str, body: bytes) -> bytes:
             reason="pacs_bad_response",
             retryable=False,
         )
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
-    )
-    parts = [p for p in message.iter_parts()] if message.is_multipart() else []
+    try:
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
+        )
+        parts = [p for p in message.iter_parts()] if message.is_multipart() else []
+    except Exception as err:  # the parser recurses into nested parts: 3,000 levels deep raised
+        raise PacsError(
+            f"the PACS answered a multipart body that cannot be parsed ({type(err).__name__})",
+            reason="pacs_bad_response",
+            retryable=False,
+        ) from err
     if len(parts) != 1:
         raise PacsError(
             f"the PACS answered {len(parts)} parts for one instance",
@@ -236,7 +243,7 @@ def _retry_after(response: requests.Response | None) -> float | None:
         pass
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a date no clock reaches: no advice
         return None
 
 
@@ -377,7 +384,11 @@ class PacsClient:
         )
         content_type, body = self._get(f"{self._root}/studies/{study}/series/{series}/instances/{sop}")
         data = _single_part(content_type, body)
-        if _DEFLATED in data[:4096]:
+        try:  # the file meta's own syntax: a long UID before it hides it from a look at the head
+            syntax = file_meta_syntax(io.BytesIO(data))
+        except Exception:  # not DICOM: dcmread below says so, as a bad response
+            syntax = None
+        if syntax == _DEFLATED.decode() or _DEFLATED in data[:4096]:
             refuse("deflated data set from the PACS: its inflated size is not bounded by the download")
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
