@@ -46,7 +46,8 @@ def _events_of(
                 raise EventError("an Observation needs a label mapping (--labels)", reason="unmapped_code")
             return list(observation_label_events(raw, labels, accessions=accessions))
         return diagnostic_report_events(raw, accessions=accessions)
-    rows = list(csv_label_events(raw.decode("utf-8"), labels, accessions=accessions)) if labels else []
+    # utf-8-sig: a spreadsheet's export starts with a byte-order mark, which is not part of the header.
+    rows = list(csv_label_events(raw.decode("utf-8-sig"), labels, accessions=accessions)) if labels else []
     for row in rows:
         if isinstance(row, EventError):
             raise row
@@ -74,7 +75,7 @@ def convert_folder(
                 events = _events_of(path, labels, accessions)
             except EventError as err:
                 error, events = err, []
-            except (OSError, ValueError) as err:
+            except Exception as err:  # a file from outside (csv.Error, RecursionError, ...): not the batch
                 error, events = (
                     EventError(f"cannot read the message ({type(err).__name__})", reason="unprocessable"),
                     [],

@@ -43,7 +43,7 @@ def _load(raw: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             )
         try:
             obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:  # nested past the parser too
             raise EventError(
                 f"expected FHIR JSON, got invalid JSON ({type(err).__name__})", reason="malformed_fhir"
             ) from err

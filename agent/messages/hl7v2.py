@@ -187,7 +187,8 @@ def ack(
     ERR-8. A message too broken to read its MSH gets an AR with what could be recovered.
     """
     text = _normalise(raw) if not isinstance(raw, bytes) or len(raw) <= _MAX_MESSAGE else ""
-    first = text.split("\r", 1)[0] if text.startswith("MSH") and len(text) >= 8 else ""
+    line = text.split("\r", 1)[0] if text.startswith("MSH") else ""
+    first = line if len(line) >= 8 else ""  # "MSH|^~\\&" at least: separators to read
     field_sep = first[3] if first else "|"
     encoding = first[4:8] if first else "^~\\&"
     fields = first.split(field_sep) if first else ["MSH", encoding]

@@ -185,13 +185,29 @@ class MllpListener:
         conn.settimeout(self.settings.idle_timeout_seconds)
         try:
             for message in read_frames(conn.recv, self.settings.max_message_bytes):
-                conn.sendall(frame(self.handle(message).encode("utf-8")))
+                conn.sendall(frame(self._answer(message).encode("utf-8")))
         except FrameTooLarge as err:
             self._count("AR")
             conn.sendall(frame(ack(b"", EventError(str(err), reason="oversized_event")).encode("utf-8")))
             log.warning("MLLP frame from %s refused: over mllp.max_message_bytes", peer)
         except (TimeoutError, OSError) as err:
             log.debug("MLLP connection from %s closed (%s)", peer, type(err).__name__)
+
+    def _answer(self, message: bytes) -> str:
+        """:meth:`handle`, and an AR for a message whose handling failed in a way nothing foresaw:
+        the sender is answered (an HL7 engine resends until it is), the connection stays open for
+        the next message, and the failure is counted and dead-lettered."""
+        try:
+            return self.handle(message)
+        except Exception as err:  # the message came from outside: no failure of it ends the connection
+            # The type only: an error's text may quote the message. The traceback at DEBUG.
+            log.error("MLLP message not handled (%s); answered AR", type(err).__name__)
+            log.debug("MLLP message not handled", exc_info=True)
+            what = type(err).__name__
+            refused = EventError(f"the message could not be handled ({what})", reason="unprocessable")
+            self._dead_letter(refused)
+            self._count("AR")
+            return ack(b"", refused, reject=True)
 
     def handle(self, message: bytes) -> str:
         """Convert, produce and acknowledge one message; returns the ACK (ER7 text)."""

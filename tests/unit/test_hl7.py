@@ -200,3 +200,29 @@ def test_file_drop_writes_events_dead_letters_and_acks(tmp_path: Path) -> None:
     assert result.dead_letters == {"malformed_hl7": 1}
     assert "|AA|CTL0001" in (acks / "a.hl7.ack").read_text()
     assert "|AE|CTL2|" in (acks / "b.hl7.ack").read_text()
+
+
+@pytest.mark.parametrize("raw", ["MSH|\rOBR|1", "MSH\rPID|1", "MSH|^~", "MSH"])
+def test_a_message_whose_msh_is_too_short_is_answered_ar(raw: str) -> None:
+    """A first segment shorter than its separators ("MSH|") raised IndexError in the ACK: the
+    MLLP connection closed unanswered, and an HL7 engine resends such a message for ever."""
+    with pytest.raises(EventError) as caught:
+        oru_report_events(raw)
+    reply = ack(raw, caught.value)
+    assert reply.startswith("MSH|^~\\&|") and reply.split("\r")[1].startswith("MSA|AR|")
+
+
+def test_a_bad_file_is_dead_lettered_and_the_next_files_converted(tmp_path: Path) -> None:
+    """A CSV field beyond the csv module's limit (csv.Error) and a JSON file nested past the
+    parser (RecursionError) stopped the whole folder: every later file was skipped. A spreadsheet's
+    byte-order mark hid the CSV's first column."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "a.csv").write_text(f"study_uid,code\n{STUDY},{'x' * 200_000}\n")
+    (inbox / "b.json").write_text("[" * 100_000 + "]" * 100_000)
+    row = f"{STUDY},NEG,2026-11-30T08:00:00Z"
+    (inbox / "c.csv").write_bytes(f"\ufeffstudy_uid,code,timestamp\n{row}\n".encode())  # a spreadsheet's BOM
+    (inbox / "d.hl7").write_text(ORU)
+    result = convert_folder(inbox, tmp_path / "events.jsonl", tmp_path / "dead.jsonl", labels=MAPPING)
+    assert result.files == 4 and result.events == 2  # the CSV's label and the ORU's report
+    assert sum(result.dead_letters.values()) == 2
