@@ -33,10 +33,12 @@ class DropResult:
 
 def _events_of(
     path: Path, labels: LabelMapping | None, accessions: Mapping[str, str] | None
-) -> list[dict[str, object]]:
+) -> tuple[list[dict[str, object]], list[EventError]]:
+    """A file's events, and the errors of its rows that are not (a CSV's rows stand alone: one
+    bad row loses no other); a file unreadable as a whole raises."""
     raw = path.read_bytes()
     if path.suffix == ".hl7":
-        return oru_report_events(raw, accessions=accessions)
+        return oru_report_events(raw, accessions=accessions), []
     if path.suffix == ".json":
         kind = json.loads(raw).get("resourceType") if raw.strip().startswith(b"{") else None
         if kind == "Observation" or (
@@ -44,14 +46,13 @@ def _events_of(
         ):
             if labels is None:
                 raise EventError("an Observation needs a label mapping (--labels)", reason="unmapped_code")
-            return list(observation_label_events(raw, labels, accessions=accessions))
-        return diagnostic_report_events(raw, accessions=accessions)
+            return list(observation_label_events(raw, labels, accessions=accessions)), []
+        return diagnostic_report_events(raw, accessions=accessions), []
+    if labels is None:
+        raise EventError("a CSV of labels needs a label mapping (--labels)", reason="unmapped_code")
     # utf-8-sig: a spreadsheet's export starts with a byte-order mark, which is not part of the header.
-    rows = list(csv_label_events(raw.decode("utf-8-sig"), labels, accessions=accessions)) if labels else []
-    for row in rows:
-        if isinstance(row, EventError):
-            raise row
-    return [r for r in rows if isinstance(r, dict)]
+    rows = list(csv_label_events(raw.decode("utf-8-sig"), labels, accessions=accessions))
+    return [r for r in rows if isinstance(r, dict)], [r for r in rows if isinstance(r, EventError)]
 
 
 def convert_folder(
@@ -71,8 +72,9 @@ def convert_folder(
         ):
             result.files += 1
             error: EventError | None = None
+            rows: list[EventError] = []
             try:
-                events = _events_of(path, labels, accessions)
+                events, rows = _events_of(path, labels, accessions)
             except EventError as err:
                 error, events = err, []
             except Exception as err:  # a file from outside (csv.Error, RecursionError, ...): not the batch
@@ -83,12 +85,10 @@ def convert_folder(
             for event in events:
                 sink.write(json.dumps(event, ensure_ascii=False) + "\n")
             result.events += len(events)
-            if error is not None:
-                result.dead_letters[error.reason] = result.dead_letters.get(error.reason, 0) + 1
-                dead.write(
-                    json.dumps({"file": path.name, "reason": error.reason, "error": str(error)}) + "\n"
-                )
-                log.debug("dead-lettered %s: %s", path.name, error.reason)
+            for bad in [error] if error is not None else rows:
+                result.dead_letters[bad.reason] = result.dead_letters.get(bad.reason, 0) + 1
+                dead.write(json.dumps({"file": path.name, "reason": bad.reason, "error": str(bad)}) + "\n")
+                log.debug("dead-lettered %s: %s", path.name, bad.reason)
             if acks is not None and path.suffix == ".hl7":
                 (acks / f"{path.name}.ack").write_text(ack(path.read_bytes(), error), encoding="utf-8")
     return result

@@ -226,3 +226,18 @@ def test_a_bad_file_is_dead_lettered_and_the_next_files_converted(tmp_path: Path
     result = convert_folder(inbox, tmp_path / "events.jsonl", tmp_path / "dead.jsonl", labels=MAPPING)
     assert result.files == 4 and result.events == 2  # the CSV's label and the ORU's report
     assert sum(result.dead_letters.values()) == 2
+
+
+def test_a_csvs_bad_row_loses_none_of_the_others(tmp_path: Path) -> None:
+    """One unmapped code among 1,000 rows dead-lettered the whole file (0 events); a CSV dropped
+    without a label mapping gave nothing and said nothing."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    rows = [f"{STUDY}.{i},NEG,2026-11-30T08:00:00Z" for i in range(1000)]
+    rows.insert(500, f"{STUDY}.x,UNKNOWN,2026-11-30T08:00:00Z")
+    (inbox / "a.csv").write_text("study_uid,code,timestamp\n" + "\n".join(rows) + "\n")
+    result = convert_folder(inbox, tmp_path / "events.jsonl", tmp_path / "dead.jsonl", labels=MAPPING)
+    assert result.events == 1000 and result.dead_letters == {"unmapped_code": 1}
+    unmapped = convert_folder(inbox, tmp_path / "e2.jsonl", tmp_path / "d2.jsonl")
+    assert unmapped.events == 0 and unmapped.dead_letters == {"unmapped_code": 1}
+    assert "--labels" in (tmp_path / "d2.jsonl").read_text()
