@@ -71,7 +71,9 @@ _LONE_WORD = r"[^\W\d_](?:[^\W\d_]|['’.\-])*"
 _LINE = re.compile(rf"^[ \t]*((?:{_LONE_WORD}[ \t]+){{0,2}}{_LONE_WORD})[ \t]*[,.]?[ \t]*$", _FLAGS)
 _TAIL_LINES = 3
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-_WITH_DIGIT = re.compile(r"(?<!\S)\S*\d\S*")  # from a run's start only: linear (see scrub)
+#: A run of non-spaces holding a digit (dates, ids, numbers), tried from a run's start only: a
+#: match inside a run also matches from its start, and trying every position is quadratic.
+WITH_DIGIT = re.compile(r"(?<!\S)\S*\d\S*")
 _HEADER_GAP = re.compile(r"[ \t]*[\^,]?[ \t]*")
 
 #: Small words that end a name: English, Spanish, German and French connectors and articles.
@@ -356,7 +358,7 @@ class NameBlocklist:
             if not text:
                 continue
             # as the scrubber sees it: "JOHN SMITH 11/23/2026" is a lone name
-            text = _WITH_DIGIT.sub("", text)
+            text = WITH_DIGIT.sub("", text)
             s, w = name_words(text)
             strong |= s
             weak.update(w)

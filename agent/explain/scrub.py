@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from agent.explain.names import name_spans
+from agent.explain.names import WITH_DIGIT, name_spans
 
 __all__ = ["STOP_WORDS", "ProperNouns", "scrub", "terms", "tokens"]
 
@@ -38,15 +38,14 @@ _ID_KEYS = (
     r"location|facility|hospital|institution|ward|room|bed|time|exam\s+date|study\s+date"
 )
 _HEADER = re.compile(rf"^[ \t]*(?:{_ID_KEYS})[^:\n]{{0,40}}:[^\n]*$", re.IGNORECASE | re.MULTILINE)
-# Both are tried at the start of a run of non-spaces only ("(?<!\S)"): a match that starts inside
-# a run also matches from its start, and tried at every position a long run without "@" or a
-# digit costs time quadratic in its length (20,000 letters: seconds).
+# Tried at the start of a run of non-spaces only ("(?<!\S)"), as WITH_DIGIT: a match that starts
+# inside a run also matches from its start, and tried at every position a long run without "@"
+# costs time quadratic in its length (20,000 letters: seconds).
 _EMAIL = re.compile(r"(?<!\S)\S+@\S+")
 _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
 _TITLE = re.compile(
     r"(?<![\w.])(?:dr|dra|drs|prof|profa|mr|mrs|ms|mx|mme|mlle|sr|sra|srta)\b\.?", re.IGNORECASE
 )
-_WITH_DIGIT = re.compile(r"(?<!\S)\S*\d\S*")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLACEHOLDER = re.compile(r"^x{2,}$", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?:;\n]\s*$")
@@ -91,7 +90,7 @@ def scrub(text: str) -> str:
     text = _HEADER.sub("", text)
     text = _EMAIL.sub(" ", text)
     text = _URL.sub(" ", text)
-    text = _WITH_DIGIT.sub("", text)
+    text = WITH_DIGIT.sub("", text)
     kept, last = [], 0
     for span in name_spans(text):  # in order, merged: no two overlap
         kept.append(text[last : span.start])

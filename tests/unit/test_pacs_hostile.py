@@ -8,6 +8,7 @@ import io
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -105,9 +106,9 @@ def test_a_retry_after_no_clock_reaches_is_no_advice(value):
     assert _retry_after(response) is None
 
 
-def test_a_bare_dicom_answer_still_reads(pacs, tmp_path):
+def test_a_bare_dicom_answer_still_reads(pacs):
     """The check reads the file meta of an ordinary instance and lets it through."""
     from pydicom.data import get_testdata_file
 
-    data = open(get_testdata_file("CT_small.dcm"), "rb").read()  # noqa: SIM115
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     assert pydicom.dcmread(io.BytesIO(pacs(_send(data)).fetch_bytes("1.2.3", "1.2.3.4", "1.2.3.4.5")))
